@@ -1,0 +1,17 @@
+# Builds logagent and logtransfer into one image; docker-compose.yml picks the
+# binary with `command`.
+FROM rust:1-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends \
+      cmake protobuf-compiler libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p agent -p transfer
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends \
+      ca-certificates libcurl4 libssl3 libsasl2-2 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/target/release/logagent /src/target/release/logtransfer /usr/local/bin/
+COPY config/agent.toml /etc/logagent/agent.toml
+COPY config/transfer.toml /etc/logtransfer/transfer.toml

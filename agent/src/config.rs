@@ -1,0 +1,337 @@
+//! The agent's local config file (TOML).
+//!
+//! Which files go to which topic normally comes from etcd
+//! (`<etcd.prefix>/collect/<host_id>`); `[[collect]]` entries here are static
+//! additions. Unknown keys are errors that name the key.
+
+use common::ConfigError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// librdkafka producer settings that the delivery contract depends on; a
+/// config that overrides them is refused.
+pub const PINNED_PRODUCER_SETTINGS: &[&str] = &[
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "bootstrap.servers",
+    "metadata.broker.list",
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `auto` = the local address used to reach the first etcd endpoint plus
+    /// the hostname; anything else is used as given.
+    #[serde(default = "default_host_id")]
+    pub host_id: String,
+    /// Holds the WAL (`wal/`) and the checkpoint store (`checkpoints/`).
+    pub data_dir: PathBuf,
+    /// Files outside these directories are never collected, whatever etcd says.
+    #[serde(default = "default_allowed_roots")]
+    pub allowed_roots: Vec<PathBuf>,
+    pub kafka: KafkaConfig,
+    pub etcd: EtcdConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub wal: WalConfig,
+    /// Static collect entries, merged with the ones from etcd.
+    #[serde(default)]
+    pub collect: Vec<CollectEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub brokers: String,
+    /// Extra librdkafka producer settings passed through as they are
+    /// (TLS: `security.protocol`, `ssl.ca.location`…; SASL: `sasl.mechanism`…).
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalConfig {
+    #[serde(default = "default_wal_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// `group` (default), `always` or `none`.
+    #[serde(default = "default_sync")]
+    pub sync: String,
+    #[serde(default = "default_group_commit_ms")]
+    pub group_commit_ms: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_wal_max_bytes(),
+            segment_bytes: default_segment_bytes(),
+            sync: default_sync(),
+            group_commit_ms: default_group_commit_ms(),
+        }
+    }
+}
+
+/// One collect entry, compatible with the seeds' `{"path":…,"topic":…}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectEntry {
+    pub path: String,
+    pub topic: String,
+}
+
+fn default_host_id() -> String {
+    "auto".into()
+}
+fn default_allowed_roots() -> Vec<PathBuf> {
+    vec![PathBuf::from("/var/log")]
+}
+fn default_prefix() -> String {
+    "/logagent".into()
+}
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9101".into()
+}
+fn default_wal_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_segment_bytes() -> u64 {
+    64 << 20
+}
+fn default_sync() -> String {
+    "group".into()
+}
+fn default_group_commit_ms() -> u64 {
+    10
+}
+
+/// Whether `name` is a legal Kafka topic name (1–249 of `[a-zA-Z0-9._-]`,
+/// not `.` or `..`).
+pub fn valid_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl AgentConfig {
+    /// Loads and validates the config at `path`.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file and the key at fault.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = common::load_config(path)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Checks values that TOML types cannot express.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first key at fault.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        if self.host_id.trim().is_empty() {
+            return Err(bad("host_id", "must not be empty (use \"auto\")".into()));
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(bad(
+                "kafka.brokers",
+                "must list at least one host:port".into(),
+            ));
+        }
+        for key in self.kafka.producer.keys() {
+            if PINNED_PRODUCER_SETTINGS.contains(&key.as_str()) {
+                return Err(bad(
+                    &format!("kafka.producer.\"{key}\""),
+                    "is fixed by logagent's delivery contract and cannot be overridden".into(),
+                ));
+            }
+        }
+        if self.etcd.endpoints.is_empty() {
+            return Err(bad(
+                "etcd.endpoints",
+                "must list at least one endpoint".into(),
+            ));
+        }
+        if !self.etcd.prefix.starts_with('/') {
+            return Err(bad("etcd.prefix", "must start with '/'".into()));
+        }
+        if self.metrics.listen.parse::<SocketAddr>().is_err() {
+            return Err(bad(
+                "metrics.listen",
+                format!("`{}` is not an ip:port address", self.metrics.listen),
+            ));
+        }
+        if !matches!(self.wal.sync.as_str(), "group" | "always" | "none") {
+            return Err(bad(
+                "wal.sync",
+                format!("`{}`: expected group, always or none", self.wal.sync),
+            ));
+        }
+        if self.wal.segment_bytes < 4096 {
+            return Err(bad("wal.segment_bytes", "must be at least 4096".into()));
+        }
+        if self.wal.max_bytes < self.wal.segment_bytes {
+            return Err(bad(
+                "wal.max_bytes",
+                "must be at least wal.segment_bytes".into(),
+            ));
+        }
+        for (i, root) in self.allowed_roots.iter().enumerate() {
+            if !root.is_absolute() {
+                return Err(bad(
+                    &format!("allowed_roots[{i}]"),
+                    format!("`{}` is not an absolute path", root.display()),
+                ));
+            }
+        }
+        for (i, entry) in self.collect.iter().enumerate() {
+            if !entry.path.starts_with('/') {
+                return Err(bad(
+                    &format!("collect[{i}].path"),
+                    format!("`{}` is not an absolute path or glob", entry.path),
+                ));
+            }
+            if !valid_topic(&entry.topic) {
+                return Err(bad(
+                    &format!("collect[{i}].topic"),
+                    format!("`{}` is not a valid Kafka topic name", entry.topic),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective config as TOML, with secrets replaced by `***`.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if shown.etcd.password.is_some() {
+            shown.etcd.password = Some("***".into());
+        }
+        for (k, v) in shown.kafka.producer.iter_mut() {
+            if k.contains("password") || k.contains("secret") {
+                *v = "***".into();
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+data_dir = "/tmp/logagent"
+[kafka]
+brokers = "127.0.0.1:9092"
+[etcd]
+endpoints = ["http://127.0.0.1:2379"]
+"#;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        let path = Path::new("agent.toml");
+        let cfg: AgentConfig = common::config::parse_config(path, text, |_| None)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.host_id, "auto");
+        assert_eq!(cfg.etcd.prefix, "/logagent");
+        assert_eq!(cfg.wal.max_bytes, 1 << 30);
+        assert_eq!(cfg.allowed_roots, vec![PathBuf::from("/var/log")]);
+        assert_eq!(cfg.metrics.listen, "127.0.0.1:9101");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse(&format!("{MINIMAL}[wal]\nmax_byte = 5\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_byte"), "{err}");
+    }
+
+    #[test]
+    fn pinned_producer_setting_is_refused() {
+        let err = parse(&format!("{MINIMAL}[kafka.producer]\nacks = \"1\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.producer.\"acks\""), "{err}");
+    }
+
+    #[test]
+    fn bad_topic_names_the_entry() {
+        let err = parse(&format!(
+            "{MINIMAL}[[collect]]\npath = \"/var/log/a.log\"\ntopic = \"no spaces\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("collect[0].topic"), "{err}");
+    }
+
+    #[test]
+    fn redacted_output_hides_password_and_reparses() {
+        let cfg = parse(&format!("{MINIMAL}password = \"hunter2\"\n")).unwrap();
+        let shown = cfg.to_redacted_toml();
+        assert!(!shown.contains("hunter2"));
+        let again: AgentConfig = toml::from_str(&shown).unwrap();
+        assert_eq!(again.etcd.password.as_deref(), Some("***"));
+    }
+
+    #[test]
+    fn topic_names() {
+        assert!(valid_topic("web_log"));
+        assert!(valid_topic("a.b-c"));
+        assert!(!valid_topic(""));
+        assert!(!valid_topic(".."));
+        assert!(!valid_topic("a/b"));
+        assert!(!valid_topic(&"x".repeat(250)));
+    }
+}

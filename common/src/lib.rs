@@ -1,0 +1,22 @@
+//! Pieces shared by `logagent` and `logtransfer`.
+//!
+//! - [`event`]: the JSON event the agent produces to Kafka and the transfer indexes.
+//! - [`config`]: loading a TOML config file with `${ENV}` interpolation and
+//!   errors that name the file and the offending key.
+
+pub mod config;
+pub mod event;
+
+pub use config::{load_config, ConfigError};
+pub use event::{document_id, LogEvent};
+
+/// Installs the `tracing` subscriber used by both binaries: compact text on
+/// stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
