@@ -37,6 +37,7 @@ pub struct Line {
     /// Byte offset of the line's first byte in the source file.
     pub offset: u64,
     /// The line without its terminator, as read (not necessarily UTF-8).
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
     /// Harvester flags (truncated, partial, …), a bit set.
     pub flags: u8,
@@ -62,15 +63,28 @@ fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_RECORD_BYTES>()
 }
 
-/// Encodes a batch as a record payload.
-pub(crate) fn encode_payload(batch: &Batch) -> Result<Vec<u8>, String> {
+/// Appends a frame for `batch` to `out` with its seq and CRC left blank; see
+/// [`seal_frame`].
+pub(crate) fn encode_frame_unsealed(out: &mut Vec<u8>, batch: &Batch) -> Result<(), String> {
     // Borrowing encode of the same layout as `StoredRecord::V1(batch)`.
     #[derive(Serialize)]
     enum StoredRef<'a> {
         V1(&'a Batch),
     }
-    bincode::serde::encode_to_vec(StoredRef::V1(batch), bincode::config::standard())
-        .map_err(|e| e.to_string())
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+    bincode::serde::encode_into_std_write(StoredRef::V1(batch), out, bincode::config::standard())
+        .map_err(|e| e.to_string())?;
+    let len = u32::try_from(out.len() - start - FRAME_HEADER_LEN).map_err(|e| e.to_string())?;
+    out[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+/// Writes `seq` and the CRC into a frame made by [`encode_frame_unsealed`].
+pub(crate) fn seal_frame(frame: &mut [u8], seq: Seq) {
+    frame[8..16].copy_from_slice(&seq.to_le_bytes());
+    let crc = frame_crc(&frame[4..16], &frame[FRAME_HEADER_LEN..]);
+    frame[..4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Decodes a record payload; `None` for bytes that are not a valid payload.
@@ -88,7 +102,9 @@ fn frame_crc(len_and_seq: &[u8], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// Appends one framed record to `out`.
+/// Appends one framed record to `out` (the reference framing; `append`
+/// frames with [`encode_frame_unsealed`] + [`seal_frame`], which agree).
+#[cfg(test)]
 pub(crate) fn encode_frame(out: &mut Vec<u8>, seq: Seq, payload: &[u8]) {
     let mut hdr = [0u8; 12];
     hdr[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -275,11 +291,25 @@ mod tests {
     }
 
     #[test]
-    fn payload_round_trips() {
+    fn sealed_frames_round_trip_and_match_the_reference_framing() {
         let b = batch(3);
-        let p = encode_payload(&b).unwrap();
-        assert_eq!(decode_payload(&p), Some(b));
-        assert_eq!(decode_payload(&p[..p.len() - 1]), None);
+        let mut buf = Vec::new();
+        encode_frame_unsealed(&mut buf, &b).unwrap();
+        seal_frame(&mut buf, 9);
+        let Frame::Valid {
+            seq,
+            payload,
+            total,
+        } = parse_frame(&buf, 9, 9)
+        else {
+            panic!("not a valid frame")
+        };
+        assert_eq!((seq, total), (9, buf.len()));
+        assert_eq!(decode_payload(payload), Some(b));
+        assert_eq!(decode_payload(&payload[..payload.len() - 1]), None);
+        let mut reference = Vec::new();
+        encode_frame(&mut reference, 9, payload);
+        assert_eq!(reference, buf);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! reading, acknowledging and freeing space.
 
 use crate::format::{
-    decode_ack, decode_payload, decode_segment_header, encode_ack, encode_frame, encode_payload,
-    encode_segment_header, parse_segment_file_name, segment_file_name, HeaderStatus, SegmentHeader,
-    FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+    decode_ack, decode_payload, decode_segment_header, encode_ack, encode_frame_unsealed,
+    encode_segment_header, parse_segment_file_name, seal_frame, segment_file_name, HeaderStatus,
+    SegmentHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::hooks::{IoHooks, IoOp, NoHooks};
 use crate::scan::{read_prefix, ScanItem, Scanner};
@@ -344,19 +344,24 @@ impl Wal {
     pub fn append(&self, batches: &[Batch]) -> Result<Append> {
         let sh = &*self.shared;
         let seg_room = sh.opts.segment_bytes - SEGMENT_HEADER_LEN as u64;
-        let mut payloads = Vec::with_capacity(batches.len());
+        // Frame everything before taking the lock; seqs and CRCs are sealed
+        // under it. `starts[i]` is where record i's frame begins in `buf`.
+        let mut buf = Vec::new();
+        let mut starts = Vec::with_capacity(batches.len() + 1);
         for b in batches {
-            let p = encode_payload(b).map_err(Error::Encode)?;
-            let framed = (FRAME_HEADER_LEN + p.len()) as u64;
-            if p.len() > crate::MAX_RECORD_BYTES || framed > seg_room {
+            let start = buf.len();
+            starts.push(start);
+            encode_frame_unsealed(&mut buf, b).map_err(Error::Encode)?;
+            let payload = buf.len() - start - FRAME_HEADER_LEN;
+            if payload > crate::MAX_RECORD_BYTES || (FRAME_HEADER_LEN + payload) as u64 > seg_room {
                 return Err(Error::RecordTooLarge {
-                    size: p.len(),
+                    size: payload,
                     limit: (seg_room as usize - FRAME_HEADER_LEN).min(crate::MAX_RECORD_BYTES),
                 });
             }
-            payloads.push(p);
         }
-        if payloads.is_empty() {
+        starts.push(buf.len());
+        if batches.is_empty() {
             let st = sh.lock();
             return Ok(Append::Appended(st.next_seq..=st.next_seq - 1));
         }
@@ -368,27 +373,26 @@ impl Wal {
         // Place the records: which go to the active segment, where rolls happen.
         let mut cur_len = st.segments.get(&st.active.id).map_or(0, |m| m.len);
         let mut needed = 0u64;
-        let mut splits = Vec::new(); // indices where a new segment starts
-        for (i, p) in payloads.iter().enumerate() {
-            let framed = (FRAME_HEADER_LEN + p.len()) as u64;
+        let mut bounds = vec![0]; // record indices where a segment's chunk starts
+        for (i, w) in starts.windows(2).enumerate() {
+            let framed = (w[1] - w[0]) as u64;
             if cur_len + framed > sh.opts.segment_bytes && cur_len > SEGMENT_HEADER_LEN as u64 {
-                splits.push(i);
+                bounds.push(i);
                 needed += SEGMENT_HEADER_LEN as u64;
                 cur_len = SEGMENT_HEADER_LEN as u64;
             }
             cur_len += framed;
             needed += framed;
         }
+        bounds.push(batches.len());
         if st.total_bytes + needed > sh.opts.max_bytes {
             return Ok(Append::Full);
         }
 
         let first = st.next_seq;
-        let mut bounds = Vec::with_capacity(splits.len() + 2);
-        bounds.push(0);
-        bounds.extend_from_slice(&splits);
-        bounds.push(payloads.len());
-        let mut buf = Vec::new();
+        for (i, w) in starts.windows(2).enumerate() {
+            seal_frame(&mut buf[w[0]..w[1]], first + i as u64);
+        }
         for (chunk, w) in bounds.windows(2).enumerate() {
             if chunk > 0 {
                 // Close the full segment durably before starting the next one,
@@ -414,16 +418,11 @@ impl Wal {
             if w[0] == w[1] {
                 continue;
             }
-            buf.clear();
-            let mut seq = st.next_seq;
-            for p in &payloads[w[0]..w[1]] {
-                encode_frame(&mut buf, seq, p);
-                seq += 1;
-            }
+            let bytes = &buf[starts[w[0]]..starts[w[1]]];
             let path = sh.seg_path(st.active.id);
             let res = sh.hook(IoOp::Write, &path).and_then(|()| {
                 (&*st.active.file)
-                    .write_all(&buf)
+                    .write_all(bytes)
                     .map_err(io_err("write", &path))
             });
             if let Err(e) = res {
@@ -432,13 +431,14 @@ impl Wal {
                 return Err(e);
             }
             let id = st.active.id;
+            let last_seq = first + w[1] as u64 - 1;
             if let Some(meta) = st.segments.get_mut(&id) {
-                meta.len += buf.len() as u64;
-                meta.last_seq = seq - 1;
+                meta.len += bytes.len() as u64;
+                meta.last_seq = last_seq;
             }
-            st.total_bytes += buf.len() as u64;
-            st.pending_bytes += buf.len() as u64;
-            st.next_seq = seq;
+            st.total_bytes += bytes.len() as u64;
+            st.pending_bytes += bytes.len() as u64;
+            st.next_seq = last_seq + 1;
         }
         let last = st.next_seq - 1;
         match sh.opts.sync {
