@@ -24,7 +24,52 @@ pub struct TransferConfig {
     #[serde(default)]
     pub bulk: BulkConfig,
     #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub file_sink: Option<FileSinkConfig>,
+    /// Per-topic sink choice; topics not routed go to Elasticsearch.
+    #[serde(default)]
+    pub route: Vec<Route>,
+    #[serde(default)]
     pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff_ms: default_initial_backoff(),
+            max_backoff_ms: default_max_backoff(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    Elasticsearch,
+    File,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub topics: Vec<String>,
+    pub sink: SinkKind,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +100,12 @@ pub struct EsConfig {
     pub api_key: Option<String>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Per-request timeout; a timed-out bulk request is retried.
+    #[serde(default = "default_es_timeout")]
+    pub timeout_ms: u64,
+    /// Refused documents go to `<index><suffix>`.
+    #[serde(default = "default_dead_letter_suffix")]
+    pub dead_letter_suffix: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +117,12 @@ pub struct BulkConfig {
     pub max_bytes: usize,
     #[serde(default = "default_flush_ms")]
     pub flush_interval_ms: u64,
+    /// Bulk requests in flight at once (one per partition at most).
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// Consumption pauses while this many bytes wait to be written.
+    #[serde(default = "default_buffered")]
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for BulkConfig {
@@ -74,6 +131,8 @@ impl Default for BulkConfig {
             max_docs: default_max_docs(),
             max_bytes: default_max_bytes(),
             flush_interval_ms: default_flush_ms(),
+            max_in_flight: default_in_flight(),
+            max_buffered_bytes: default_buffered(),
         }
     }
 }
@@ -110,6 +169,24 @@ fn default_flush_ms() -> u64 {
 }
 fn default_metrics_listen() -> String {
     "127.0.0.1:9102".into()
+}
+fn default_es_timeout() -> u64 {
+    30_000
+}
+fn default_dead_letter_suffix() -> String {
+    "-deadletter".into()
+}
+fn default_in_flight() -> usize {
+    4
+}
+fn default_buffered() -> usize {
+    64 << 20
+}
+fn default_initial_backoff() -> u64 {
+    100
+}
+fn default_max_backoff() -> u64 {
+    30_000
 }
 
 impl TransferConfig {
@@ -160,12 +237,13 @@ impl TransferConfig {
                 format!("`{url}` must start with http:// or https://"),
             ));
         }
-        if !self.elasticsearch.index_pattern.contains("{topic}")
-            && self.elasticsearch.index_pattern.trim().is_empty()
-        {
+        if let Err(e) = crate::doc::IndexPattern::new(&self.elasticsearch.index_pattern) {
+            return Err(bad("elasticsearch.index_pattern", e));
+        }
+        if self.elasticsearch.dead_letter_suffix.is_empty() {
             return Err(bad(
-                "elasticsearch.index_pattern",
-                "must not be empty".into(),
+                "elasticsearch.dead_letter_suffix",
+                "must not be empty (dead letters would mix with documents)".into(),
             ));
         }
         if self.elasticsearch.password.is_some() && self.elasticsearch.username.is_none() {
@@ -179,6 +257,32 @@ impl TransferConfig {
         }
         if self.bulk.max_bytes < 1024 {
             return Err(bad("bulk.max_bytes", "must be at least 1024".into()));
+        }
+        if self.bulk.max_in_flight == 0 {
+            return Err(bad("bulk.max_in_flight", "must be at least 1".into()));
+        }
+        if self.bulk.max_buffered_bytes < self.bulk.max_bytes {
+            return Err(bad(
+                "bulk.max_buffered_bytes",
+                "must be at least bulk.max_bytes".into(),
+            ));
+        }
+        if self.retry.initial_backoff_ms == 0 || self.retry.max_backoff_ms < self.retry.initial_backoff_ms {
+            return Err(bad(
+                "retry.max_backoff_ms",
+                "must be at least retry.initial_backoff_ms, which must be positive".into(),
+            ));
+        }
+        for (i, r) in self.route.iter().enumerate() {
+            if r.sink == SinkKind::File && self.file_sink.is_none() {
+                return Err(bad(
+                    &format!("route[{i}].sink"),
+                    "is \"file\" but [file_sink] has no dir".into(),
+                ));
+            }
+            if r.topics.is_empty() {
+                return Err(bad(&format!("route[{i}].topics"), "must list a topic".into()));
+            }
         }
         if self.metrics.listen.parse::<SocketAddr>().is_err() {
             return Err(bad(
@@ -260,6 +364,22 @@ url = "http://127.0.0.1:9200"
             .unwrap_err()
             .to_string();
         assert!(err.contains("elasticsearch.url"), "{err}");
+    }
+
+    #[test]
+    fn file_route_needs_a_dir_and_bad_patterns_are_named() {
+        let err = parse(&format!("{MINIMAL}[[route]]\ntopics = [\"a\"]\nsink = \"file\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("route[0].sink"), "{err}");
+        let err = parse(&format!("{MINIMAL}index_pattern = \"{{topic}}-%Q\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("elasticsearch.index_pattern"), "{err}");
+        let err = parse(&format!("{MINIMAL}[[route]]\ntopics = [\"a\"]\nsink = \"s3\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("route[0].sink") || err.contains("route"), "{err}");
     }
 
     #[test]

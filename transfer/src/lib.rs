@@ -1,12 +1,30 @@
 //! `logtransfer`: Kafka consumer group → Elasticsearch bulk writer.
 //!
 //! - [`config`]: the TOML config (`--config`, `--check-config`).
+//! - [`doc`]: Kafka message → document (index, `_id`, source); dead letters.
+//! - [`bulk`]: the `_bulk` body and per-item outcomes.
+//! - [`sink`]: the [`sink::Sink`] trait; Elasticsearch and NDJSON file sinks.
+//! - [`es`]: client construction and the index template.
+//! - [`pipeline`]: consume, batch, write, commit (the commit rule is there).
+//! - [`metrics`]: Prometheus metrics, `/metrics` and `/health`.
 
+pub mod bulk;
 pub mod config;
+pub mod doc;
+pub mod es;
+pub mod metrics;
+pub mod pipeline;
+pub mod sink;
 
 /// Errors of the transfer crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Config(#[from] common::ConfigError),
+    /// Something needed to start is missing or wrong.
+    #[error("{0}")]
+    Setup(String),
+    /// A sink write failed as a whole (retried).
+    #[error("{0}")]
+    Sink(String),
 }

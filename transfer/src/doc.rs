@@ -1,0 +1,284 @@
+//! From a Kafka message to an Elasticsearch document: index name, `_id`,
+//! source. Pure functions.
+//!
+//! - A JSON object value is indexed as it is; `@timestamp` is added from the
+//!   Kafka timestamp when the object has none.
+//! - Any other value (not JSON, or JSON that is not an object) is indexed as
+//!   `{"message": <value as text, lossy UTF-8>, "@timestamp": <Kafka timestamp>}`.
+//! - The index name is the configured pattern with `{topic}` replaced and
+//!   strftime fields taken from the document's `@timestamp` (UTC), or from
+//!   the Kafka timestamp when `@timestamp` is not RFC 3339; lowercased, as
+//!   Elasticsearch requires.
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use serde::Deserialize;
+use std::borrow::Cow;
+
+/// One document ready for a sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Doc {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub index: String,
+    pub id: String,
+    /// The JSON object to index.
+    pub source: Vec<u8>,
+    /// A dead letter standing in for a document Elasticsearch refused.
+    pub dead_letter: bool,
+}
+
+/// A validated index-name pattern.
+#[derive(Debug, Clone)]
+pub struct IndexPattern {
+    pattern: String,
+}
+
+impl IndexPattern {
+    /// # Errors
+    /// A message naming what is wrong with the pattern.
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        use chrono::format::{Item, StrftimeItems};
+        if pattern.trim().is_empty() {
+            return Err("must not be empty".into());
+        }
+        if StrftimeItems::new(pattern).any(|i| matches!(i, Item::Error)) {
+            return Err(format!("`{pattern}` has an invalid strftime field"));
+        }
+        let probe = Self {
+            pattern: pattern.to_string(),
+        }
+        .render("topic", Utc.timestamp_opt(0, 0).single().unwrap_or_default());
+        if probe.starts_with(['-', '_', '+', '.'])
+            || probe.contains(['\\', '/', '*', '?', '"', '<', '>', '|', ' ', ',', '#', ':'])
+        {
+            return Err(format!("`{pattern}` gives `{probe}`, not a valid index name"));
+        }
+        Ok(Self {
+            pattern: pattern.to_string(),
+        })
+    }
+
+    /// The index for `topic` at `ts`.
+    pub fn render(&self, topic: &str, ts: DateTime<Utc>) -> String {
+        // `{topic}` first (a topic cannot contain `%`), then strftime.
+        let with_topic = self.pattern.replace("{topic}", topic);
+        let mut out = String::with_capacity(with_topic.len() + 8);
+        use std::fmt::Write;
+        if write!(out, "{}", ts.format(&with_topic)).is_err() {
+            out = with_topic;
+        }
+        out.to_lowercase()
+    }
+
+    /// Index-template patterns that match every index this pattern makes
+    /// (its dead-letter indices included).
+    pub fn template_patterns(&self) -> Vec<String> {
+        let mut p = String::new();
+        let mut rest = self.pattern.as_str();
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix("{topic}") {
+                p.push('*');
+                rest = r;
+            } else if rest.starts_with('%') {
+                p.push('*');
+                rest = rest.get(2..).unwrap_or("");
+            } else if let Some(c) = rest.chars().next() {
+                p.push(c.to_ascii_lowercase());
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+        while p.contains("**") {
+            p = p.replace("**", "*");
+        }
+        vec![p]
+    }
+}
+
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(rename = "@timestamp", borrow, default)]
+    timestamp: Option<Cow<'a, str>>,
+}
+
+fn kafka_time(ts_millis: Option<i64>) -> DateTime<Utc> {
+    ts_millis
+        .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+        .unwrap_or_else(Utc::now)
+}
+
+/// Builds the document for the message at (topic, partition, offset).
+pub fn make_doc(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    payload: Option<&[u8]>,
+    kafka_ts_millis: Option<i64>,
+    pattern: &IndexPattern,
+) -> Doc {
+    let payload = payload.unwrap_or_default();
+    let is_object = payload
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{');
+    let probe = if is_object {
+        serde_json::from_slice::<Probe<'_>>(payload).ok()
+    } else {
+        None
+    };
+    let (source, ts) = match probe {
+        Some(Probe {
+            timestamp: Some(t),
+        }) => {
+            let ts = DateTime::parse_from_rfc3339(&t)
+                .map(|d| d.with_timezone(&Utc))
+                .unwrap_or_else(|_| kafka_time(kafka_ts_millis));
+            (payload.to_vec(), ts)
+        }
+        Some(Probe { timestamp: None }) => {
+            let ts = kafka_time(kafka_ts_millis);
+            (with_timestamp(payload, ts), ts)
+        }
+        None => {
+            let ts = kafka_time(kafka_ts_millis);
+            let text = String::from_utf8_lossy(payload);
+            let v = serde_json::json!({
+                "@timestamp": ts.to_rfc3339_opts(SecondsFormat::Millis, true),
+                "message": text,
+            });
+            (serde_json::to_vec(&v).unwrap_or_default(), ts)
+        }
+    };
+    Doc {
+        topic: topic.to_string(),
+        partition,
+        offset,
+        index: pattern.render(topic, ts),
+        id: common::document_id(topic, partition, offset),
+        source,
+        dead_letter: false,
+    }
+}
+
+/// Inserts `"@timestamp"` as the first member of a JSON object's bytes.
+fn with_timestamp(object: &[u8], ts: DateTime<Utc>) -> Vec<u8> {
+    let open = object.iter().position(|b| *b == b'{').unwrap_or(0);
+    let rest = &object[open + 1..];
+    let empty = rest
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_none_or(|b| *b == b'}');
+    let mut out = Vec::with_capacity(object.len() + 48);
+    out.extend_from_slice(b"{\"@timestamp\":\"");
+    out.extend_from_slice(ts.to_rfc3339_opts(SecondsFormat::Millis, true).as_bytes());
+    out.push(b'"');
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// The dead letter standing in for `doc`, which Elasticsearch refused with
+/// `error` (the item's error object) and `status`.
+pub fn dead_letter(doc: &Doc, status: u16, error: &serde_json::Value, suffix: &str) -> Doc {
+    let original = String::from_utf8_lossy(&doc.source);
+    let v = serde_json::json!({
+        "@timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        "message": format!("document refused by Elasticsearch: {}", error.get("reason").and_then(|r| r.as_str()).unwrap_or("unknown reason")),
+        "error": {
+            "status": status,
+            "type": error.get("type").and_then(|t| t.as_str()).unwrap_or("unknown"),
+            "reason": error.get("reason").and_then(|r| r.as_str()).unwrap_or(""),
+        },
+        "kafka": {"topic": doc.topic, "partition": doc.partition, "offset": doc.offset},
+        "original": original,
+        "original_index": doc.index,
+    });
+    Doc {
+        topic: doc.topic.clone(),
+        partition: doc.partition,
+        offset: doc.offset,
+        index: format!("{}{suffix}", doc.index),
+        id: doc.id.clone(),
+        source: serde_json::to_vec(&v).unwrap_or_default(),
+        dead_letter: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn pat() -> IndexPattern {
+        IndexPattern::new("{topic}-%Y.%m.%d").unwrap()
+    }
+
+    #[test]
+    fn object_with_timestamp_is_indexed_as_is() {
+        let p = br#"{"@timestamp":"2026-11-21T04:33:32.123Z","message":"hi"}"#;
+        let d = make_doc("Web_log", 3, 42, Some(p), Some(0), &pat());
+        assert_eq!(d.source, p.to_vec());
+        assert_eq!(d.index, "web_log-2026.11.21");
+        assert_eq!(d.id, "Web_log-3-42");
+    }
+
+    #[test]
+    fn object_without_timestamp_gets_the_kafka_one() {
+        let d = make_doc("t", 0, 1, Some(br#" {"a":1}"#), Some(1_700_000_000_000), &pat());
+        let v: Value = serde_json::from_slice(&d.source).unwrap();
+        assert_eq!(v["a"], 1);
+        assert_eq!(v["@timestamp"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(d.index, "t-2023.11.14");
+        let e = make_doc("t", 0, 1, Some(b"{ }"), Some(0), &pat());
+        let v: Value = serde_json::from_slice(&e.source).unwrap();
+        assert_eq!(v["@timestamp"], "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn non_objects_become_message_documents() {
+        for raw in [&b"plain text line"[..], b"[1,2]", b"\"str\"", b"{broken", b"\xff\xfe", b""] {
+            let d = make_doc("t", 0, 7, Some(raw), Some(0), &pat());
+            let v: Value = serde_json::from_slice(&d.source).unwrap();
+            assert_eq!(v["message"], String::from_utf8_lossy(raw).as_ref(), "{raw:?}");
+            assert_eq!(v["@timestamp"], "1970-01-01T00:00:00.000Z");
+        }
+    }
+
+    #[test]
+    fn patterns_are_validated_and_give_template_patterns() {
+        assert!(IndexPattern::new("{topic}-%Q").is_err());
+        assert!(IndexPattern::new("").is_err());
+        assert!(IndexPattern::new("logs {topic}").is_err());
+        assert_eq!(pat().template_patterns(), vec!["*-*.*.*"]);
+        assert_eq!(
+            IndexPattern::new("Logs-{topic}").unwrap().template_patterns(),
+            vec!["logs-*"]
+        );
+    }
+
+    #[test]
+    fn dead_letters_keep_the_original_and_the_id() {
+        let d = make_doc("t", 1, 9, Some(br#"{"@timestamp":"2026-01-01T00:00:00Z","x":1}"#), None, &pat());
+        let err = serde_json::json!({"type": "mapper_parsing_exception", "reason": "bad"});
+        let dl = dead_letter(&d, 400, &err, "-deadletter");
+        assert_eq!(dl.index, "t-2026.01.01-deadletter");
+        assert_eq!(dl.id, d.id);
+        let v: Value = serde_json::from_slice(&dl.source).unwrap();
+        assert_eq!(v["error"]["type"], "mapper_parsing_exception");
+        assert_eq!(v["kafka"]["offset"], 9);
+        assert!(v["original"].as_str().unwrap().contains("\"x\":1"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_payload_makes_a_json_object(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200), ts in proptest::option::of(proptest::num::i64::ANY)) {
+            let d = make_doc("t", 0, 0, Some(&bytes), ts, &pat());
+            let is_valid_json_object = serde_json::from_slice::<Value>(&d.source).map(|v| v.is_object()).unwrap_or(false);
+            // Objects are passed through as they are; everything else is wrapped.
+            let passthrough = d.source == bytes;
+            proptest::prop_assert!(is_valid_json_object || passthrough);
+        }
+    }
+}
