@@ -86,7 +86,9 @@ impl Stack {
         let producer = self.producer();
         let mut futs = Vec::with_capacity(values.len());
         for v in values {
-            let mut record = FutureRecord::<(), _>::to(topic).partition(partition).payload(v);
+            let mut record = FutureRecord::<(), _>::to(topic)
+                .partition(partition)
+                .payload(v);
             loop {
                 match producer.send_result(record) {
                     Ok(f) => {
@@ -211,10 +213,7 @@ pub fn repo_root() -> PathBuf {
 /// (`cargo test --workspace` builds `logagent` and `logtransfer`).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join(name);
     assert!(
         bin.exists(),

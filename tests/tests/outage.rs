@@ -43,7 +43,9 @@ fn committed(stack: &Stack, group: &str, topic: &str) -> Vec<i64> {
 
 fn lines(from: u64, to: u64) -> Vec<String> {
     (from..to)
-        .map(|i| format!(r#"{{"@timestamp":"2026-11-21T00:00:00Z","message":"line {i}","seq":{i}}}"#))
+        .map(|i| {
+            format!(r#"{{"@timestamp":"2026-11-21T00:00:00Z","message":"line {i}","seq":{i}}}"#)
+        })
         .collect()
 }
 
@@ -57,26 +59,45 @@ async fn elasticsearch_down_for_60_s_loses_nothing_and_commits_nothing() {
     let running = start(config(&stack, &[&topic], &group, ""));
 
     for p in 0..4 {
-        stack.produce(&topic, p, &lines(p as u64 * 1000, p as u64 * 1000 + 500)).await;
+        stack
+            .produce(&topic, p, &lines(p as u64 * 1000, p as u64 * 1000 + 500))
+            .await;
     }
-    assert_eq!(stack.wait_count(&pattern, 2000, Duration::from_secs(120)).await, 2000);
+    assert_eq!(
+        stack
+            .wait_count(&pattern, 2000, Duration::from_secs(120))
+            .await,
+        2000
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     stack_cmd(&["stop", "elasticsearch"]);
     for p in 0..4 {
         stack
-            .produce(&topic, p, &lines(p as u64 * 1000 + 500, p as u64 * 1000 + 1000))
+            .produce(
+                &topic,
+                p,
+                &lines(p as u64 * 1000 + 500, p as u64 * 1000 + 1000),
+            )
             .await;
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let during = committed(&stack, &group, &topic);
     tokio::time::sleep(Duration::from_secs(55)).await;
     let end_of_outage = committed(&stack, &group, &topic);
-    assert_eq!(during, end_of_outage, "nothing was committed while Elasticsearch was down");
-    assert!(during.iter().all(|o| *o <= 500), "commits stay at what was written: {during:?}");
+    assert_eq!(
+        during, end_of_outage,
+        "nothing was committed while Elasticsearch was down"
+    );
+    assert!(
+        during.iter().all(|o| *o <= 500),
+        "commits stay at what was written: {during:?}"
+    );
 
     stack_cmd(&["start", "elasticsearch"]);
-    let got = stack.wait_count(&pattern, 4000, Duration::from_secs(180)).await;
+    let got = stack
+        .wait_count(&pattern, 4000, Duration::from_secs(180))
+        .await;
     running.stop().await;
     assert_eq!(got, 4000);
     let after = committed(&stack, &group, &topic);

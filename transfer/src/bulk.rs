@@ -97,7 +97,10 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4);
-        assert_eq!(lines[0], r#"{"create":{"_index":"t-2026.11.21","_id":"t-0-1"}}"#);
+        assert_eq!(
+            lines[0],
+            r#"{"create":{"_index":"t-2026.11.21","_id":"t-0-1"}}"#
+        );
         assert_eq!(lines[1], r#"{"message":"m"}"#);
         let v: Value = serde_json::from_str(lines[2]).unwrap();
         assert_eq!(v["create"]["_id"], "we\"ird");
@@ -116,9 +119,18 @@ mod tests {
         assert_eq!(out[0], Outcome::Written);
         assert_eq!(out[1], Outcome::Written);
         assert_eq!(out[2], Outcome::Retry);
-        assert!(matches!(&out[3], Outcome::Refused { status: 400, error } if error["type"] == "mapper_parsing_exception"));
+        assert!(
+            matches!(&out[3], Outcome::Refused { status: 400, error } if error["type"] == "mapper_parsing_exception")
+        );
         assert_eq!(out[4], Outcome::Retry);
-        assert_eq!(out[5], Outcome::Retry, "an item missing from the answer is retried");
-        assert_eq!(parse_response(b"not json", 2), vec![Outcome::Retry, Outcome::Retry]);
+        assert_eq!(
+            out[5],
+            Outcome::Retry,
+            "an item missing from the answer is retried"
+        );
+        assert_eq!(
+            parse_response(b"not json", 2),
+            vec![Outcome::Retry, Outcome::Retry]
+        );
     }
 }

@@ -267,7 +267,9 @@ impl TransferConfig {
                 "must be at least bulk.max_bytes".into(),
             ));
         }
-        if self.retry.initial_backoff_ms == 0 || self.retry.max_backoff_ms < self.retry.initial_backoff_ms {
+        if self.retry.initial_backoff_ms == 0
+            || self.retry.max_backoff_ms < self.retry.initial_backoff_ms
+        {
             return Err(bad(
                 "retry.max_backoff_ms",
                 "must be at least retry.initial_backoff_ms, which must be positive".into(),
@@ -281,7 +283,10 @@ impl TransferConfig {
                 ));
             }
             if r.topics.is_empty() {
-                return Err(bad(&format!("route[{i}].topics"), "must list a topic".into()));
+                return Err(bad(
+                    &format!("route[{i}].topics"),
+                    "must list a topic".into(),
+                ));
             }
         }
         if self.metrics.listen.parse::<SocketAddr>().is_err() {
@@ -368,18 +373,25 @@ url = "http://127.0.0.1:9200"
 
     #[test]
     fn file_route_needs_a_dir_and_bad_patterns_are_named() {
-        let err = parse(&format!("{MINIMAL}[[route]]\ntopics = [\"a\"]\nsink = \"file\"\n"))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&format!(
+            "{MINIMAL}[[route]]\ntopics = [\"a\"]\nsink = \"file\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("route[0].sink"), "{err}");
         let err = parse(&format!("{MINIMAL}index_pattern = \"{{topic}}-%Q\"\n"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("elasticsearch.index_pattern"), "{err}");
-        let err = parse(&format!("{MINIMAL}[[route]]\ntopics = [\"a\"]\nsink = \"s3\"\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("route[0].sink") || err.contains("route"), "{err}");
+        let err = parse(&format!(
+            "{MINIMAL}[[route]]\ntopics = [\"a\"]\nsink = \"s3\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("route[0].sink") || err.contains("route"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -48,11 +48,16 @@ impl IndexPattern {
         let probe = Self {
             pattern: pattern.to_string(),
         }
-        .render("topic", Utc.timestamp_opt(0, 0).single().unwrap_or_default());
+        .render(
+            "topic",
+            Utc.timestamp_opt(0, 0).single().unwrap_or_default(),
+        );
         if probe.starts_with(['-', '_', '+', '.'])
             || probe.contains(['\\', '/', '*', '?', '"', '<', '>', '|', ' ', ',', '#', ':'])
         {
-            return Err(format!("`{pattern}` gives `{probe}`, not a valid index name"));
+            return Err(format!(
+                "`{pattern}` gives `{probe}`, not a valid index name"
+            ));
         }
         Ok(Self {
             pattern: pattern.to_string(),
@@ -127,9 +132,7 @@ pub fn make_doc(
         None
     };
     let (source, ts) = match probe {
-        Some(Probe {
-            timestamp: Some(t),
-        }) => {
+        Some(Probe { timestamp: Some(t) }) => {
             let ts = DateTime::parse_from_rfc3339(&t)
                 .map(|d| d.with_timezone(&Utc))
                 .unwrap_or_else(|_| kafka_time(kafka_ts_millis));
@@ -226,7 +229,14 @@ mod tests {
 
     #[test]
     fn object_without_timestamp_gets_the_kafka_one() {
-        let d = make_doc("t", 0, 1, Some(br#" {"a":1}"#), Some(1_700_000_000_000), &pat());
+        let d = make_doc(
+            "t",
+            0,
+            1,
+            Some(br#" {"a":1}"#),
+            Some(1_700_000_000_000),
+            &pat(),
+        );
         let v: Value = serde_json::from_slice(&d.source).unwrap();
         assert_eq!(v["a"], 1);
         assert_eq!(v["@timestamp"], "2023-11-14T22:13:20.000Z");
@@ -238,10 +248,21 @@ mod tests {
 
     #[test]
     fn non_objects_become_message_documents() {
-        for raw in [&b"plain text line"[..], b"[1,2]", b"\"str\"", b"{broken", b"\xff\xfe", b""] {
+        for raw in [
+            &b"plain text line"[..],
+            b"[1,2]",
+            b"\"str\"",
+            b"{broken",
+            b"\xff\xfe",
+            b"",
+        ] {
             let d = make_doc("t", 0, 7, Some(raw), Some(0), &pat());
             let v: Value = serde_json::from_slice(&d.source).unwrap();
-            assert_eq!(v["message"], String::from_utf8_lossy(raw).as_ref(), "{raw:?}");
+            assert_eq!(
+                v["message"],
+                String::from_utf8_lossy(raw).as_ref(),
+                "{raw:?}"
+            );
             assert_eq!(v["@timestamp"], "1970-01-01T00:00:00.000Z");
         }
     }
@@ -253,14 +274,23 @@ mod tests {
         assert!(IndexPattern::new("logs {topic}").is_err());
         assert_eq!(pat().template_patterns(), vec!["*-*.*.*"]);
         assert_eq!(
-            IndexPattern::new("Logs-{topic}").unwrap().template_patterns(),
+            IndexPattern::new("Logs-{topic}")
+                .unwrap()
+                .template_patterns(),
             vec!["logs-*"]
         );
     }
 
     #[test]
     fn dead_letters_keep_the_original_and_the_id() {
-        let d = make_doc("t", 1, 9, Some(br#"{"@timestamp":"2026-01-01T00:00:00Z","x":1}"#), None, &pat());
+        let d = make_doc(
+            "t",
+            1,
+            9,
+            Some(br#"{"@timestamp":"2026-01-01T00:00:00Z","x":1}"#),
+            None,
+            &pat(),
+        );
         let err = serde_json::json!({"type": "mapper_parsing_exception", "reason": "bad"});
         let dl = dead_letter(&d, 400, &err, "-deadletter");
         assert_eq!(dl.index, "t-2026.01.01-deadletter");

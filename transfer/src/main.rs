@@ -9,7 +9,11 @@ use transfer::config::TransferConfig;
 #[command(name = "logtransfer", version)]
 struct Cli {
     /// The transfer's TOML config file.
-    #[arg(long, value_name = "FILE", default_value = "/etc/logtransfer/transfer.toml")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/logtransfer/transfer.toml"
+    )]
     config: PathBuf,
     /// Validate the config, print the effective config and exit.
     #[arg(long)]
@@ -50,7 +54,10 @@ fn main() -> ExitCode {
         print!("{}", cfg.to_redacted_toml());
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("logtransfer: cannot start the runtime: {e}");

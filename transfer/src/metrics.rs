@@ -57,7 +57,11 @@ impl Metrics {
             bulk_seconds.clone(),
         );
         let retries = Counter::default();
-        registry.register("retries", "Documents sent again after a retryable failure", retries.clone());
+        registry.register(
+            "retries",
+            "Documents sent again after a retryable failure",
+            retries.clone(),
+        );
         let dead_lettered = Counter::default();
         registry.register(
             "dead_lettered",
@@ -65,11 +69,23 @@ impl Metrics {
             dead_lettered.clone(),
         );
         let commit_failures = Counter::default();
-        registry.register("commit_failures", "Kafka offset commits that failed", commit_failures.clone());
+        registry.register(
+            "commit_failures",
+            "Kafka offset commits that failed",
+            commit_failures.clone(),
+        );
         let commits = Counter::default();
-        registry.register("commits", "Kafka offset commits that succeeded", commits.clone());
+        registry.register(
+            "commits",
+            "Kafka offset commits that succeeded",
+            commits.clone(),
+        );
         let paused = Gauge::default();
-        registry.register("paused", "1 while consumption is paused (buffers full)", paused.clone());
+        registry.register(
+            "paused",
+            "1 while consumption is paused (buffers full)",
+            paused.clone(),
+        );
         let buffered_bytes = Gauge::default();
         registry.register(
             "buffered_bytes",
@@ -114,7 +130,10 @@ pub async fn serve(listen: &str, metrics: Arc<Metrics>) -> std::io::Result<()> {
                 let m = Arc::clone(&m1);
                 async move {
                     (
-                        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
                         m.encode(),
                     )
                 }

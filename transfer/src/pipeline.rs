@@ -90,7 +90,8 @@ impl ConsumerContext for TransferContext {
                 for e in tpl.elements() {
                     a.next_epoch += 1;
                     let epoch = a.next_epoch;
-                    a.epochs.insert((e.topic().to_string(), e.partition()), epoch);
+                    a.epochs
+                        .insert((e.topic().to_string(), e.partition()), epoch);
                 }
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
             }
@@ -215,7 +216,10 @@ async fn write_batch(sink: Arc<dyn Sink>, docs: Vec<Doc>, w: WriteCtx) {
                         }
                     }
                 }
-                w.metrics.docs_written.get_or_create(&labels).inc_by(written);
+                w.metrics
+                    .docs_written
+                    .get_or_create(&labels)
+                    .inc_by(written);
             }
         }
         if must_wait {
@@ -255,7 +259,9 @@ pub async fn run(
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot install the index template yet; retrying");
-                metrics.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+                metrics
+                    .healthy
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 tokio::select! {
                     _ = &mut shutdown => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
@@ -264,7 +270,9 @@ pub async fn run(
             }
         }
     }
-    metrics.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .healthy
+        .store(true, std::sync::atomic::Ordering::Relaxed);
 
     let mut by_topic: HashMap<String, Arc<dyn Sink>> = HashMap::new();
     if let Some(fs) = &cfg.file_sink {
@@ -385,7 +393,8 @@ pub async fn run(
             }
             let due = b.docs.len() >= cfg.bulk.max_docs
                 || b.bytes >= cfg.bulk.max_bytes
-                || b.since.is_some_and(|s| now.duration_since(s) >= flush_every);
+                || b.since
+                    .is_some_and(|s| now.duration_since(s) >= flush_every);
             if !due {
                 continue;
             }
@@ -393,7 +402,8 @@ pub async fn run(
             let mut bytes = 0;
             while let Some(d) = b.docs.front() {
                 if !batch.is_empty()
-                    && (batch.len() >= cfg.bulk.max_docs || bytes + d.source.len() > cfg.bulk.max_bytes)
+                    && (batch.len() >= cfg.bulk.max_docs
+                        || bytes + d.source.len() > cfg.bulk.max_bytes)
                 {
                     break;
                 }
@@ -452,12 +462,18 @@ pub async fn run(
             Ok(Some(done)) => finished.push(done),
             Ok(None) => break,
             Err(_) => {
-                tracing::warn!(abandoned = in_flight.len(), "grace period over; abandoning unfinished batches uncommitted");
+                tracing::warn!(
+                    abandoned = in_flight.len(),
+                    "grace period over; abandoning unfinished batches uncommitted"
+                );
                 break;
             }
         }
     }
-    for done in finished.iter().filter(|d| current_epoch(&d.tp) == Some(d.epoch)) {
+    for done in finished
+        .iter()
+        .filter(|d| current_epoch(&d.tp) == Some(d.epoch))
+    {
         commit(done, CommitMode::Sync);
     }
     Ok(())

@@ -81,7 +81,10 @@ impl FileSink {
         Self { dir }
     }
 
-    fn write_blocking(dir: PathBuf, docs: Vec<(String, String, String, Vec<u8>)>) -> Result<(), Error> {
+    fn write_blocking(
+        dir: PathBuf,
+        docs: Vec<(String, String, String, Vec<u8>)>,
+    ) -> Result<(), Error> {
         let mut by_file: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
         for (topic, index, id, source) in docs {
             let day = index.rsplit('-').next().unwrap_or("undated").to_string();
@@ -120,7 +123,14 @@ impl Sink for FileSink {
     fn write<'a>(&'a self, docs: &'a [Doc]) -> BoxFuture<'a, Result<Vec<Outcome>, Error>> {
         let owned: Vec<_> = docs
             .iter()
-            .map(|d| (d.topic.clone(), d.index.clone(), d.id.clone(), d.source.clone()))
+            .map(|d| {
+                (
+                    d.topic.clone(),
+                    d.index.clone(),
+                    d.id.clone(),
+                    d.source.clone(),
+                )
+            })
             .collect();
         let dir = self.dir.clone();
         let n = docs.len();

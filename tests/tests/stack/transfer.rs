@@ -22,10 +22,17 @@ fn event(seq: u64) -> String {
 
 /// Produces `n` events round-robin over `partitions`; returns (partition,
 /// offset, seq) of each.
-async fn produce_events(stack: &Stack, topic: &str, partitions: i32, n: u64) -> Vec<(i32, i64, u64)> {
+async fn produce_events(
+    stack: &Stack,
+    topic: &str,
+    partitions: i32,
+    n: u64,
+) -> Vec<(i32, i64, u64)> {
     let mut out = Vec::new();
     for p in 0..partitions {
-        let seqs: Vec<u64> = (0..n).filter(|s| (*s % partitions as u64) as i32 == p).collect();
+        let seqs: Vec<u64> = (0..n)
+            .filter(|s| (*s % partitions as u64) as i32 == p)
+            .collect();
         let values: Vec<String> = seqs.iter().map(|s| event(*s)).collect();
         let offsets = stack.produce(topic, p, &values).await;
         out.extend(offsets.into_iter().zip(seqs).map(|(o, s)| (p, o, s)));
@@ -68,7 +75,9 @@ async fn events_on_four_partitions_are_searchable_with_id_index_and_mapping() {
 
     let mapping: Value = es
         .indices()
-        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[&index]))
+        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
+            &index,
+        ]))
         .send()
         .await
         .expect("mapping")
@@ -80,7 +89,10 @@ async fn events_on_four_partitions_are_searchable_with_id_index_and_mapping() {
     assert_eq!(props["message"]["type"], "text");
     assert_eq!(props["host"]["properties"]["name"]["type"], "keyword");
     assert_eq!(props["log"]["properties"]["offset"]["type"], "long");
-    assert_eq!(props["log"]["properties"]["file"]["properties"]["path"]["type"], "keyword");
+    assert_eq!(
+        props["log"]["properties"]["file"]["properties"]["path"]["type"],
+        "keyword"
+    );
     // Unknown strings: text with a keyword sub-field (Kibana aggregates on it).
     assert_eq!(props["agent"]["properties"]["type"]["type"], "keyword");
 
@@ -94,7 +106,10 @@ async fn events_on_four_partitions_are_searchable_with_id_index_and_mapping() {
         .json()
         .await
         .expect("search body");
-    assert!(found["hits"]["total"]["value"].as_u64().unwrap_or(0) >= 1, "{found}");
+    assert!(
+        found["hits"]["total"]["value"].as_u64().unwrap_or(0) >= 1,
+        "{found}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +156,10 @@ async fn a_refused_document_is_dead_lettered_and_the_partition_moves_on() {
         .expect("body");
     assert_eq!(dl["found"], true, "{dl}");
     assert_eq!(dl["_source"]["error"]["status"], 400);
-    assert!(dl["_source"]["original"].as_str().unwrap_or("").contains("not-a-number"));
+    assert!(dl["_source"]["original"]
+        .as_str()
+        .unwrap_or("")
+        .contains("not-a-number"));
     assert_eq!(dl["_source"]["kafka"]["offset"], offsets[1]);
 }
 
@@ -242,19 +260,28 @@ listen = "127.0.0.1:0"
     }
     eprintln!("documents indexed at each kill: {counts_at_kills:?}");
     let mid_stream = counts_at_kills.iter().filter(|c| **c < N).count();
-    assert!(mid_stream >= KILLS / 2, "kills must hit a running transfer: {counts_at_kills:?}");
+    assert!(
+        mid_stream >= KILLS / 2,
+        "kills must hit a running transfer: {counts_at_kills:?}"
+    );
     let got = stack
         .wait_count(&main_indices(&topic), N, Duration::from_secs(240))
         .await;
     // Let it settle, then make sure nothing more arrives (no duplicates).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let settled = stack.es_count(&main_indices(&topic)).await;
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let status = child.wait().expect("wait");
     assert_eq!(got, N, "logtransfer's log:\n{}", tail(&log));
     assert_eq!(settled, N);
     let seqs = stack.all_values(&main_indices(&topic), "seq").await;
     assert_eq!(seqs.len() as u64, N);
-    assert!(seqs.iter().copied().eq(0..N as i64), "every message exactly once");
+    assert!(
+        seqs.iter().copied().eq(0..N as i64),
+        "every message exactly once"
+    );
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
 }

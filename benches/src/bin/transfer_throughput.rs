@@ -1,0 +1,300 @@
+//! logtransfer throughput on the local stack, beside an ideal loader.
+//!
+//! 1. Produces N events of about 200 bytes to a fresh 4-partition topic.
+//! 2. Ideal loader: builds the `_bulk` bodies of exactly the documents
+//!    logtransfer would write (same index, `_id`, source, batch size) before
+//!    timing, then posts them with the same number of requests in flight,
+//!    and times until every document is created.
+//! 3. logtransfer (this crate's pipeline, in process, release build) consumes
+//!    the topic into another index set; timed from start until ES counts N,
+//!    with the process CPU time (user+sys) it used meanwhile.
+//!
+//! Run on the local stack:
+//!   eval "$(scripts/stack env)"
+//!   cargo run --release -p benches --bin transfer_throughput [N]   # N = 200000
+
+use elasticsearch::http::transport::Transport;
+use elasticsearch::indices::{IndicesDeleteParts, IndicesRefreshParts};
+use elasticsearch::{BulkParts, CountParts, Elasticsearch};
+use futures::stream::{self, StreamExt};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::time::{Duration, Instant};
+use transfer::bulk::build_body;
+use transfer::doc::{make_doc, IndexPattern};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        eprintln!("{name} is not set: eval \"$(scripts/stack env)\" first");
+        std::process::exit(2)
+    })
+}
+
+fn cpu_seconds() -> f64 {
+    // utime + stime of this process, from /proc/self/stat (clock ticks).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn event(seq: u64) -> String {
+    // ~200 bytes of JSON, like a short access-log line from logagent.
+    format!(
+        r#"{{"@timestamp":"2026-11-21T04:33:32.123Z","message":"GET /item/{seq:08} HTTP/1.1 200 512 ref=/home ua=Mozilla/5.0 (X11; Linux x86_64) bench","host":{{"name":"web-1"}},"log":{{"offset":{off}}},"seq":{seq}}}"#,
+        off = seq * 200
+    )
+}
+
+async fn count(es: &Elasticsearch, pattern: &str) -> u64 {
+    let _ = es
+        .indices()
+        .refresh(IndicesRefreshParts::Index(&[pattern]))
+        .allow_no_indices(true)
+        .send()
+        .await;
+    match es
+        .count(CountParts::Index(&[pattern]))
+        .allow_no_indices(true)
+        .send()
+        .await
+    {
+        Ok(r) => r
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v["count"].as_u64())
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+async fn wait_count(es: &Elasticsearch, pattern: &str, n: u64) {
+    let start = Instant::now();
+    while count(es, pattern).await < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(900),
+            "timed out waiting for {n} docs in {pattern}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Posts pre-built `_bulk` bodies of the documents logtransfer would make
+/// (into `<prefix>-<topic>-…`); returns the seconds until all are searchable.
+async fn ideal_run(
+    es: &Elasticsearch,
+    topic: &str,
+    offsets: &[(i32, i64, usize)],
+    payloads: &[String],
+    prefix: &str,
+    per_request: usize,
+    in_flight: usize,
+) -> f64 {
+    let n = offsets.len() as u64;
+    let pattern = IndexPattern::new(&format!("{prefix}-{{topic}}-%Y.%m.%d")).expect("pattern");
+    let docs: Vec<_> = offsets
+        .iter()
+        .map(|(p, o, seq)| {
+            make_doc(
+                topic,
+                *p,
+                *o,
+                Some(payloads[*seq].as_bytes()),
+                None,
+                &pattern,
+            )
+        })
+        .collect();
+    let bodies: Vec<Vec<u8>> = docs
+        .chunks(per_request)
+        .map(|c| {
+            let mut b = Vec::new();
+            build_body(c, &mut b);
+            b
+        })
+        .collect();
+    let start = Instant::now();
+    let results: Vec<u16> = stream::iter(bodies)
+        .map(|body| async move {
+            es.bulk(BulkParts::None)
+                .body(vec![body])
+                .send()
+                .await
+                .map(|r| r.status_code().as_u16())
+                .unwrap_or(0)
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    assert!(
+        results.iter().all(|s| *s == 200),
+        "ideal loader bulk failed: {results:?}"
+    );
+    wait_count(es, &format!("{prefix}-{topic}-*"), n).await;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "ideal loader {prefix} (pre-built _bulk bodies, {per_request} docs/request, {in_flight} in flight): {:.0} docs/s ({secs:.2} s)",
+        n as f64 / secs
+    );
+    secs
+}
+
+#[tokio::main]
+async fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
+    let brokers = env("KAFKA_BROKERS");
+    let es_url = env("ES_URL");
+    let es = Elasticsearch::new(Transport::single_node(&es_url).expect("ES_URL"));
+    let run = std::process::id();
+    let topic = format!("bench-{run}");
+    let partitions = 4;
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("admin");
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(
+                &topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topic")
+    {
+        r.expect("topic created");
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .create()
+        .expect("producer");
+    let mut offsets = Vec::with_capacity(n as usize);
+    let mut futs = Vec::with_capacity(n as usize);
+    let payloads: Vec<String> = (0..n).map(event).collect();
+    for (seq, payload) in payloads.iter().enumerate() {
+        let p = (seq % partitions as usize) as i32;
+        let mut rec = FutureRecord::<(), _>::to(&topic)
+            .partition(p)
+            .payload(payload);
+        loop {
+            match producer.send_result(rec) {
+                Ok(f) => {
+                    futs.push(f);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => panic!("produce: {e}"),
+            }
+        }
+    }
+    for (seq, f) in futs.into_iter().enumerate() {
+        let d = f.await.expect("delivery").expect("delivered");
+        offsets.push((d.partition, d.offset, seq));
+    }
+    let avg = payloads.iter().map(String::len).sum::<usize>() as f64 / n as f64;
+    println!(
+        "produced {n} events of {avg:.0} bytes on average to {topic} ({partitions} partitions)"
+    );
+
+    // Same settings as the transfer's defaults: 5000 docs per request, 4 in flight.
+    let per_request = 5000usize;
+    let in_flight = 4usize;
+
+    let ideal_first = ideal_run(
+        &es,
+        &topic,
+        &offsets,
+        &payloads,
+        "ideal1",
+        per_request,
+        in_flight,
+    )
+    .await;
+
+    // logtransfer.
+    let cfg_text = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "bench-{run}"
+topics = ["{topic}"]
+[elasticsearch]
+url = "{es_url}"
+index_pattern = "lt-{{topic}}-%Y.%m.%d"
+[metrics]
+listen = "127.0.0.1:0"
+"#
+    );
+    let path = std::path::Path::new("bench.toml");
+    let cfg: transfer::config::TransferConfig =
+        common::config::parse_config(path, &cfg_text, |_| None).expect("config");
+    cfg.validate(path).expect("valid config");
+    let metrics = transfer::metrics::Metrics::new();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let cpu0 = cpu_seconds();
+    let start = Instant::now();
+    let task = tokio::spawn(transfer::pipeline::run(
+        cfg,
+        metrics,
+        async move {
+            let _ = rx.await;
+        },
+        Duration::from_secs(10),
+    ));
+    let lt_pattern = format!("lt-{topic}-*");
+    wait_count(&es, &lt_pattern, n).await;
+    let lt_secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let _ = tx.send(());
+    let _ = task.await;
+    println!(
+        "logtransfer (Kafka -> ES, defaults): {:.0} docs/s ({lt_secs:.2} s); CPU {:.1} s per million docs (user+sys of the process while it ran)",
+        n as f64 / lt_secs,
+        cpu / n as f64 * 1e6
+    );
+    let ideal_second = ideal_run(
+        &es,
+        &topic,
+        &offsets,
+        &payloads,
+        "ideal2",
+        per_request,
+        in_flight,
+    )
+    .await;
+    let ideal_secs = (ideal_first + ideal_second) / 2.0;
+    println!(
+        "logtransfer reached {:.0}% of the ideal loader (mean of the runs before and after it: {:.0} docs/s)",
+        100.0 * ideal_secs / lt_secs,
+        n as f64 / ideal_secs
+    );
+
+    for p in [
+        format!("ideal1-{topic}-*"),
+        format!("ideal2-{topic}-*"),
+        lt_pattern,
+    ] {
+        let _ = es
+            .indices()
+            .delete(IndicesDeleteParts::Index(&[&p]))
+            .send()
+            .await;
+    }
+    let _ = admin.delete_topics(&[&topic], &AdminOptions::new()).await;
+}
