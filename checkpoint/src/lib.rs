@@ -1,3 +1,445 @@
-//! Per-file checkpoints (file identity → offsets) kept in sled. Built with the
-//! harvester (issue #4); this crate is a placeholder in the workspace until
-//! then and exports nothing.
+//! Per-file checkpoints of logagent, kept in sled behind this crate's API.
+//!
+//! # What is stored
+//!
+//! Tree `files`: key = [`FileId`] (device, inode, fingerprint), 24 bytes
+//! big-endian; value = a bincode 2.x encoding of [`StoredState`], an enum
+//! whose variant is the schema version (today `V1(FileState)`).
+//! Tree `meta`: `collect-config` = the last good collection config received
+//! from etcd (opaque bytes, so the agent can start when etcd is unreachable).
+//!
+//! # When it is durable
+//!
+//! Updates go to an in-memory view first; [`Store::flush`] writes every
+//! changed entry in one atomic sled batch and then calls sled's `flush`, so
+//! after a crash the store holds the state of some flush, never a mix of two.
+//! Unchanged entries are never rewritten. The agent flushes at a bounded
+//! interval ([`Store::maybe_flush`]) and on shutdown.
+//!
+//! # Failure handling
+//!
+//! A store that cannot be opened (corrupt or unreadable sled directory) is
+//! moved aside to `<dir>.corrupt-<unix time>` and a fresh one is created; the
+//! [`OpenReport`] says so and the agent rebuilds positions from its WAL.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The identity of a file: where it lives and what it starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FileId {
+    pub device: u64,
+    pub inode: u64,
+    /// Checksum of the file's first bytes (see the harvester's fingerprinting).
+    pub fingerprint: u64,
+}
+
+impl FileId {
+    fn key(&self) -> [u8; 24] {
+        let mut k = [0u8; 24];
+        k[..8].copy_from_slice(&self.device.to_be_bytes());
+        k[8..16].copy_from_slice(&self.inode.to_be_bytes());
+        k[16..].copy_from_slice(&self.fingerprint.to_be_bytes());
+        k
+    }
+
+    fn from_key(k: &[u8]) -> Option<Self> {
+        if k.len() != 24 {
+            return None;
+        }
+        let n = |r: std::ops::Range<usize>| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&k[r]);
+            u64::from_be_bytes(b)
+        };
+        Some(Self {
+            device: n(0..8),
+            inode: n(8..16),
+            fingerprint: n(16..24),
+        })
+    }
+}
+
+/// What is known about one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileState {
+    /// The path the file was last seen at.
+    pub path: String,
+    /// Lines up to this offset are durable in the WAL: reading resumes here.
+    pub durable_offset: u64,
+    /// Lines up to this offset are acknowledged by Kafka.
+    pub acked_offset: u64,
+    pub size: u64,
+    pub mtime_ms: i64,
+    /// When the file was last seen at its path (Unix ms); drives GC.
+    pub last_seen_ms: u64,
+}
+
+/// The versioned value encoding. Add variants; never change `V1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredState {
+    V1(FileState),
+}
+
+/// Errors of the checkpoint store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("checkpoint store {path}: {source}")]
+    Sled { path: PathBuf, source: sled::Error },
+    #[error("checkpoint store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint store {path}: cannot be opened ({first}) nor recreated after moving it aside ({second})")]
+    Unrecoverable {
+        path: PathBuf,
+        first: String,
+        second: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What [`Store::open`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Entries loaded.
+    pub entries: usize,
+    /// Entries whose value could not be decoded (dropped; the WAL knows them).
+    pub undecodable: usize,
+    /// Where a store that could not be opened was moved, if it was.
+    pub moved_aside: Option<PathBuf>,
+    /// Why it could not be opened.
+    pub open_error: Option<String>,
+}
+
+const CONFIG_KEY: &[u8] = b"collect-config";
+
+/// The checkpoint store.
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    files: sled::Tree,
+    meta: sled::Tree,
+    view: HashMap<FileId, FileState>,
+    dirty: HashSet<FileId>,
+    removed: HashSet<FileId>,
+    last_flush: Instant,
+    flush_every: Duration,
+}
+
+fn bincode_cfg() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ 1 << 20 }>()
+}
+
+fn encode(state: &FileState) -> Vec<u8> {
+    #[derive(Serialize)]
+    enum Ref<'a> {
+        V1(&'a FileState),
+    }
+    bincode::serde::encode_to_vec(Ref::V1(state), bincode::config::standard()).unwrap_or_default()
+}
+
+fn decode(bytes: &[u8]) -> Option<FileState> {
+    match bincode::serde::decode_from_slice::<StoredState, _>(bytes, bincode_cfg()) {
+        Ok((StoredState::V1(s), used)) if used == bytes.len() => Some(s),
+        _ => None,
+    }
+}
+
+/// Now as Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn try_open(path: &Path) -> std::result::Result<(sled::Db, sled::Tree, sled::Tree), String> {
+    // sled may panic on some corrupt files; a panic here is a corrupt store.
+    let opened = std::panic::catch_unwind(|| {
+        let db = sled::Config::new().path(path).open()?;
+        let files = db.open_tree("files")?;
+        let meta = db.open_tree("meta")?;
+        // Touch every value so corruption shows now, not later.
+        for kv in files.iter() {
+            kv?;
+        }
+        Ok::<_, sled::Error>((db, files, meta))
+    });
+    match opened {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("sled panicked while opening it".into()),
+    }
+}
+
+impl Store {
+    /// Opens the store at `path` (a directory), creating it if needed.
+    /// `flush_every` bounds how long an update may stay unflushed when the
+    /// agent calls [`Store::maybe_flush`].
+    ///
+    /// # Errors
+    /// Only when neither the store nor a fresh one in its place can be
+    /// opened; a corrupt store is moved aside and reported instead.
+    pub fn open(path: impl AsRef<Path>, flush_every: Duration) -> Result<(Self, OpenReport)> {
+        let path = path.as_ref().to_path_buf();
+        let mut report = OpenReport::default();
+        let (db, files, meta) = match try_open(&path) {
+            Ok(t) => t,
+            Err(first) => {
+                let aside =
+                    PathBuf::from(format!("{}.corrupt-{}", path.display(), now_ms() / 1000));
+                tracing::error!(store = %path.display(), error = %first, aside = %aside.display(),
+                    "checkpoint store cannot be opened; moving it aside and starting empty");
+                std::fs::rename(&path, &aside).map_err(|source| Error::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                report.moved_aside = Some(aside);
+                report.open_error = Some(first.clone());
+                try_open(&path).map_err(|second| Error::Unrecoverable {
+                    path: path.clone(),
+                    first,
+                    second,
+                })?
+            }
+        };
+        let mut view = HashMap::new();
+        for kv in files.iter() {
+            let (k, v) = kv.map_err(|source| Error::Sled {
+                path: path.clone(),
+                source,
+            })?;
+            match (FileId::from_key(&k), decode(&v)) {
+                (Some(id), Some(state)) => {
+                    view.insert(id, state);
+                }
+                _ => report.undecodable += 1,
+            }
+        }
+        report.entries = view.len();
+        Ok((
+            Self {
+                path,
+                db,
+                files,
+                meta,
+                view,
+                dirty: HashSet::new(),
+                removed: HashSet::new(),
+                last_flush: Instant::now(),
+                flush_every,
+            },
+            report,
+        ))
+    }
+
+    pub fn get(&self, id: &FileId) -> Option<&FileState> {
+        self.view.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.view.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.view.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&FileId, &FileState)> {
+        self.view.iter()
+    }
+
+    /// Records `state` for `id`; nothing is written when it is unchanged.
+    pub fn update(&mut self, id: FileId, state: FileState) {
+        if self.view.get(&id) == Some(&state) {
+            return;
+        }
+        self.removed.remove(&id);
+        self.view.insert(id, state);
+        self.dirty.insert(id);
+    }
+
+    pub fn remove(&mut self, id: &FileId) {
+        if self.view.remove(id).is_some() {
+            self.dirty.remove(id);
+            self.removed.insert(*id);
+        }
+    }
+
+    /// Changes not yet flushed.
+    pub fn pending(&self) -> usize {
+        self.dirty.len() + self.removed.len()
+    }
+
+    /// Writes every change since the last flush in one atomic batch and
+    /// makes it durable; returns how many entries were written or removed.
+    ///
+    /// # Errors
+    /// sled's write or flush failed; the changes stay pending.
+    pub fn flush(&mut self) -> Result<usize> {
+        self.last_flush = Instant::now();
+        if self.dirty.is_empty() && self.removed.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        for id in &self.dirty {
+            if let Some(s) = self.view.get(id) {
+                batch.insert(&id.key()[..], encode(s));
+            }
+        }
+        for id in &self.removed {
+            batch.remove(&id.key()[..]);
+        }
+        let sled_err = |source| Error::Sled {
+            path: self.path.clone(),
+            source,
+        };
+        self.files.apply_batch(batch).map_err(sled_err)?;
+        self.db.flush().map_err(sled_err)?;
+        let n = self.dirty.len() + self.removed.len();
+        self.dirty.clear();
+        self.removed.clear();
+        Ok(n)
+    }
+
+    /// Flushes when the interval has passed since the last flush.
+    ///
+    /// # Errors
+    /// See [`Store::flush`].
+    pub fn maybe_flush(&mut self) -> Result<usize> {
+        if self.last_flush.elapsed() >= self.flush_every {
+            self.flush()
+        } else {
+            Ok(0)
+        }
+    }
+
+    /// Removes entries whose file was last seen before `now_ms - max_age`
+    /// (files that are gone); returns how many.
+    pub fn gc(&mut self, now_ms: u64, max_age: Duration) -> usize {
+        let cutoff = now_ms.saturating_sub(max_age.as_millis() as u64);
+        let old: Vec<FileId> = self
+            .view
+            .iter()
+            .filter(|(_, s)| s.last_seen_ms < cutoff)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &old {
+            self.remove(id);
+        }
+        old.len()
+    }
+
+    /// Stores the last good collection config (durable when this returns).
+    ///
+    /// # Errors
+    /// sled's write or flush failed.
+    pub fn save_config(&self, bytes: &[u8]) -> Result<()> {
+        let sled_err = |source| Error::Sled {
+            path: self.path.clone(),
+            source,
+        };
+        self.meta.insert(CONFIG_KEY, bytes).map_err(sled_err)?;
+        self.db.flush().map_err(sled_err)?;
+        Ok(())
+    }
+
+    /// The last good collection config, if one was saved.
+    pub fn load_config(&self) -> Option<Vec<u8>> {
+        self.meta.get(CONFIG_KEY).ok().flatten().map(|v| v.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(path: &str, off: u64, seen: u64) -> FileState {
+        FileState {
+            path: path.into(),
+            durable_offset: off,
+            acked_offset: off / 2,
+            size: off,
+            mtime_ms: 1,
+            last_seen_ms: seen,
+        }
+    }
+
+    fn id(inode: u64) -> FileId {
+        FileId {
+            device: 1,
+            inode,
+            fingerprint: 0xabc,
+        }
+    }
+
+    #[test]
+    fn updates_survive_reopen_after_flush_and_unchanged_ones_are_not_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp");
+        {
+            let (mut s, r) = Store::open(&path, Duration::from_secs(1)).unwrap();
+            assert_eq!(r, OpenReport::default());
+            s.update(id(1), st("/var/log/a", 10, 5));
+            s.update(id(2), st("/var/log/b", 20, 5));
+            assert_eq!(s.flush().unwrap(), 2);
+            s.update(id(1), st("/var/log/a", 10, 5));
+            assert_eq!(s.pending(), 0, "an unchanged entry is not dirty");
+            s.update(id(1), st("/var/log/a", 15, 6));
+            s.remove(&id(2));
+            assert_eq!(s.flush().unwrap(), 2);
+            s.save_config(br#"[{"path":"/var/log/*.log","topic":"t"}]"#)
+                .unwrap();
+        }
+        let (s, r) = Store::open(&path, Duration::from_secs(1)).unwrap();
+        assert_eq!(r.entries, 1);
+        assert_eq!(s.get(&id(1)), Some(&st("/var/log/a", 15, 6)));
+        assert_eq!(s.get(&id(2)), None);
+        assert_eq!(
+            s.load_config().as_deref(),
+            Some(&br#"[{"path":"/var/log/*.log","topic":"t"}]"#[..])
+        );
+    }
+
+    #[test]
+    fn gc_removes_files_not_seen_for_max_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Store::open(dir.path().join("cp"), Duration::from_secs(1)).unwrap();
+        let day = 24 * 3600 * 1000;
+        s.update(id(1), st("/a", 1, 10 * day));
+        s.update(id(2), st("/b", 1, 12 * day - 1000));
+        assert_eq!(s.gc(12 * day, Duration::from_secs(24 * 3600)), 1);
+        assert!(s.get(&id(1)).is_none() && s.get(&id(2)).is_some());
+    }
+
+    #[test]
+    fn a_garbage_directory_is_moved_aside_and_a_fresh_store_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp");
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("conf"), b"\x00garbage\xffnot sled").unwrap();
+        std::fs::write(path.join("db"), vec![0xa5u8; 10_000]).unwrap();
+        let (mut s, r) = Store::open(&path, Duration::from_secs(1)).unwrap();
+        let aside = r.moved_aside.expect("moved aside");
+        assert!(aside.exists());
+        assert!(r.open_error.is_some());
+        s.update(id(1), st("/a", 1, 1));
+        s.flush().unwrap();
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let i = FileId {
+            device: u64::MAX,
+            inode: 7,
+            fingerprint: 1 << 40,
+        };
+        assert_eq!(FileId::from_key(&i.key()), Some(i));
+        assert_eq!(FileId::from_key(b"short"), None);
+    }
+}
