@@ -1,8 +1,10 @@
 //! `logagent`: file harvesting, the write-ahead spool and the Kafka producer.
 //!
 //! - [`config`]: the local TOML config (`--config`, `--check-config`).
+//! - [`harvester`]: finding files, identity, lines, rotation.
 
 pub mod config;
+pub mod harvester;
 
 /// Errors of the agent crate.
 #[derive(Debug, thiserror::Error)]

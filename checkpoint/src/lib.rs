@@ -20,7 +20,10 @@
 //!
 //! A store that cannot be opened (corrupt or unreadable sled directory) is
 //! moved aside to `<dir>.corrupt-<unix time>` and a fresh one is created; the
-//! [`OpenReport`] says so and the agent rebuilds positions from its WAL.
+//! [`OpenReport`] says so and the agent rebuilds positions from its WAL. A
+//! store locked by another process is never moved aside: opening waits up
+//! to 10 s for the lock (a closing process releases it shortly), then fails
+//! with [`Error::Locked`].
 
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -93,6 +96,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("checkpoint store {path} is in use by another process (is another logagent running with this data_dir?): {message}")]
+    Locked { path: PathBuf, message: String },
     #[error("checkpoint store {path}: cannot be opened ({first}) nor recreated after moving it aside ({second})")]
     Unrecoverable {
         path: PathBuf,
@@ -158,6 +163,38 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Why opening failed: held by someone else (wait, never move aside), or
+/// anything else (corrupt or unreadable).
+enum OpenFailure {
+    Locked(String),
+    Broken(String),
+}
+
+/// Opens the store, waiting up to 10 s for a lock held by a process that is
+/// exiting (sled's background threads release it shortly after a close).
+fn open_waiting(
+    path: &Path,
+) -> std::result::Result<(sled::Db, sled::Tree, sled::Tree), OpenFailure> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match try_open(path) {
+            Ok(t) => return Ok(t),
+            Err(e) if is_lock_error(&e) => {
+                if Instant::now() >= deadline {
+                    return Err(OpenFailure::Locked(e));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(OpenFailure::Broken(e)),
+        }
+    }
+}
+
+/// Whether sled's open error means the directory is locked by a process.
+fn is_lock_error(message: &str) -> bool {
+    message.contains("could not acquire lock")
+}
+
 fn try_open(path: &Path) -> std::result::Result<(sled::Db, sled::Tree, sled::Tree), String> {
     // sled may panic on some corrupt files; a panic here is a corrupt store.
     let opened = std::panic::catch_unwind(|| {
@@ -188,9 +225,10 @@ impl Store {
     pub fn open(path: impl AsRef<Path>, flush_every: Duration) -> Result<(Self, OpenReport)> {
         let path = path.as_ref().to_path_buf();
         let mut report = OpenReport::default();
-        let (db, files, meta) = match try_open(&path) {
+        let (db, files, meta) = match open_waiting(&path) {
             Ok(t) => t,
-            Err(first) => {
+            Err(OpenFailure::Locked(message)) => return Err(Error::Locked { path, message }),
+            Err(OpenFailure::Broken(first)) => {
                 let aside =
                     PathBuf::from(format!("{}.corrupt-{}", path.display(), now_ms() / 1000));
                 tracing::error!(store = %path.display(), error = %first, aside = %aside.display(),
@@ -201,10 +239,12 @@ impl Store {
                 })?;
                 report.moved_aside = Some(aside);
                 report.open_error = Some(first.clone());
-                try_open(&path).map_err(|second| Error::Unrecoverable {
+                open_waiting(&path).map_err(|second| Error::Unrecoverable {
                     path: path.clone(),
                     first,
-                    second,
+                    second: match second {
+                        OpenFailure::Locked(m) | OpenFailure::Broken(m) => m,
+                    },
                 })?
             }
         };
@@ -430,6 +470,23 @@ mod tests {
         assert!(r.open_error.is_some());
         s.update(id(1), st("/a", 1, 1));
         s.flush().unwrap();
+    }
+
+    #[test]
+    fn a_store_in_use_is_not_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp");
+        // Closing and reopening at once (sled's threads still hold the lock
+        // for a moment) must find the same store, not set it aside.
+        for i in 0..20u64 {
+            let (mut s, r) = Store::open(&path, Duration::from_secs(1)).unwrap();
+            assert!(r.moved_aside.is_none(), "reopen {i}: {r:?}");
+            assert_eq!(r.entries as u64, i.min(1));
+            s.update(id(1), st("/a", i, 1));
+            s.flush().unwrap();
+        }
+        assert!(is_lock_error("could not acquire lock on \"x\": WouldBlock"));
+        assert!(!is_lock_error("Corruption { at: 5 }"));
     }
 
     #[test]

@@ -1,0 +1,471 @@
+//! The file side of the agent: finding files, identifying them, reading
+//! complete lines and surviving every kind of rotation.
+//!
+//! - [`lines`]: the line splitter (pure).
+//! - [`fingerprint`]: file identity beyond (device, inode).
+//! - [`Harvester`]: a synchronous poller over a set of globs. Each
+//!   [`Harvester::poll`] discovers matching files, checks every open file for
+//!   rotation, truncation and deletion, and reads what was appended. It keeps
+//!   no offsets of its own beyond the open handles: the caller records
+//!   [`Emitted::resume_offset`] in the checkpoint store once the lines are
+//!   durable (the agent: once the WAL has synced them), and a new harvester
+//!   resumes from the store.
+//!
+//! # Rotation rules
+//!
+//! - rename (`app.log` → `app.log.1`, new `app.log`): the old handle is read
+//!   to its end, then closed once it has not grown for `rotate_grace`; the
+//!   new file at the path is a new identity, read from 0. When the glob also
+//!   matches the new name, the same inode is simply seen at a new path.
+//! - copytruncate: a file whose size drops below the read position, or
+//!   whose first line changed, is read again from 0 and the event is counted. Lines appended between the
+//!   copy and the truncation that were not read yet are lost — copytruncate's
+//!   inherent window, which only renaming avoids.
+//! - deletion: the open handle is read to its end, then closed.
+//! - inode reuse: identities include the fingerprint of the first line, so a
+//!   new file on a reused inode has a new identity and is read from 0.
+
+pub mod fingerprint;
+pub mod lines;
+
+use checkpoint::{FileId, Store};
+use globset::{GlobSet, GlobSetBuilder};
+use lines::{LineSplitter, SplitLine};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What to harvest.
+#[derive(Debug, Clone)]
+pub struct HarvestConfig {
+    /// Absolute globs (`*`, `?`, `[..]`, `**`).
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub max_line_bytes: usize,
+    pub fingerprint_bytes: usize,
+    /// How long a rotated or deleted file's handle stays open after its last
+    /// growth.
+    pub rotate_grace: Duration,
+    /// Emit a partial last line after this long without growth (`None`:
+    /// never; partial lines wait for their newline).
+    pub partial_timeout: Option<Duration>,
+    /// Most bytes read from one file per poll (fairness between files).
+    pub read_chunk: usize,
+}
+
+impl Default for HarvestConfig {
+    fn default() -> Self {
+        Self {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            max_line_bytes: 1 << 20,
+            fingerprint_bytes: 1024,
+            rotate_grace: Duration::from_secs(5),
+            partial_timeout: None,
+            read_chunk: 1 << 20,
+        }
+    }
+}
+
+/// Lines read from one file in one poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emitted {
+    pub id: FileId,
+    pub path: PathBuf,
+    pub lines: Vec<SplitLine>,
+    /// Where reading resumes after these lines: checkpoint this once they
+    /// are durable.
+    pub resume_offset: u64,
+}
+
+/// Counters of what the harvester saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HarvestStats {
+    pub files_opened: u64,
+    pub files_closed: u64,
+    pub truncations: u64,
+    pub bytes_read: u64,
+    pub lines: u64,
+    pub truncated_lines: u64,
+}
+
+/// Errors of the harvester setup (file I/O errors are per file and logged).
+#[derive(Debug, thiserror::Error)]
+pub enum HarvestError {
+    #[error("invalid glob `{glob}`: {message}")]
+    Glob { glob: String, message: String },
+    #[error("glob `{0}` is not an absolute path")]
+    Relative(String),
+}
+
+struct Tracked {
+    id: FileId,
+    path: PathBuf,
+    file: File,
+    splitter: LineSplitter,
+    last_growth: Instant,
+    /// Set once the path no longer leads to this file.
+    detached_at: Option<Instant>,
+    /// After a truncation, the new content's first line is not complete
+    /// yet: the identity's fingerprint is taken once it is.
+    fingerprint_pending: bool,
+}
+
+/// A synchronous, poll-driven harvester over a set of globs.
+pub struct Harvester {
+    cfg: HarvestConfig,
+    include: GlobSet,
+    exclude: GlobSet,
+    roots: Vec<PathBuf>,
+    open: HashMap<(u64, u64), Tracked>,
+    buf: Vec<u8>,
+    /// Not polled yet: look for rotated files the checkpoints know.
+    first_poll: bool,
+    pub stats: HarvestStats,
+}
+
+/// The directory before a glob's first metacharacter: where walking starts.
+fn glob_root(glob: &str) -> PathBuf {
+    let meta = glob.find(['*', '?', '[', '{']).unwrap_or(glob.len());
+    let literal = &glob[..meta];
+    match literal.rfind('/') {
+        Some(0) => PathBuf::from("/"),
+        Some(i) => PathBuf::from(&literal[..i]),
+        None => PathBuf::from("/"),
+    }
+}
+
+fn build_set(globs: &[String]) -> Result<GlobSet, HarvestError> {
+    let mut b = GlobSetBuilder::new();
+    for g in globs {
+        if !g.starts_with('/') {
+            return Err(HarvestError::Relative(g.clone()));
+        }
+        let glob = globset::GlobBuilder::new(g)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| HarvestError::Glob {
+                glob: g.clone(),
+                message: e.to_string(),
+            })?;
+        b.add(glob);
+    }
+    b.build().map_err(|e| HarvestError::Glob {
+        glob: globs.join(", "),
+        message: e.to_string(),
+    })
+}
+
+impl Harvester {
+    /// # Errors
+    /// A glob that does not parse or is not absolute.
+    pub fn new(cfg: HarvestConfig) -> Result<Self, HarvestError> {
+        let include = build_set(&cfg.include)?;
+        let exclude = build_set(&cfg.exclude)?;
+        let mut roots: Vec<PathBuf> = cfg.include.iter().map(|g| glob_root(g)).collect();
+        roots.sort();
+        roots.dedup();
+        Ok(Self {
+            cfg,
+            include,
+            exclude,
+            roots,
+            open: HashMap::new(),
+            buf: Vec::new(),
+            first_poll: true,
+            stats: HarvestStats::default(),
+        })
+    }
+
+    /// Whether `path` is collected by this harvester's globs.
+    pub fn matches(&self, path: &Path) -> bool {
+        self.include.is_match(path) && !self.exclude.is_match(path)
+    }
+
+    /// Files currently open.
+    pub fn open_files(&self) -> usize {
+        self.open.len()
+    }
+
+    fn discover(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for root in &self.roots {
+            for entry in walkdir::WalkDir::new(root)
+                .follow_links(false)
+                .into_iter()
+                .filter_map(Result::ok)
+            {
+                if entry.file_type().is_file() && self.matches(entry.path()) {
+                    out.push(entry.into_path());
+                }
+            }
+        }
+        out
+    }
+
+    /// One round: discover, check, read. `store` gives the resume offsets
+    /// of files seen before; it is read, never written.
+    pub fn poll(&mut self, store: &Store) -> Vec<Emitted> {
+        let now = Instant::now();
+        let mut emitted = Vec::new();
+
+        // Which (device, inode) each matching path leads to now.
+        let mut at_path: HashMap<(u64, u64), PathBuf> = HashMap::new();
+        for path in self.discover() {
+            let Ok(md) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let key = (md.dev(), md.ino());
+            at_path.insert(key, path.clone());
+            if self.open.contains_key(&key) {
+                continue;
+            }
+            match self.open_file(&path, key, store) {
+                Ok(Some(t)) => {
+                    self.stats.files_opened += 1;
+                    self.open.insert(key, t);
+                }
+                Ok(None) => {} // too short to fingerprint yet
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot open file"),
+            }
+        }
+
+        if std::mem::take(&mut self.first_poll) {
+            self.reopen_rotated(store, &at_path, now);
+        }
+
+        let keys: Vec<(u64, u64)> = self.open.keys().copied().collect();
+        for key in keys {
+            let Some(mut t) = self.open.remove(&key) else {
+                continue;
+            };
+            match at_path.get(&key) {
+                Some(p) => {
+                    t.path = p.clone();
+                    t.detached_at = None;
+                }
+                None => {
+                    t.detached_at.get_or_insert(now);
+                }
+            }
+            let grew = match self.read_file(&mut t, now, &mut emitted) {
+                Ok(grew) => grew,
+                Err(e) => {
+                    tracing::warn!(path = %t.path.display(), error = %e, "read failed; closing the file");
+                    self.stats.files_closed += 1;
+                    continue;
+                }
+            };
+            let done = t.detached_at.is_some()
+                && !grew
+                && now.duration_since(t.last_growth) >= self.cfg.rotate_grace;
+            if done {
+                self.stats.files_closed += 1;
+            } else {
+                self.open.insert(key, t);
+            }
+        }
+        emitted
+    }
+
+    /// After a restart: files renamed out of the globs while the agent was
+    /// down (rotation) still have unread lines. Any file under the glob roots
+    /// whose identity has a checkpoint short of its size is opened as
+    /// detached, read to its end and closed.
+    fn reopen_rotated(
+        &mut self,
+        store: &Store,
+        matched: &HashMap<(u64, u64), PathBuf>,
+        now: Instant,
+    ) {
+        let known: std::collections::HashSet<(u64, u64)> =
+            store.iter().map(|(id, _)| (id.device, id.inode)).collect();
+        if known.is_empty() {
+            return;
+        }
+        for root in self.roots.clone() {
+            for entry in walkdir::WalkDir::new(&root)
+                .follow_links(false)
+                .into_iter()
+                .filter_map(Result::ok)
+            {
+                if !entry.file_type().is_file() {
+                    continue;
+                }
+                let Ok(md) = entry.metadata() else { continue };
+                let key = (md.dev(), md.ino());
+                if !known.contains(&key)
+                    || matched.contains_key(&key)
+                    || self.open.contains_key(&key)
+                {
+                    continue;
+                }
+                if let Ok(Some(mut t)) = self.open_file(entry.path(), key, store) {
+                    if store
+                        .get(&t.id)
+                        .is_some_and(|s| s.durable_offset < md.len())
+                    {
+                        tracing::info!(path = %entry.path().display(), "reading the rest of a file rotated while stopped");
+                        t.detached_at = Some(now);
+                        self.stats.files_opened += 1;
+                        self.open.insert(key, t);
+                    }
+                }
+            }
+        }
+    }
+
+    fn open_file(
+        &self,
+        path: &Path,
+        key: (u64, u64),
+        store: &Store,
+    ) -> io::Result<Option<Tracked>> {
+        let file = File::open(path)?;
+        let md = file.metadata()?;
+        if (md.dev(), md.ino()) != key {
+            return Ok(None); // replaced between stat and open: next poll
+        }
+        let Some(fp) = fingerprint::fingerprint_file(&file, self.cfg.fingerprint_bytes)? else {
+            return Ok(None);
+        };
+        let id = FileId {
+            device: key.0,
+            inode: key.1,
+            fingerprint: fp,
+        };
+        let mut offset = store.get(&id).map_or(0, |s| s.durable_offset);
+        if offset > md.len() {
+            // Truncated while we were not looking (copytruncate during a stop).
+            offset = 0;
+        }
+        Ok(Some(Tracked {
+            id,
+            path: path.to_path_buf(),
+            file,
+            splitter: LineSplitter::new(offset, self.cfg.max_line_bytes),
+            last_growth: Instant::now(),
+            detached_at: None,
+            fingerprint_pending: false,
+        }))
+    }
+
+    /// Reads what was appended; returns whether anything was.
+    fn read_file(
+        &mut self,
+        t: &mut Tracked,
+        now: Instant,
+        out: &mut Vec<Emitted>,
+    ) -> io::Result<bool> {
+        let size = t.file.metadata()?.len();
+        // A first line that changed means the file was truncated and written
+        // again, even when it has already grown past our position.
+        let current = fingerprint::fingerprint_file(&t.file, self.cfg.fingerprint_bytes)?;
+        if t.fingerprint_pending {
+            if let Some(fp) = current {
+                t.id.fingerprint = fp;
+                t.fingerprint_pending = false;
+            }
+        }
+        let rewritten = !t.fingerprint_pending
+            && t.splitter.position() > 0
+            && current.is_some_and(|fp| fp != t.id.fingerprint);
+        if size < t.splitter.position() || rewritten {
+            // copytruncate: start over, under the new content's identity.
+            self.stats.truncations += 1;
+            tracing::info!(path = %t.path.display(), size, position = t.splitter.position(), "file truncated; reading it again from the start");
+            t.splitter = LineSplitter::new(0, self.cfg.max_line_bytes);
+            match current {
+                Some(fp) => t.id.fingerprint = fp,
+                None => t.fingerprint_pending = true,
+            }
+        }
+        let mut lines = Vec::new();
+        let mut grew = false;
+        let mut budget = self.cfg.read_chunk;
+        self.buf.resize(64 * 1024, 0);
+        while budget > 0 {
+            let pos = t.splitter.position();
+            let want = self.buf.len().min(budget);
+            let n = t.file.read_at(&mut self.buf[..want], pos)?;
+            if n == 0 {
+                break;
+            }
+            grew = true;
+            budget -= n.min(budget);
+            self.stats.bytes_read += n as u64;
+            t.splitter.feed(&self.buf[..n], &mut lines);
+        }
+        if grew {
+            t.last_growth = now;
+        } else if let Some(timeout) = self.cfg.partial_timeout {
+            if now.duration_since(t.last_growth) >= timeout {
+                t.splitter.flush_partial(&mut lines);
+            }
+        }
+        if !lines.is_empty() {
+            self.stats.lines += lines.len() as u64;
+            self.stats.truncated_lines += lines
+                .iter()
+                .filter(|l| l.flags & lines::TRUNCATED != 0)
+                .count() as u64;
+            out.push(Emitted {
+                id: t.id,
+                path: t.path.clone(),
+                lines,
+                resume_offset: t.splitter.resume_offset(),
+            });
+        }
+        Ok(grew)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_roots_and_matching() {
+        assert_eq!(
+            glob_root("/var/log/nginx/*.log"),
+            PathBuf::from("/var/log/nginx")
+        );
+        assert_eq!(
+            glob_root("/var/log/**/app-?.log"),
+            PathBuf::from("/var/log")
+        );
+        assert_eq!(glob_root("/*.log"), PathBuf::from("/"));
+        let h = Harvester::new(HarvestConfig {
+            include: vec!["/var/log/**/*.log".into(), "/srv/app/*.txt".into()],
+            exclude: vec!["/var/log/**/debug*.log".into()],
+            ..HarvestConfig::default()
+        })
+        .unwrap();
+        assert!(h.matches(Path::new("/var/log/a.log")));
+        assert!(h.matches(Path::new("/var/log/nginx/x/access.log")));
+        assert!(!h.matches(Path::new("/var/log/nginx/debug-1.log")));
+        assert!(!h.matches(Path::new("/var/log/a.log.1")));
+        assert!(h.matches(Path::new("/srv/app/a.txt")));
+        assert!(
+            !h.matches(Path::new("/srv/app/sub/a.txt")),
+            "* does not cross /"
+        );
+        assert!(matches!(
+            Harvester::new(HarvestConfig {
+                include: vec!["var/log/*.log".into()],
+                ..HarvestConfig::default()
+            }),
+            Err(HarvestError::Relative(_))
+        ));
+        assert!(matches!(
+            Harvester::new(HarvestConfig {
+                include: vec!["/var/log/[.log".into()],
+                ..HarvestConfig::default()
+            }),
+            Err(HarvestError::Glob { .. })
+        ));
+    }
+}
