@@ -109,7 +109,30 @@ impl LineSplitter {
     /// Feeds the next bytes of the file; complete lines are appended to `out`.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<SplitLine>) {
         let mut rest = data;
-        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+        while let Some(i) = memchr::memchr(b'\n', rest) {
+            if self.pending.is_empty() && self.dropped == 0 {
+                // Fast path: the whole line is in this chunk.
+                let mut line = &rest[..i];
+                if line.last() == Some(&b'\r') {
+                    line = &line[..line.len() - 1];
+                }
+                if line.len() <= self.max_line_bytes {
+                    let flags = if std::str::from_utf8(line).is_ok() {
+                        0
+                    } else {
+                        INVALID_UTF8
+                    };
+                    out.push(SplitLine {
+                        offset: self.line_start,
+                        bytes: line.to_vec(),
+                        flags,
+                    });
+                    self.pos += (i + 1) as u64;
+                    self.line_start = self.pos;
+                    rest = &rest[i + 1..];
+                    continue;
+                }
+            }
             self.keep(&rest[..i]);
             self.emit(0, true, out);
             self.pos += (i + 1) as u64;

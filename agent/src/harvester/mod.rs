@@ -386,7 +386,7 @@ impl Harvester {
         let mut lines = Vec::new();
         let mut grew = false;
         let mut budget = self.cfg.read_chunk;
-        self.buf.resize(64 * 1024, 0);
+        self.buf.resize(256 * 1024, 0);
         while budget > 0 {
             let pos = t.splitter.position();
             let want = self.buf.len().min(budget);
