@@ -9,7 +9,9 @@
 //!   before it (copytruncate's inherent window; the model tracks exactly
 //!   which lines those are and allows nothing else to be missing);
 //! - nothing is emitted that was not written as a complete line;
-//! - a restart resumes exactly at the checkpoint (no duplicates).
+//! - a restart resumes exactly at the checkpoint (no duplicates);
+//! - the same holds when idle files are closed and reopened at every poll,
+//!   and when short first lines are fingerprinted without waiting.
 
 use agent::harvester::{HarvestConfig, Harvester};
 use checkpoint::{FileState, Store};
@@ -83,7 +85,14 @@ impl Model {
     /// The current instance of `file` is gone from its path: a file the
     /// harvester never opened may lose all its lines (it is not matched under
     /// its new name); then a new instance starts.
-    fn retire(&mut self, file: usize, renamed: bool) {
+    fn retire(&mut self, file: usize, renamed: bool, close_idle: bool) {
+        // With idle files closed, a deleted file may have no handle open:
+        // what was written to it since the last poll is gone with it.
+        if close_idle && !renamed {
+            for l in self.unpolled[file].drain(..) {
+                self.may_lose.insert(l);
+            }
+        }
         // A renamed file with a checkpoint is found again after a restart; a
         // deleted one is only readable through a handle held open.
         let reachable = self.polled[file] || (renamed && self.checkpointed[file]);
@@ -131,7 +140,11 @@ fn commit(store: &mut Store, emitted: &[agent::harvester::Emitted]) {
     }
 }
 
-fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
+fn run(
+    actions: Vec<Action>,
+    close_idle: bool,
+    fingerprint_at_once: bool,
+) -> Result<(), TestCaseError> {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("logs");
     fs::create_dir_all(&dir).expect("mkdir");
@@ -140,6 +153,18 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
         max_line_bytes: 1 << 16,
         fingerprint_bytes: 64,
         rotate_grace: Duration::ZERO,
+        // Variants: idle files closed (parked) at every poll, and short
+        // first lines fingerprinted at once instead of waited for.
+        close_idle_after: if close_idle {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(3600)
+        },
+        fingerprint_timeout: if fingerprint_at_once {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(3600)
+        },
         ..HarvestConfig::default()
     };
     let store_path = tmp.path().join("checkpoints");
@@ -220,7 +245,7 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
                     // old handle; its partial tail never completes.
                     fs::rename(&p, dir.join(format!("app{file}.log.{}", m.counter)))
                         .expect("rename");
-                    m.retire(file, true);
+                    m.retire(file, true, close_idle);
                 }
             }
             Action::CopyTruncate { file } => {
@@ -237,14 +262,14 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
                     for l in m.unpolled[file].drain(..) {
                         m.may_lose.insert(l);
                     }
-                    m.retire(file, false);
+                    m.retire(file, false, close_idle);
                 }
             }
             Action::Delete { file } => {
                 let p = path(&dir, file);
                 if p.exists() {
                     fs::remove_file(&p).expect("delete");
-                    m.retire(file, false);
+                    m.retire(file, false, close_idle);
                 }
             }
             Action::Restart => {
@@ -297,7 +322,7 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
     #[test]
-    fn harvester_matches_model(actions in prop::collection::vec(action(), 1..40)) {
-        run(actions)?;
+    fn harvester_matches_model(actions in prop::collection::vec(action(), 1..40), close_idle in any::<bool>(), fingerprint_at_once in any::<bool>()) {
+        run(actions, close_idle, fingerprint_at_once)?;
     }
 }

@@ -26,7 +26,7 @@
 //! with [`Error::Locked`].
 
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -129,7 +129,7 @@ pub struct Store {
     db: sled::Db,
     files: sled::Tree,
     meta: sled::Tree,
-    view: HashMap<FileId, FileState>,
+    view: BTreeMap<FileId, FileState>,
     dirty: HashSet<FileId>,
     removed: HashSet<FileId>,
     last_flush: Instant,
@@ -248,7 +248,7 @@ impl Store {
                 })?
             }
         };
-        let mut view = HashMap::new();
+        let mut view = BTreeMap::new();
         for kv in files.iter() {
             let (k, v) = kv.map_err(|source| Error::Sled {
                 path: path.clone(),
@@ -280,6 +280,25 @@ impl Store {
 
     pub fn get(&self, id: &FileId) -> Option<&FileState> {
         self.view.get(id)
+    }
+
+    /// Every identity recorded for (device, inode), whatever its fingerprint.
+    pub fn ids_on_inode(
+        &self,
+        device: u64,
+        inode: u64,
+    ) -> impl Iterator<Item = (&FileId, &FileState)> {
+        let lo = FileId {
+            device,
+            inode,
+            fingerprint: 0,
+        };
+        let hi = FileId {
+            device,
+            inode,
+            fingerprint: u64::MAX,
+        };
+        self.view.range(lo..=hi)
     }
 
     pub fn len(&self) -> usize {

@@ -23,7 +23,39 @@ pub fn fingerprint(head: &[u8], fingerprint_bytes: usize) -> Option<u64> {
         None => return None,
     };
     let covered = &window[..end];
-    Some((covered.len() as u64) << 32 | u64::from(crc32fast::hash(covered)))
+    Some(prefix_fingerprint(covered))
+}
+
+/// The fingerprint of exactly the bytes of `head` (a file too short to
+/// fingerprint after the wait timed out). Same form as [`fingerprint`]:
+/// the covered length in the high 32 bits, so [`matches`] can check it.
+pub fn prefix_fingerprint(head: &[u8]) -> u64 {
+    (head.len() as u64) << 32 | u64::from(crc32fast::hash(head))
+}
+
+/// Whether `file` still starts with the bytes `fp` was taken over (the
+/// covered length is in `fp`'s high 32 bits). True for the same file however
+/// much it has grown; false once it was truncated and written again.
+///
+/// # Errors
+/// Reading the file failed.
+pub fn matches(file: &File, fp: u64) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let k = (fp >> 32) as usize;
+    if k == 0 {
+        return Ok(false);
+    }
+    let mut head = vec![0u8; k];
+    let mut n = 0;
+    while n < k {
+        match file.read_at(&mut head[n..], n as u64) {
+            Ok(0) => return Ok(false),
+            Ok(r) => n += r,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(prefix_fingerprint(&head) == fp)
 }
 
 /// Reads the head of `file` (from offset 0, without moving its cursor) and
@@ -75,5 +107,22 @@ mod tests {
         let f = fingerprint(&long[..1024], 1024).unwrap();
         assert_eq!(fingerprint(&long, 1024), Some(f));
         assert_eq!(fingerprint_reader(&long[..], 1024).unwrap(), Some(f));
+    }
+
+    #[test]
+    fn a_prefix_fingerprint_matches_the_grown_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        std::fs::write(&p, b"partial").unwrap();
+        let fp = prefix_fingerprint(b"partial");
+        std::fs::write(&p, b"partial line completed\nmore\n").unwrap();
+        assert!(matches(&File::open(&p).unwrap(), fp).unwrap());
+        std::fs::write(&p, b"other").unwrap();
+        assert!(!matches(&File::open(&p).unwrap(), fp).unwrap());
+        std::fs::write(&p, b"par").unwrap();
+        assert!(!matches(&File::open(&p).unwrap(), fp).unwrap());
+        let normal = fingerprint(b"first\nsecond\n", 1024).unwrap();
+        std::fs::write(&p, b"first\nsecond\nthird\n").unwrap();
+        assert!(matches(&File::open(&p).unwrap(), normal).unwrap());
     }
 }

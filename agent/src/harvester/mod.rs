@@ -54,6 +54,14 @@ pub struct HarvestConfig {
     pub partial_timeout: Option<Duration>,
     /// Most bytes read from one file per poll (fairness between files).
     pub read_chunk: usize,
+    /// A file whose first line stays incomplete (and shorter than
+    /// `fingerprint_bytes`) this long is fingerprinted on the bytes it has.
+    pub fingerprint_timeout: Duration,
+    /// Most files held open at once; more wait until some close.
+    pub max_open_files: usize,
+    /// A file that has not grown for this long is closed (its position is
+    /// kept) and reopened when it changes.
+    pub close_idle_after: Duration,
 }
 
 impl Default for HarvestConfig {
@@ -66,6 +74,9 @@ impl Default for HarvestConfig {
             rotate_grace: Duration::from_secs(5),
             partial_timeout: None,
             read_chunk: 1 << 20,
+            fingerprint_timeout: Duration::from_secs(60),
+            max_open_files: 1024,
+            close_idle_after: Duration::from_secs(300),
         }
     }
 }
@@ -90,6 +101,10 @@ pub struct HarvestStats {
     pub bytes_read: u64,
     pub lines: u64,
     pub truncated_lines: u64,
+    /// Files left unopened in a poll because `max_open_files` were open.
+    pub open_limit_hits: u64,
+    /// Files fingerprinted on a short, incomplete first line after the wait.
+    pub fingerprint_timeouts: u64,
 }
 
 /// Errors of the harvester setup (file I/O errors are per file and logged).
@@ -112,6 +127,9 @@ struct Tracked {
     /// After a truncation, the new content's first line is not complete
     /// yet: the identity's fingerprint is taken once it is.
     fingerprint_pending: bool,
+    /// Meanwhile, a fingerprint of the bytes read so far, to notice a
+    /// second truncation that the size alone would hide.
+    provisional: Option<u64>,
 }
 
 /// A synchronous, poll-driven harvester over a set of globs.
@@ -124,6 +142,10 @@ pub struct Harvester {
     buf: Vec<u8>,
     /// Not polled yet: look for rotated files the checkpoints know.
     first_poll: bool,
+    /// Idle files closed to save handles: identity and resume offset.
+    parked: HashMap<(u64, u64), (FileId, u64)>,
+    /// Files seen too short to fingerprint, since when.
+    unready: HashMap<(u64, u64), Instant>,
     pub stats: HarvestStats,
 }
 
@@ -176,6 +198,8 @@ impl Harvester {
             open: HashMap::new(),
             buf: Vec::new(),
             first_poll: true,
+            parked: HashMap::new(),
+            unready: HashMap::new(),
             stats: HarvestStats::default(),
         })
     }
@@ -190,7 +214,8 @@ impl Harvester {
         self.open.len()
     }
 
-    fn discover(&self) -> Vec<PathBuf> {
+    /// Regular files under the glob roots, each with whether it matches.
+    fn discover(&self) -> Vec<(PathBuf, bool)> {
         let mut out = Vec::new();
         for root in &self.roots {
             for entry in walkdir::WalkDir::new(root)
@@ -198,8 +223,9 @@ impl Harvester {
                 .into_iter()
                 .filter_map(Result::ok)
             {
-                if entry.file_type().is_file() && self.matches(entry.path()) {
-                    out.push(entry.into_path());
+                if entry.file_type().is_file() {
+                    let matched = self.matches(entry.path());
+                    out.push((entry.into_path(), matched));
                 }
             }
         }
@@ -214,24 +240,59 @@ impl Harvester {
 
         // Which (device, inode) each matching path leads to now.
         let mut at_path: HashMap<(u64, u64), PathBuf> = HashMap::new();
-        for path in self.discover() {
+        let mut renamed_parked = Vec::new();
+        for (path, matched) in self.discover() {
             let Ok(md) = std::fs::metadata(&path) else {
                 continue;
             };
             let key = (md.dev(), md.ino());
+            if !matched {
+                // A parked (idle, closed) file renamed out of the globs that
+                // grew since: its rest must still be read.
+                if self
+                    .parked
+                    .get(&key)
+                    .is_some_and(|(_, off)| md.len() != *off)
+                {
+                    renamed_parked.push((path, key));
+                }
+                continue;
+            }
             at_path.insert(key, path.clone());
             if self.open.contains_key(&key) {
                 continue;
             }
-            match self.open_file(&path, key, store) {
+            if let Some((_, offset)) = self.parked.get(&key) {
+                if md.len() == *offset {
+                    continue; // parked and unchanged
+                }
+            }
+            if self.open.len() >= self.cfg.max_open_files {
+                self.stats.open_limit_hits += 1;
+                continue;
+            }
+            match self.open_file(&path, key, store, now, false) {
                 Ok(Some(t)) => {
                     self.stats.files_opened += 1;
+                    self.unready.remove(&key);
                     self.open.insert(key, t);
                 }
-                Ok(None) => {} // too short to fingerprint yet
+                Ok(None) => {
+                    self.unready.entry(key).or_insert(now);
+                }
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot open file"),
             }
         }
+        for (path, key) in renamed_parked {
+            if let Ok(Some(mut t)) = self.open_file(&path, key, store, now, true) {
+                t.detached_at = Some(now);
+                self.stats.files_opened += 1;
+                self.open.insert(key, t);
+            }
+        }
+        // Forget what is gone from the globs.
+        self.parked.retain(|k, _| at_path.contains_key(k));
+        self.unready.retain(|k, _| at_path.contains_key(k));
 
         if std::mem::take(&mut self.first_poll) {
             self.reopen_rotated(store, &at_path, now);
@@ -259,11 +320,14 @@ impl Harvester {
                     continue;
                 }
             };
-            let done = t.detached_at.is_some()
-                && !grew
-                && now.duration_since(t.last_growth) >= self.cfg.rotate_grace;
+            let idle = now.duration_since(t.last_growth);
+            let done = t.detached_at.is_some() && !grew && idle >= self.cfg.rotate_grace;
             if done {
                 self.stats.files_closed += 1;
+            } else if !grew && idle >= self.cfg.close_idle_after {
+                // Still at its path: close it, remember where we were.
+                self.stats.files_closed += 1;
+                self.parked.insert(key, (t.id, t.splitter.resume_offset()));
             } else {
                 self.open.insert(key, t);
             }
@@ -303,7 +367,7 @@ impl Harvester {
                 {
                     continue;
                 }
-                if let Ok(Some(mut t)) = self.open_file(entry.path(), key, store) {
+                if let Ok(Some(mut t)) = self.open_file(entry.path(), key, store, now, true) {
                     if store
                         .get(&t.id)
                         .is_some_and(|s| s.durable_offset < md.len())
@@ -319,25 +383,60 @@ impl Harvester {
     }
 
     fn open_file(
-        &self,
+        &mut self,
         path: &Path,
         key: (u64, u64),
         store: &Store,
+        now: Instant,
+        only_known: bool,
     ) -> io::Result<Option<Tracked>> {
         let file = File::open(path)?;
         let md = file.metadata()?;
         if (md.dev(), md.ino()) != key {
             return Ok(None); // replaced between stat and open: next poll
         }
-        let Some(fp) = fingerprint::fingerprint_file(&file, self.cfg.fingerprint_bytes)? else {
-            return Ok(None);
+        // Where we were: a parked handle, else a checkpoint of this inode
+        // whose covered first bytes are still the file's (the same file,
+        // however grown), else a new file from 0.
+        let parked = self.parked.remove(&key);
+        let known = parked
+            .into_iter()
+            .chain(
+                store
+                    .ids_on_inode(key.0, key.1)
+                    .map(|(id, s)| (*id, s.durable_offset)),
+            )
+            .find(|(id, _)| fingerprint::matches(&file, id.fingerprint).unwrap_or(false));
+        let (id, mut offset) = match known {
+            Some(found) => found,
+            // Outside the globs, only a file we were reading is ours (a new
+            // file on a reused inode is not).
+            None if only_known => return Ok(None),
+            None => {
+                let fp = match fingerprint::fingerprint_file(&file, self.cfg.fingerprint_bytes)? {
+                    Some(fp) => fp,
+                    None => {
+                        let waited = self.unready.get(&key).is_some_and(|since| {
+                            now.duration_since(*since) >= self.cfg.fingerprint_timeout
+                        });
+                        let len = (md.len() as usize).min(self.cfg.fingerprint_bytes);
+                        if !waited || len == 0 {
+                            return Ok(None);
+                        }
+                        let mut head = vec![0u8; len];
+                        file.read_exact_at(&mut head, 0)?;
+                        self.stats.fingerprint_timeouts += 1;
+                        fingerprint::prefix_fingerprint(&head)
+                    }
+                };
+                let id = FileId {
+                    device: key.0,
+                    inode: key.1,
+                    fingerprint: fp,
+                };
+                (id, 0)
+            }
         };
-        let id = FileId {
-            device: key.0,
-            inode: key.1,
-            fingerprint: fp,
-        };
-        let mut offset = store.get(&id).map_or(0, |s| s.durable_offset);
         if offset > md.len() {
             // Truncated while we were not looking (copytruncate during a stop).
             offset = 0;
@@ -350,6 +449,7 @@ impl Harvester {
             last_growth: Instant::now(),
             detached_at: None,
             fingerprint_pending: false,
+            provisional: None,
         }))
     }
 
@@ -363,23 +463,35 @@ impl Harvester {
         let size = t.file.metadata()?.len();
         // A first line that changed means the file was truncated and written
         // again, even when it has already grown past our position.
-        let current = fingerprint::fingerprint_file(&t.file, self.cfg.fingerprint_bytes)?;
-        if t.fingerprint_pending {
-            if let Some(fp) = current {
+        let expected = if t.fingerprint_pending {
+            t.provisional
+        } else {
+            Some(t.id.fingerprint)
+        };
+        let rewritten = t.splitter.position() > 0
+            && size >= t.splitter.position()
+            && match expected {
+                Some(fp) => !fingerprint::matches(&t.file, fp)?,
+                None => false,
+            };
+        if t.fingerprint_pending && !rewritten {
+            if let Some(fp) = fingerprint::fingerprint_file(&t.file, self.cfg.fingerprint_bytes)? {
                 t.id.fingerprint = fp;
                 t.fingerprint_pending = false;
+                t.provisional = None;
             }
         }
-        let rewritten = !t.fingerprint_pending
-            && t.splitter.position() > 0
-            && current.is_some_and(|fp| fp != t.id.fingerprint);
         if size < t.splitter.position() || rewritten {
             // copytruncate: start over, under the new content's identity.
             self.stats.truncations += 1;
             tracing::info!(path = %t.path.display(), size, position = t.splitter.position(), "file truncated; reading it again from the start");
             t.splitter = LineSplitter::new(0, self.cfg.max_line_bytes);
-            match current {
-                Some(fp) => t.id.fingerprint = fp,
+            t.provisional = None;
+            match fingerprint::fingerprint_file(&t.file, self.cfg.fingerprint_bytes)? {
+                Some(fp) => {
+                    t.id.fingerprint = fp;
+                    t.fingerprint_pending = false;
+                }
                 None => t.fingerprint_pending = true,
             }
         }
@@ -398,6 +510,13 @@ impl Harvester {
             budget -= n.min(budget);
             self.stats.bytes_read += n as u64;
             t.splitter.feed(&self.buf[..n], &mut lines);
+        }
+        if t.fingerprint_pending && grew {
+            let n = (t.splitter.position() as usize).min(self.cfg.fingerprint_bytes);
+            let mut head = vec![0u8; n];
+            if n > 0 && t.file.read_exact_at(&mut head, 0).is_ok() {
+                t.provisional = Some(fingerprint::prefix_fingerprint(&head));
+            }
         }
         if grew {
             t.last_growth = now;
