@@ -3,6 +3,8 @@
 //!
 //! - [`lines`]: the line splitter (pure).
 //! - [`fingerprint`]: file identity beyond (device, inode).
+//! - [`watch`]: the harvester on its own thread, woken by inotify with a
+//!   periodic rescan as the fallback.
 //! - [`Harvester`]: a synchronous poller over a set of globs. Each
 //!   [`Harvester::poll`] discovers matching files, checks every open file for
 //!   rotation, truncation and deletion, and reads what was appended. It keeps
@@ -27,6 +29,7 @@
 
 pub mod fingerprint;
 pub mod lines;
+pub mod watch;
 
 use checkpoint::{FileId, Store};
 use globset::{GlobSet, GlobSetBuilder};
@@ -207,6 +210,11 @@ impl Harvester {
     /// Whether `path` is collected by this harvester's globs.
     pub fn matches(&self, path: &Path) -> bool {
         self.include.is_match(path) && !self.exclude.is_match(path)
+    }
+
+    /// The directories the globs are walked from.
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
     }
 
     /// Files currently open.

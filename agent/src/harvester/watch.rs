@@ -1,0 +1,177 @@
+//! Running a [`Harvester`] on its own thread: it polls as soon as inotify
+//! (through `notify`) reports a change under the glob roots, and every
+//! `rescan` interval regardless — the fallback for filesystems that deliver
+//! no events (NFS, some container overlays) and for events lost on overflow.
+
+use super::{Emitted, Harvester};
+use checkpoint::Store;
+use notify::{RecursiveMode, Watcher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A harvester running on its own thread; see [`spawn`].
+pub struct HarvestLoop {
+    stop: Arc<AtomicBool>,
+    wake: mpsc::Sender<()>,
+    handle: Option<JoinHandle<Harvester>>,
+}
+
+/// Whether inotify events wake the loop (`false`: rescans only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    NotifyAndRescan,
+    RescanOnly,
+}
+
+/// Starts polling `harvester` on a thread; every non-empty poll result goes
+/// to `sink`. The store is read (locked) during each poll.
+///
+/// # Errors
+/// The thread cannot be spawned.
+pub fn spawn(
+    harvester: Harvester,
+    store: Arc<Mutex<Store>>,
+    rescan: Duration,
+    discovery: Discovery,
+    mut sink: impl FnMut(Vec<Emitted>) + Send + 'static,
+) -> std::io::Result<HarvestLoop> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (wake, rx) = mpsc::channel::<()>();
+    let events = wake.clone();
+    let stop_flag = Arc::clone(&stop);
+    let handle = std::thread::Builder::new()
+        .name("harvester".into())
+        .spawn(move || {
+            let mut h = harvester;
+            // Kept alive for the loop's lifetime; dropped (unwatched) at exit.
+            let _watcher = (discovery == Discovery::NotifyAndRescan)
+                .then(|| watch_roots(h.roots(), events))
+                .flatten();
+            loop {
+                match rx.recv_timeout(rescan) {
+                    Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                while rx.try_recv().is_ok() {}
+                if stop_flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let out = {
+                    let store = store.lock().unwrap_or_else(|p| p.into_inner());
+                    h.poll(&store)
+                };
+                if !out.is_empty() {
+                    sink(out);
+                }
+            }
+            h
+        })?;
+    Ok(HarvestLoop {
+        stop,
+        wake,
+        handle: Some(handle),
+    })
+}
+
+fn watch_roots(
+    roots: &[std::path::PathBuf],
+    events: mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    let mut watcher = match notify::recommended_watcher(
+        move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = events.send(());
+            }
+        },
+    ) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "inotify unavailable; discovering files by rescanning only");
+            return None;
+        }
+    };
+    for root in roots {
+        if let Err(e) = watcher.watch(root, RecursiveMode::Recursive) {
+            tracing::warn!(root = %root.display(), error = %e, "cannot watch; relying on rescans there");
+        }
+    }
+    Some(watcher)
+}
+
+impl HarvestLoop {
+    /// Stops the loop after its current poll and returns the harvester.
+    pub fn stop(mut self) -> Option<Harvester> {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.wake.send(());
+        self.handle.take().and_then(|h| h.join().ok())
+    }
+}
+
+impl Drop for HarvestLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.wake.send(());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harvester::HarvestConfig;
+    use std::time::Instant;
+
+    fn run(discovery: Discovery, rescan: Duration) -> Duration {
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = tmp.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let (store, _) = Store::open(tmp.path().join("cp"), Duration::from_secs(60)).unwrap();
+        let h = Harvester::new(HarvestConfig {
+            include: vec![format!("{}/**/*.log", logs.display())],
+            ..HarvestConfig::default()
+        })
+        .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let lp = spawn(
+            h,
+            Arc::new(Mutex::new(store)),
+            rescan,
+            discovery,
+            move |out| {
+                for e in out {
+                    for l in e.lines {
+                        let _ = tx.send(l.bytes);
+                    }
+                }
+            },
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let start = Instant::now();
+        std::fs::create_dir_all(logs.join("sub")).unwrap();
+        std::fs::write(logs.join("sub/new.log"), b"hello\n").unwrap();
+        let got = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the line arrives");
+        let took = start.elapsed();
+        assert_eq!(got, b"hello");
+        assert!(lp.stop().is_some());
+        took
+    }
+
+    #[test]
+    fn inotify_wakes_the_loop_long_before_the_rescan() {
+        let took = run(Discovery::NotifyAndRescan, Duration::from_secs(30));
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
+
+    #[test]
+    fn rescans_alone_find_new_files() {
+        run(Discovery::RescanOnly, Duration::from_millis(100));
+    }
+}
