@@ -50,11 +50,7 @@ pub fn spawn(
             let _watcher = (discovery == Discovery::NotifyAndRescan)
                 .then(|| watch_roots(h.roots(), events))
                 .flatten();
-            loop {
-                match rx.recv_timeout(rescan) {
-                    Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
+            while let Ok(()) | Err(RecvTimeoutError::Timeout) = rx.recv_timeout(rescan) {
                 while rx.try_recv().is_ok() {}
                 if stop_flag.load(Ordering::SeqCst) {
                     break;
