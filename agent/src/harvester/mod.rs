@@ -29,6 +29,7 @@
 
 pub mod fingerprint;
 pub mod lines;
+pub mod multiline;
 pub mod watch;
 
 use checkpoint::{FileId, Store};
@@ -65,6 +66,8 @@ pub struct HarvestConfig {
     /// A file that has not grown for this long is closed (its position is
     /// kept) and reopened when it changes.
     pub close_idle_after: Duration,
+    /// Join continuation lines into events (stack traces).
+    pub multiline: Option<multiline::MultilineConfig>,
 }
 
 impl Default for HarvestConfig {
@@ -80,6 +83,7 @@ impl Default for HarvestConfig {
             fingerprint_timeout: Duration::from_secs(60),
             max_open_files: 1024,
             close_idle_after: Duration::from_secs(300),
+            multiline: None,
         }
     }
 }
@@ -133,6 +137,8 @@ struct Tracked {
     /// Meanwhile, a fingerprint of the bytes read so far, to notice a
     /// second truncation that the size alone would hide.
     provisional: Option<u64>,
+    /// Multiline joining state (unused without `multiline`).
+    joiner: multiline::Joiner,
 }
 
 /// A synchronous, poll-driven harvester over a set of globs.
@@ -332,9 +338,11 @@ impl Harvester {
             let done = t.detached_at.is_some() && !grew && idle >= self.cfg.rotate_grace;
             if done {
                 self.stats.files_closed += 1;
+                Self::flush_joiner(&mut t, &mut emitted);
             } else if !grew && idle >= self.cfg.close_idle_after {
                 // Still at its path: close it, remember where we were.
                 self.stats.files_closed += 1;
+                Self::flush_joiner(&mut t, &mut emitted);
                 self.parked.insert(key, (t.id, t.splitter.resume_offset()));
             } else {
                 self.open.insert(key, t);
@@ -458,6 +466,7 @@ impl Harvester {
             detached_at: None,
             fingerprint_pending: false,
             provisional: None,
+            joiner: multiline::Joiner::default(),
         }))
     }
 
@@ -493,6 +502,8 @@ impl Harvester {
             // copytruncate: start over, under the new content's identity.
             self.stats.truncations += 1;
             tracing::info!(path = %t.path.display(), size, position = t.splitter.position(), "file truncated; reading it again from the start");
+            // An event pending from the old content ends here.
+            Self::flush_joiner(t, out);
             t.splitter = LineSplitter::new(0, self.cfg.max_line_bytes);
             t.provisional = None;
             match fingerprint::fingerprint_file(&t.file, self.cfg.fingerprint_bytes)? {
@@ -533,6 +544,17 @@ impl Harvester {
                 t.splitter.flush_partial(&mut lines);
             }
         }
+        let lines = match &self.cfg.multiline {
+            None => lines,
+            Some(ml) => {
+                let mut events = Vec::new();
+                t.joiner.feed(ml, lines, &mut events);
+                if !grew && now.duration_since(t.last_growth) >= ml.flush_timeout {
+                    t.joiner.flush(&mut events);
+                }
+                events
+            }
+        };
         if !lines.is_empty() {
             self.stats.lines += lines.len() as u64;
             self.stats.truncated_lines += lines
@@ -543,16 +565,112 @@ impl Harvester {
                 id: t.id,
                 path: t.path.clone(),
                 lines,
-                resume_offset: t.splitter.resume_offset(),
+                resume_offset: t
+                    .joiner
+                    .pending_offset()
+                    .unwrap_or_else(|| t.splitter.resume_offset()),
             });
         }
         Ok(grew)
+    }
+
+    /// Emits a pending multiline event of a file being closed.
+    fn flush_joiner(t: &mut Tracked, out: &mut Vec<Emitted>) {
+        let mut events = Vec::new();
+        t.joiner.flush(&mut events);
+        if !events.is_empty() {
+            out.push(Emitted {
+                id: t.id,
+                path: t.path.clone(),
+                lines: events,
+                resume_offset: t.splitter.resume_offset(),
+            });
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn store(dir: &Path) -> Store {
+        Store::open(dir.join("cp"), Duration::from_secs(60))
+            .unwrap()
+            .0
+    }
+
+    fn texts(out: Vec<Emitted>) -> Vec<String> {
+        out.into_iter()
+            .flat_map(|e| e.lines)
+            .map(|l| String::from_utf8(l.bytes).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn multiline_events_are_emitted_once_across_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = tmp.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let f = logs.join("app.log");
+        let cfg = HarvestConfig {
+            include: vec![format!("{}/*.log", logs.display())],
+            multiline: Some(multiline::MultilineConfig::new("^S").unwrap()),
+            ..HarvestConfig::default()
+        };
+        let mut st = store(tmp.path());
+        let mut h = Harvester::new(cfg.clone()).unwrap();
+        std::fs::write(&f, b"S1 start\n at frame 1\nS2 start\n at frame 2\n").unwrap();
+        let out = h.poll(&st);
+        assert_eq!(out[0].resume_offset, 21, "resume at the pending event S2");
+        for e in &out {
+            st.update(
+                e.id,
+                checkpoint::FileState {
+                    path: e.path.display().to_string(),
+                    durable_offset: e.resume_offset,
+                    acked_offset: 0,
+                    size: 0,
+                    mtime_ms: 0,
+                    last_seen_ms: 0,
+                },
+            );
+        }
+        assert_eq!(texts(out), vec!["S1 start\n at frame 1"]);
+        drop(h);
+        let mut h = Harvester::new(cfg).unwrap();
+        let mut file = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+        std::io::Write::write_all(&mut file, b" at frame 3\nS3\n").unwrap();
+        assert_eq!(
+            texts(h.poll(&st)),
+            vec!["S2 start\n at frame 2\n at frame 3"]
+        );
+    }
+
+    #[test]
+    fn at_most_max_open_files_are_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = tmp.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        for i in 0..5 {
+            std::fs::write(logs.join(format!("{i}.log")), format!("line {i}\n")).unwrap();
+        }
+        let st = store(tmp.path());
+        let mut h = Harvester::new(HarvestConfig {
+            include: vec![format!("{}/*.log", logs.display())],
+            max_open_files: 2,
+            close_idle_after: Duration::ZERO,
+            ..HarvestConfig::default()
+        })
+        .unwrap();
+        let mut all = Vec::new();
+        for _ in 0..6 {
+            all.extend(texts(h.poll(&st)));
+            assert!(h.open_files() <= 2);
+        }
+        all.sort();
+        assert_eq!(all, (0..5).map(|i| format!("line {i}")).collect::<Vec<_>>());
+        assert!(h.stats.open_limit_hits > 0);
+    }
 
     #[test]
     fn glob_roots_and_matching() {
