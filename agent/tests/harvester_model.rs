@@ -128,14 +128,7 @@ fn commit(store: &mut Store, emitted: &[agent::harvester::Emitted]) {
     for e in emitted {
         store.update(
             e.id,
-            FileState {
-                path: e.path.display().to_string(),
-                durable_offset: e.resume_offset,
-                acked_offset: e.resume_offset,
-                size: e.resume_offset,
-                mtime_ms: 0,
-                last_seen_ms: checkpoint::now_ms(),
-            },
+            FileState::durable_at(e.path.display().to_string(), e.resume_offset),
         );
     }
 }

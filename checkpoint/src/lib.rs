@@ -80,6 +80,24 @@ pub struct FileState {
     pub last_seen_ms: u64,
 }
 
+impl FileState {
+    /// The state of a file at `path` whose lines up to `durable_offset` are
+    /// durable, seen now (acked offset 0 until Kafka acknowledges).
+    pub fn durable_at(path: impl Into<String>, durable_offset: u64) -> Self {
+        Self {
+            path: path.into(),
+            durable_offset,
+            acked_offset: 0,
+            size: durable_offset,
+            mtime_ms: 0,
+            last_seen_ms: now_ms(),
+        }
+    }
+}
+
+/// How long checkpoints of files that are gone are kept by default.
+pub const DEFAULT_GC_AGE: Duration = Duration::from_secs(24 * 3600);
+
 /// The versioned value encoding. Add variants; never change `V1`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoredState {

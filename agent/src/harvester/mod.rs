@@ -625,14 +625,7 @@ mod tests {
         for e in &out {
             st.update(
                 e.id,
-                checkpoint::FileState {
-                    path: e.path.display().to_string(),
-                    durable_offset: e.resume_offset,
-                    acked_offset: 0,
-                    size: 0,
-                    mtime_ms: 0,
-                    last_seen_ms: 0,
-                },
+                checkpoint::FileState::durable_at(e.path.display().to_string(), e.resume_offset),
             );
         }
         assert_eq!(texts(out), vec!["S1 start\n at frame 1"]);
