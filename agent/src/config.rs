@@ -108,13 +108,8 @@ impl Default for WalConfig {
     }
 }
 
-/// One collect entry, compatible with the seeds' `{"path":…,"topic":…}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CollectEntry {
-    pub path: String,
-    pub topic: String,
-}
+/// Static collect entries use the same schema as the ones in etcd.
+pub use crate::collect::CollectEntry;
 
 fn default_host_id() -> String {
     "auto".into()

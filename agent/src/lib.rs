@@ -2,7 +2,9 @@
 //!
 //! - [`config`]: the local TOML config (`--config`, `--check-config`).
 //! - [`harvester`]: finding files, identity, lines, rotation.
+//! - [`collect`]: collect entries from etcd (parsing, validation, merging).
 
+pub mod collect;
 pub mod config;
 pub mod harvester;
 
