@@ -3,9 +3,11 @@
 //! - [`config`]: the local TOML config (`--config`, `--check-config`).
 //! - [`harvester`]: finding files, identity, lines, rotation.
 //! - [`collect`]: collect entries from etcd (parsing, validation, merging).
+//! - [`etcd_config`]: following those entries in etcd (get + watch, re-get).
 
 pub mod collect;
 pub mod config;
+pub mod etcd_config;
 pub mod harvester;
 
 /// Errors of the agent crate.

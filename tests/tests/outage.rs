@@ -1,7 +1,8 @@
-//! Elasticsearch stopped for 60 s in the middle of a transfer (issue #6,
-//! test 3). Its own test binary: it stops the shared Elasticsearch, so it
-//! must not run beside the other integration tests (cargo runs test binaries
-//! one after another).
+//! Outages of shared services: Elasticsearch stopped for 60 s in the middle
+//! of a transfer (issue #6, test 3), and etcd restarted under logagent's
+//! collect-entry watcher. Its own test binary: these stop services the other
+//! integration tests use (cargo runs test binaries one after another), and
+//! they take a lock so they run one at a time here too.
 
 use integration::transfer_run::{config, start};
 use integration::{repo_root, unique, Stack};
@@ -10,6 +11,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::process::Command;
 use std::time::Duration;
+
+/// The tests here stop shared services: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn stack_cmd(args: &[&str]) {
     let status = Command::new(repo_root().join("scripts/stack"))
@@ -51,6 +55,7 @@ fn lines(from: u64, to: u64) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elasticsearch_down_for_60_s_loses_nothing_and_commits_nothing() {
+    let _serial = SERIAL.lock().await;
     let stack = Stack::from_env();
     let topic = unique("it-outage");
     let pattern = format!("{topic}-*,-*-deadletter");
@@ -102,4 +107,64 @@ async fn elasticsearch_down_for_60_s_loses_nothing_and_commits_nothing() {
     assert_eq!(got, 4000);
     let after = committed(&stack, &group, &topic);
     assert_eq!(after, vec![1000; 4], "everything committed once written");
+}
+
+/// etcd restarted under logagent's collect-entry watcher: the update made
+/// while the watch was down is picked up by the re-get (issue #5 groundwork).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collect_watch_survives_an_etcd_restart_without_missing_an_update() {
+    use agent::collect::host_key;
+    use agent::etcd_config::{run, ConfigEvent, WatchSpec};
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env();
+    let prefix = format!("/{}", unique("it-etcd-restart"));
+    let key = host_key(&prefix, "h1");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let _task = tokio::spawn(run(
+        WatchSpec {
+            endpoints: stack.etcd_endpoints.clone(),
+            user: None,
+            prefix: prefix.clone(),
+            host_id: "h1".into(),
+            allowed_roots: vec![std::path::PathBuf::from("/var/log")],
+            static_entries: Vec::new(),
+        },
+        tx,
+    ));
+    let applied = |ev: ConfigEvent| match ev {
+        ConfigEvent::Applied(e) => Some(e.iter().map(|c| c.path.clone()).collect::<Vec<_>>()),
+        _ => None,
+    };
+    let first = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+        .await
+        .expect("first event")
+        .and_then(applied);
+    assert_eq!(first, Some(vec![]));
+
+    stack_cmd(&["stop", "etcd"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack_cmd(&["start", "etcd"]);
+    // Written right after the restart, possibly before the watch is back.
+    let mut client = etcd_client::Client::connect(&stack.etcd_endpoints, None)
+        .await
+        .expect("etcd back");
+    client
+        .put(
+            key.as_str(),
+            r#"[{"path":"/var/log/after-restart.log","topic":"t"}]"#,
+            None,
+        )
+        .await
+        .expect("put");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("the update arrives within 60 s")
+            .expect("watcher running");
+        if let Some(paths) = applied(ev) {
+            assert_eq!(paths, vec!["/var/log/after-restart.log".to_string()]);
+            break;
+        }
+    }
 }

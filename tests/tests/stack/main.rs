@@ -3,8 +3,11 @@
 //! - `kafka`: produce with acks=all and idempotence, consume it back.
 //! - `elasticsearch`: index a document, find it with a search.
 //! - `etcd`: put a key, observe it through a watch.
+//! - `etcd_config`: logagent's collect entries followed in etcd.
+//! - `transfer`: logtransfer against Kafka and Elasticsearch.
 
 mod elasticsearch;
 mod etcd;
+mod etcd_config;
 mod kafka;
 mod transfer;
