@@ -151,12 +151,30 @@ impl Stack {
         }
     }
 
+    /// Runs a search on `index` (a name or pattern) and returns its answer.
+    ///
+    /// # Panics
+    /// When the request fails or Elasticsearch answers with an error.
+    pub async fn search(&self, index: &str, body: Value) -> Value {
+        let v: Value = self
+            .es()
+            .search(elasticsearch::SearchParts::Index(&[index]))
+            .body(body)
+            .send()
+            .await
+            .expect("search")
+            .json()
+            .await
+            .expect("search body");
+        assert!(v.get("error").is_none(), "search failed: {v}");
+        v
+    }
+
     /// The distinct values of the numeric field `field` in `pattern`, sorted,
     /// paged with `search_after` on that field (exact, unlike a cardinality
     /// aggregation). With the document count, this tells duplicates apart:
     /// `count == n` and `n` distinct values means each value once.
     pub async fn all_values(&self, pattern: &str, field: &str) -> Vec<i64> {
-        let es = self.es();
         let mut out = Vec::new();
         let mut after: Option<Value> = None;
         loop {
@@ -169,16 +187,7 @@ impl Stack {
             if let Some(a) = &after {
                 body["search_after"] = a.clone();
             }
-            let v: Value = es
-                .search(elasticsearch::SearchParts::Index(&[pattern]))
-                .body(body)
-                .send()
-                .await
-                .expect("search")
-                .json()
-                .await
-                .expect("search body");
-            assert!(v.get("error").is_none(), "search failed: {v}");
+            let v = self.search(pattern, body).await;
             let hits = v["hits"]["hits"].as_array().cloned().unwrap_or_default();
             if hits.is_empty() {
                 return out;

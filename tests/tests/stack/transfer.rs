@@ -97,15 +97,12 @@ async fn events_on_four_partitions_are_searchable_with_id_index_and_mapping() {
     assert_eq!(props["agent"]["properties"]["type"]["type"], "keyword");
 
     // A search finds a line by its words.
-    let found: Value = es
-        .search(elasticsearch::SearchParts::Index(&[&index]))
-        .body(json!({"query": {"match": {"message": format!("/item/{seq}")}}}))
-        .send()
-        .await
-        .expect("search")
-        .json()
-        .await
-        .expect("search body");
+    let found = stack
+        .search(
+            &index,
+            json!({"query": {"match": {"message": format!("/item/{seq}")}}}),
+        )
+        .await;
     assert!(
         found["hits"]["total"]["value"].as_u64().unwrap_or(0) >= 1,
         "{found}"
