@@ -22,3 +22,15 @@ pub fn sample_batch(line_len: usize, n: u64) -> Batch {
         }],
     }
 }
+
+/// This process's peak resident set size (VmHWM) in KiB; 0 when unknown.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -37,7 +37,7 @@ use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -313,7 +313,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut bufs: HashMap<Tp, PartBuf> = HashMap::new();
-    let mut in_flight_parts: HashMap<Tp, ()> = HashMap::new();
+    let mut in_flight_parts: HashSet<Tp> = HashSet::new();
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
     let mut buffered: usize = 0;
     let mut paused = false;
@@ -388,7 +388,7 @@ pub async fn run(
             if in_flight.len() >= cfg.bulk.max_in_flight {
                 break;
             }
-            if b.docs.is_empty() || in_flight_parts.contains_key(tp) {
+            if b.docs.is_empty() || in_flight_parts.contains(tp) {
                 continue;
             }
             let due = b.docs.len() >= cfg.bulk.max_docs
@@ -421,7 +421,7 @@ pub async fn run(
                 next_offset,
                 bytes,
             };
-            in_flight_parts.insert(tp.clone(), ());
+            in_flight_parts.insert(tp.clone());
             let sink = router.sink(&tp.0);
             let w = w.clone();
             in_flight.push(Box::pin(async move {

@@ -196,10 +196,7 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error
 
 impl Shared {
     fn hook(&self, op: IoOp, path: &Path) -> Result<()> {
-        self.opts
-            .hooks
-            .before(op, path)
-            .map_err(io_err(op_name(op), path))
+        hook_at(&*self.opts.hooks, op, path)
     }
 
     fn seg_path(&self, id: u64) -> PathBuf {
@@ -214,10 +211,7 @@ impl Shared {
     }
 
     fn sync_dir(&self) -> Result<()> {
-        self.hook(IoOp::Sync, &self.dir)?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("fsync dir", &self.dir))
+        sync_dir_at(&self.dir, &*self.opts.hooks)
     }
 
     /// Starts a new active segment after the current one.

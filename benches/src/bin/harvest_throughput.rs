@@ -16,18 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn peak_rss_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        / 1024
-}
-
 fn write_lines(path: &Path, bytes: u64) -> u64 {
     let mut f =
         std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).expect("create"));
@@ -84,7 +72,7 @@ fn main() {
         ..HarvestConfig::default()
     })
     .expect("harvester");
-    let rss_before = peak_rss_mib();
+    let rss_before = benches::peak_rss_kib() / 1024;
     let start = Instant::now();
     let mut emitted = 0u64;
     let mut line_bytes = 0u64;
@@ -107,7 +95,7 @@ fn main() {
         lines as f64 / h_secs / 1e6,
         bytes >> 20,
         bytes as f64 / wc_secs / 1e6,
-        peak_rss_mib(),
+        benches::peak_rss_kib() / 1024,
         rss_before
     );
     drop(h);
@@ -150,7 +138,7 @@ fn main() {
             .expect("open");
         f.write_all(b"third line\n").expect("append");
     }
-    let rss_before = peak_rss_mib();
+    let rss_before = benches::peak_rss_kib() / 1024;
     let start = Instant::now();
     let (store, report) = Store::open(&store_dir, Duration::from_secs(60)).expect("reopen");
     let open_secs = start.elapsed().as_secs_f64();
@@ -171,7 +159,7 @@ fn main() {
         "start-up with {n_files} tracked files: checkpoint store opened in {:.0} ms, all files matched, opened, fingerprinted and read in {:.0} ms total; peak RSS {} MiB (before start-up {} MiB)",
         open_secs * 1e3,
         total_secs * 1e3,
-        peak_rss_mib(),
+        benches::peak_rss_kib() / 1024,
         rss_before
     );
 }

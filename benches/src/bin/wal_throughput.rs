@@ -37,17 +37,6 @@ fn dd_bandwidth(dir: &Path, mib: u64) -> f64 {
     (mib << 20) as f64 / secs
 }
 
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 /// Writes dirty pages back and drops the page cache (root only).
 fn drop_page_cache() -> bool {
     let _ = Command::new("sync").status();
@@ -149,7 +138,7 @@ fn main() {
             mb(lines as f64 / t.as_secs_f64()),
             lines as f64 / line_len as f64 / t.as_secs_f64() / 1e6,
             100.0 * disk_bw / dd,
-            peak_rss_kib() / 1024
+            benches::peak_rss_kib() / 1024
         );
         if line_len == 1024 {
             for cache in ["warm", "cold"] {
@@ -157,7 +146,7 @@ fn main() {
                     println!("wal recovery scan, cold cache: skipped (cannot drop the page cache; needs root)");
                     continue;
                 }
-                let rss_before = peak_rss_kib();
+                let rss_before = benches::peak_rss_kib();
                 let start = Instant::now();
                 let (wal, report) = Wal::open(
                     &dir,
@@ -176,7 +165,7 @@ fn main() {
                     report.records_recovered,
                     mb(disk as f64 / t.as_secs_f64()),
                     rss_before / 1024,
-                    peak_rss_kib() / 1024
+                    benches::peak_rss_kib() / 1024
                 );
                 drop(wal);
             }

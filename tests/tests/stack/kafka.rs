@@ -1,6 +1,4 @@
 use integration::{unique, Stack};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -12,20 +10,7 @@ async fn produce_with_acks_all_and_consume_back() {
     let stack = Stack::from_env();
     let topic = unique("it-kafka");
 
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &stack.kafka_brokers)
-        .create()
-        .expect("admin client");
-    let created = admin
-        .create_topics(
-            &[NewTopic::new(&topic, 2, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create_topics request");
-    for r in created {
-        r.expect("topic created");
-    }
+    stack.create_topic(&topic, 2).await;
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &stack.kafka_brokers)
@@ -69,6 +54,4 @@ async fn produce_with_acks_all_and_consume_back() {
     let header = msg.headers().expect("headers").get(0);
     assert_eq!(header.key, "logpipe-schema");
     assert_eq!(header.value, Some(&b"1"[..]));
-
-    let _ = admin.delete_topics(&[&topic], &AdminOptions::new()).await;
 }
