@@ -20,17 +20,27 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-/// How lines of an entry are spread over the topic's partitions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The largest `max_line_bytes` an entry may ask for.
+pub const MAX_LINE_BYTES_LIMIT: usize = 8 << 20;
+
+/// How lines of an entry are spread over the topic's partitions — the
+/// seeds' three modes (hash of a key, an explicit partition, round robin).
+/// JSON: `"by_file"`, `"by_host"`, `"round_robin"`, `{"key": "k"}`,
+/// `{"fixed": 2}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PartitionMode {
-    /// All lines of one file to one partition (keyed by file): per-file order
-    /// is kept in Kafka.
+    /// Keyed by host id + file path: all lines of one file go to one
+    /// partition, so per-file order is kept in Kafka.
     #[default]
     ByFile,
-    /// Keyed by host: one host's lines stay in order across its files.
+    /// Keyed by host id: one host's lines stay in order across its files.
     ByHost,
-    /// No key: the producer spreads batches (no order guarantee).
+    /// Keyed by this fixed string.
+    Key(String),
+    /// Always this partition.
+    Fixed(i32),
+    /// No key: the producer spreads messages (no order guarantee).
     RoundRobin,
 }
 
@@ -63,9 +73,12 @@ pub struct CollectEntry {
     pub exclude: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multiline: Option<MultilineSpec>,
-    /// Parse each line as JSON and merge its fields into the event.
+    /// Parse each line as a JSON object and put it under `json_key`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub json: bool,
+    /// Where parsed JSON lines go in the event (default `json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_key: Option<String>,
     /// Static fields added to every event of this entry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, String>,
@@ -195,8 +208,28 @@ pub fn parse(
                 return Err(bad("multiline.max_lines must be at least 1".into()));
             }
         }
+        if let Some(k) = &entry.json_key {
+            const TAKEN: &[&str] = &["@timestamp", "message", "host", "log", "agent", "fields"];
+            if k.is_empty() || TAKEN.contains(&k.as_str()) {
+                return Err(bad(format!("json_key `{k}` is empty or an event field")));
+            }
+        }
+        if let PartitionMode::Fixed(p) = entry.partition {
+            if p < 0 {
+                return Err(bad(format!("partition {{\"fixed\": {p}}} is negative")));
+            }
+        }
         if entry.max_line_bytes == Some(0) {
             return Err(bad("max_line_bytes must be at least 1".into()));
+        }
+        if entry
+            .max_line_bytes
+            .is_some_and(|n| n > MAX_LINE_BYTES_LIMIT)
+        {
+            return Err(bad(format!(
+                "max_line_bytes must be at most {MAX_LINE_BYTES_LIMIT} (a WAL record holds at most {} bytes)",
+                wal::MAX_RECORD_BYTES
+            )));
         }
     }
     Ok(entries)
@@ -237,8 +270,13 @@ mod tests {
     #[test]
     fn extended_fields_parse() {
         let v = br#"[{"path":"/var/log/app/**/*.log","topic":"app_log","exclude":["/var/log/app/**/debug*.log"],
-            "multiline":{"start":"^\\d{4}-"},"json":true,"fields":{"env":"prod"},"partition":"round_robin","max_line_bytes":4096}]"#;
+            "multiline":{"start":"^\\d{4}-"},"json":true,"fields":{"env":"prod"},"partition":"round_robin","max_line_bytes":4096},
+            {"path":"/var/log/b.log","topic":"b","partition":{"fixed":2}},
+            {"path":"/var/log/c.log","topic":"c","partition":{"key":"k1"},"json":true,"json_key":"app"}]"#;
         let e = parse("k", v, &roots()).unwrap();
+        assert_eq!(e[1].partition, PartitionMode::Fixed(2));
+        assert_eq!(e[2].partition, PartitionMode::Key("k1".into()));
+        assert_eq!(e[2].json_key.as_deref(), Some("app"));
         assert_eq!(e[0].multiline.as_ref().unwrap().max_lines, 500);
         assert_eq!(e[0].fields["env"], "prod");
         assert_eq!(e[0].partition, PartitionMode::RoundRobin);
@@ -281,6 +319,14 @@ mod tests {
             (
                 br#"[{"path":"/var/log/a.log","topic":"t"}] trailing"#,
                 "trailing",
+            ),
+            (
+                br#"[{"path":"/var/log/a.log","topic":"t","json":true,"json_key":"message"}]"#,
+                "json_key",
+            ),
+            (
+                br#"[{"path":"/var/log/a.log","topic":"t","partition":{"fixed":-1}}]"#,
+                "negative",
             ),
         ];
         for (value, want) in cases {

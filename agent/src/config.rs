@@ -48,6 +48,20 @@ pub struct AgentConfig {
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list.
     pub brokers: String,
+    /// `lz4` (default), `zstd`, `snappy`, `gzip` or `none`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// How long the producer waits to fill a batch (librdkafka `linger.ms`).
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// Most bytes in one produce batch (librdkafka `batch.size`).
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: u64,
+    /// The largest message (librdkafka `message.max.bytes`; the broker's
+    /// `message.max.bytes` must allow it). Larger events get their message
+    /// cut and the flag `truncated`.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
     /// Extra librdkafka producer settings passed through as they are
     /// (TLS: `security.protocol`, `ssl.ca.location`…; SASL: `sasl.mechanism`…).
     #[serde(default)]
@@ -111,6 +125,18 @@ impl Default for WalConfig {
 /// Static collect entries use the same schema as the ones in etcd.
 pub use crate::collect::CollectEntry;
 
+fn default_compression() -> String {
+    "lz4".into()
+}
+fn default_linger_ms() -> u64 {
+    5
+}
+fn default_batch_bytes() -> u64 {
+    1_000_000
+}
+fn default_max_message_bytes() -> usize {
+    1_000_000
+}
 fn default_host_id() -> String {
     "auto".into()
 }
@@ -176,6 +202,24 @@ impl AgentConfig {
             return Err(bad(
                 "kafka.brokers",
                 "must list at least one host:port".into(),
+            ));
+        }
+        if !matches!(
+            self.kafka.compression.as_str(),
+            "lz4" | "zstd" | "snappy" | "gzip" | "none"
+        ) {
+            return Err(bad(
+                "kafka.compression",
+                format!(
+                    "`{}`: expected lz4, zstd, snappy, gzip or none",
+                    self.kafka.compression
+                ),
+            ));
+        }
+        if !(4096..=100_000_000).contains(&self.kafka.max_message_bytes) {
+            return Err(bad(
+                "kafka.max_message_bytes",
+                "must be between 4096 and 100000000".into(),
             ));
         }
         for key in self.kafka.producer.keys() {

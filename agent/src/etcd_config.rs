@@ -22,6 +22,8 @@ pub enum ConfigEvent {
     Rejected { key: String, error: String },
     /// etcd cannot be reached (the agent keeps running on what it has).
     Unreachable { error: String },
+    /// A get succeeded; the watch follows (sent before that get's `Applied`).
+    Connected,
 }
 
 /// Where and what to watch.
@@ -75,13 +77,24 @@ impl State {
 }
 
 async fn connect(spec: &WatchSpec) -> Result<Client, etcd_client::Error> {
+    connect_to(&spec.endpoints, spec.user.as_ref()).await
+}
+
+/// A client of `endpoints` with keep-alives and a connect timeout.
+///
+/// # Errors
+/// No endpoint answers.
+pub async fn connect_to(
+    endpoints: &[String],
+    user: Option<&(String, String)>,
+) -> Result<Client, etcd_client::Error> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
-    if let Some((u, p)) = &spec.user {
+    if let Some((u, p)) = user {
         opts = opts.with_user(u.clone(), p.clone());
     }
-    Client::connect(&spec.endpoints, Some(opts)).await
+    Client::connect(endpoints, Some(opts)).await
 }
 
 /// Follows the two keys until `tx` is closed. Never returns an error: etcd
@@ -146,6 +159,9 @@ async fn follow(
         .get(dir, Some(GetOptions::new().with_prefix()))
         .await?;
     let revision = resp.header().map_or(0, |h| h.revision());
+    if tx.send(ConfigEvent::Connected).await.is_err() {
+        return Ok(());
+    }
     for key in keys {
         let value = resp
             .kvs()

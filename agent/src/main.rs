@@ -14,6 +14,10 @@ struct Cli {
     /// Validate the config, print the effective config and exit.
     #[arg(long)]
     check_config: bool,
+    /// On SIGTERM/SIGINT, how long to wait for Kafka to acknowledge what
+    /// was read (the rest is sent at the next start).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    shutdown_grace: u64,
 }
 
 fn main() -> ExitCode {
@@ -30,9 +34,24 @@ fn main() -> ExitCode {
         print!("{}", cfg.to_redacted_toml());
         return ExitCode::SUCCESS;
     }
-    tracing::error!(
-        "logagent {}: the config is valid, but the harvesting pipeline is not built yet",
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::from(1)
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("logagent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let grace = std::time::Duration::from_secs(cli.shutdown_grace);
+    match rt.block_on(agent::run::run(cli.config, cfg, grace)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "logagent failed");
+            eprintln!("logagent: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

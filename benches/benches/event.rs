@@ -1,47 +1,43 @@
-//! Serialising one log line into the Kafka event JSON: the agent does this for
-//! every line it ships. `cargo bench -p benches --bench event`
-use common::event::{Agent, FileInfo, Host, LogEvent, LogInfo};
+//! Encoding one log line into the Kafka event JSON, as the agent's shipper
+//! does for every line it sends. `cargo bench -p benches --bench event`
+use agent::event::{encode, timestamp, Identity, ShipSpec};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use std::collections::BTreeMap;
 use std::hint::black_box;
 
-fn event(message: String) -> LogEvent {
-    LogEvent {
-        timestamp: "2026-11-21T04:33:32.123Z".into(),
-        message,
-        host: Host {
-            name: "web-1".into(),
-            id: "10.0.0.5-web-1".into(),
-        },
-        log: LogInfo {
-            file: FileInfo {
-                path: "/var/log/nginx/access.log".into(),
-                device: 2049,
-                inode: 1_234_567,
-                fingerprint: "9f86d081884c7d65".into(),
-            },
-            offset: 1 << 33,
-            flags: vec![],
-        },
-        agent: Agent {
-            kind: "logagent".into(),
-            version: "0.1.0".into(),
-        },
-        fields: BTreeMap::new(),
-    }
-}
-
 fn serialize(c: &mut Criterion) {
+    let id = Identity {
+        host_id: "web-1-10.0.0.5".into(),
+        host_name: "web-1".into(),
+        host_ip: "10.0.0.5".into(),
+        version: "0.1.0".into(),
+    };
+    let spec = ShipSpec::default();
     let mut group = c.benchmark_group("event_to_json");
     for len in [80usize, 512, 4096] {
-        let ev = event("x".repeat(len));
-        let bytes = serde_json::to_vec(&ev).expect("serialisable").len();
-        group.throughput(Throughput::Bytes(bytes as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(len), &ev, |b, ev| {
-            let mut buf = Vec::with_capacity(bytes);
+        let batch = benches::sample_batch(len, 1 << 20);
+        let ts = timestamp(1_795_000_000_123);
+        let mut buf = Vec::new();
+        encode(
+            &id,
+            &spec,
+            &batch,
+            &ts,
+            &batch.lines[0],
+            1_000_000,
+            &mut buf,
+        );
+        group.throughput(Throughput::Bytes(buf.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(len), &batch, |b, batch| {
             b.iter(|| {
-                buf.clear();
-                serde_json::to_writer(&mut buf, black_box(ev)).expect("serialisable");
+                encode(
+                    &id,
+                    &spec,
+                    black_box(batch),
+                    &ts,
+                    &batch.lines[0],
+                    1_000_000,
+                    &mut buf,
+                );
                 black_box(buf.len())
             })
         });

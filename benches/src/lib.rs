@@ -15,6 +15,8 @@ pub fn sample_batch(line_len: usize, n: u64) -> Batch {
         },
         topic: "web_log".into(),
         end_offset: (n + 1) * line_len as u64,
+        read_ms: 0,
+        meta: Vec::new(),
         lines: vec![Line {
             offset: n * line_len as u64,
             bytes: vec![b'x'; line_len],

@@ -5,20 +5,40 @@
 //!
 //! ```json
 //! {"@timestamp":"2026-11-21T04:33:32.123Z","message":"GET / 200",
-//!  "host":{"name":"web-1","id":"10.0.0.5-web-1"},
+//!  "host":{"name":"web-1","id":"web-1-10.0.0.5","ip":"10.0.0.5"},
 //!  "log":{"file":{"path":"/var/log/nginx/access.log","device":2049,"inode":1234,
-//!         "fingerprint":"9f86d081"},"offset":4096,"flags":[]},
-//!  "agent":{"type":"logagent","version":"0.1.0"},
-//!  "fields":{"env":"prod"}}
+//!         "fingerprint":"9f86d081"},"offset":4096,"flags":["truncated"]},
+//!  "agent":{"type":"logagent","version":"0.1.0","id":"web-1-10.0.0.5"},
+//!  "fields":{"env":"prod"},
+//!  "json":{"status":200}}
 //! ```
 //!
 //! `log.offset` is the byte offset of the line's first byte in the source file.
+//! `@timestamp` is when the agent read the line. For entries with `json`,
+//! the parsed object of each line sits under the entry's `json_key`
+//! (default `json`); a line that does not parse as an object is shipped with
+//! the flag `json_error`.
+//!
+//! Kafka headers carry the line's source coordinates, so downstream (and the
+//! agent itself after a crash) can recognise a line it already has:
+//! `logpipe-host` (host id), `logpipe-file` (`device:inode:fingerprint` in
+//! hex), `logpipe-offset` (decimal), `logpipe-schema` ([`SCHEMA_VERSION`]).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Schema version carried in Kafka message headers (`logpipe-schema`).
 pub const SCHEMA_VERSION: u32 = 1;
+/// Header names of the source coordinates.
+pub const HEADER_HOST: &str = "logpipe-host";
+pub const HEADER_FILE: &str = "logpipe-file";
+pub const HEADER_OFFSET: &str = "logpipe-offset";
+pub const HEADER_SCHEMA: &str = "logpipe-schema";
+
+/// The `logpipe-file` header value of a file identity.
+pub fn file_coordinate(device: u64, inode: u64, fingerprint: u64) -> String {
+    format!("{device:x}:{inode:x}:{fingerprint:016x}")
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogEvent {
@@ -30,12 +50,17 @@ pub struct LogEvent {
     pub agent: Agent,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, String>,
+    /// Parsed JSON lines, under the entry's `json_key`.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Host {
     pub name: String,
     pub id: String,
+    #[serde(default)]
+    pub ip: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +85,8 @@ pub struct Agent {
     #[serde(rename = "type")]
     pub kind: String,
     pub version: String,
+    #[serde(default)]
+    pub id: String,
 }
 
 /// The Elasticsearch `_id` of the document made from a Kafka message.
@@ -88,6 +115,7 @@ mod tests {
             host: Host {
                 name: "h".into(),
                 id: "i".into(),
+                ip: "10.0.0.5".into(),
             },
             log: LogInfo {
                 file: FileInfo {
@@ -102,8 +130,10 @@ mod tests {
             agent: Agent {
                 kind: "logagent".into(),
                 version: "0.1.0".into(),
+                id: "i".into(),
             },
             fields: BTreeMap::new(),
+            extra: BTreeMap::new(),
         };
         let json = serde_json::to_value(&ev).unwrap();
         assert_eq!(json["@timestamp"], "2026-11-21T04:33:32.123Z");

@@ -3,9 +3,11 @@
 //! - [`event`]: the JSON event the agent produces to Kafka and the transfer indexes.
 //! - [`config`]: loading a TOML config file with `${ENV}` interpolation and
 //!   errors that name the file and the offending key.
+//! - [`http`]: the `/metrics` and `/health` endpoints.
 
 pub mod config;
 pub mod event;
+pub mod http;
 
 pub use config::{load_config, ConfigError};
 pub use event::{document_id, LogEvent};
@@ -17,6 +19,7 @@ pub fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -329,3 +329,304 @@ listen = "127.0.0.1:0"
         }
     }
 }
+
+/// Running the `logagent` binary as a child process (so tests can kill -9 it).
+pub mod agent_run {
+    use super::{workspace_bin, Stack};
+    use std::io::{Read, Write};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A free port on 127.0.0.1 (bound and released).
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
+    /// An agent's files: its config, data dir and log, all under `dir`.
+    pub struct AgentSetup {
+        pub dir: PathBuf,
+        pub config: PathBuf,
+        pub metrics: String,
+        pub host_id: String,
+        pub prefix: String,
+        pub log: PathBuf,
+    }
+
+    /// Writes a config for an agent collecting under `roots`, following
+    /// `<prefix>/collect/<host_id>` in etcd; `extra` is appended (TOML).
+    pub fn setup(
+        stack: &Stack,
+        dir: &Path,
+        host_id: &str,
+        prefix: &str,
+        roots: &[&Path],
+        extra: &str,
+    ) -> AgentSetup {
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let roots: Vec<String> = roots
+            .iter()
+            .map(|r| format!("\"{}\"", r.display()))
+            .collect();
+        let endpoints: Vec<String> = stack
+            .etcd_endpoints
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect();
+        let text = format!(
+            r#"host_id = "{host_id}"
+data_dir = "{data}"
+allowed_roots = [{roots}]
+[kafka]
+brokers = "{brokers}"
+linger_ms = 2
+[etcd]
+endpoints = [{endpoints}]
+prefix = "{prefix}"
+[metrics]
+listen = "{metrics}"
+{extra}
+"#,
+            data = dir.join("data").display(),
+            roots = roots.join(", "),
+            brokers = stack.kafka_brokers,
+            endpoints = endpoints.join(", "),
+        );
+        let config = dir.join("agent.toml");
+        std::fs::write(&config, text).expect("write agent.toml");
+        AgentSetup {
+            dir: dir.to_path_buf(),
+            config,
+            metrics,
+            host_id: host_id.to_string(),
+            prefix: prefix.to_string(),
+            log: dir.join("agent.log"),
+        }
+    }
+
+    /// A temporary directory with `logs/` (the agent's allowed root) and an
+    /// agent set up with a unique host id and etcd prefix.
+    pub struct Fixture {
+        pub tmp: tempfile::TempDir,
+        pub logs: PathBuf,
+        pub agent: AgentSetup,
+    }
+
+    pub fn fixture(stack: &Stack, extra: &str) -> Fixture {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let logs = tmp.path().join("logs");
+        std::fs::create_dir_all(&logs).expect("logs dir");
+        let agent = setup(
+            stack,
+            tmp.path(),
+            &super::unique("host"),
+            &format!("/{}", super::unique("p")),
+            &[&logs],
+            extra,
+        );
+        Fixture { tmp, logs, agent }
+    }
+
+    /// Puts `value` at `key` in etcd.
+    pub async fn etcd_put(stack: &Stack, key: &str, value: &str) {
+        let mut c = etcd_client::Client::connect(&stack.etcd_endpoints, None)
+            .await
+            .expect("etcd");
+        c.put(key, value, None).await.expect("etcd put");
+    }
+
+    /// A running logagent.
+    pub struct Agent {
+        pub child: Child,
+    }
+
+    impl AgentSetup {
+        /// This agent's collect key in etcd.
+        pub fn collect_key(&self) -> String {
+            format!("{}/collect/{}", self.prefix, self.host_id)
+        }
+
+        /// Starts `logagent --config …`, its stderr appended to `log`.
+        pub fn start(&self) -> Agent {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)
+                .expect("agent log");
+            let child = Command::new(workspace_bin("logagent"))
+                .arg("--config")
+                .arg(&self.config)
+                .arg("--shutdown-grace")
+                .arg("10")
+                .env("RUST_LOG", "info,rdkafka=warn")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn logagent");
+            Agent { child }
+        }
+
+        /// GET `path` on the agent's metrics address: (status, body).
+        pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+            let mut s = std::net::TcpStream::connect(&self.metrics).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                self.metrics
+            )
+            .ok()?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).ok()?;
+            let status = body.split(' ').nth(1)?.parse().ok()?;
+            let text = body.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+            Some((status, text.to_string()))
+        }
+
+        /// The sum of a metric's samples (all label sets); 0 when absent.
+        pub fn metric(&self, name: &str) -> f64 {
+            let Some((_, text)) = self.http_get("/metrics") else {
+                return 0.0;
+            };
+            text.lines()
+                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        }
+
+        /// Waits until `/health` answers (the agent is up), for at most `limit`.
+        pub fn wait_up(&self, limit: Duration) -> bool {
+            let start = Instant::now();
+            while start.elapsed() < limit {
+                if self.http_get("/health").is_some() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            false
+        }
+
+        /// The agent's log so far (for assertion messages).
+        pub fn log_text(&self) -> String {
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        }
+    }
+
+    impl Agent {
+        pub fn kill9(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+
+        /// SIGTERM, then waits (at most `limit`); returns the exit code.
+        pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
+            let pid = self.child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let start = Instant::now();
+            while start.elapsed() < limit {
+                if let Ok(Some(st)) = self.child.try_wait() {
+                    return st.code();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            self.kill9();
+            None
+        }
+    }
+
+    impl Drop for Agent {
+        fn drop(&mut self) {
+            if let Ok(None) = self.child.try_wait() {
+                self.kill9();
+            }
+        }
+    }
+}
+
+/// Reading what landed in Kafka.
+pub mod kafka_read {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    /// One message as the tests look at it.
+    #[derive(Debug, Clone)]
+    pub struct Msg {
+        pub partition: i32,
+        pub offset: i64,
+        pub value: serde_json::Value,
+        pub raw: Vec<u8>,
+        pub headers: HashMap<String, String>,
+    }
+
+    /// Every message of `topic` from the beginning, reading until `want`
+    /// messages were seen and none arrived for `settle`, or `limit` passed.
+    pub fn read_topic(brokers: &str, topic: &str, want: usize, limit: Duration) -> Vec<Msg> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "it-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let start = Instant::now();
+        let parts = loop {
+            let md = c
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .expect("metadata");
+            let n = md.topics().first().map_or(0, |t| t.partitions().len());
+            if n > 0 || start.elapsed() > limit {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..parts {
+            let p = i32::try_from(p).expect("partition");
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("tpl");
+        }
+        c.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let mut last = Instant::now();
+        let settle = Duration::from_secs(2);
+        while start.elapsed() < limit {
+            if out.len() >= want && last.elapsed() > settle {
+                break;
+            }
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                {
+                    last = Instant::now();
+                    let raw = m.payload().unwrap_or_default().to_vec();
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_string(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push(Msg {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        value: serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null),
+                        raw,
+                        headers,
+                    });
+                }
+            }
+        }
+        out
+    }
+}

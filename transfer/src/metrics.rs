@@ -119,44 +119,17 @@ impl Metrics {
 /// # Errors
 /// The address cannot be bound.
 pub async fn serve(listen: &str, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    use axum::http::StatusCode;
-    use axum::routing::get;
     let m1 = Arc::clone(&metrics);
-    let m2 = Arc::clone(&metrics);
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = Arc::clone(&m1);
-                async move {
-                    (
-                        [(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.encode(),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/health",
-            get(move || {
-                let m = Arc::clone(&m2);
-                async move {
-                    if m.healthy.load(Ordering::Relaxed) {
-                        (StatusCode::OK, "ok\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
-                    }
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
-    });
-    Ok(())
+    common::http::serve(
+        listen,
+        Arc::new(move || m1.encode()),
+        Arc::new(move || {
+            if metrics.healthy.load(Ordering::Relaxed) {
+                Ok("ok\n".into())
+            } else {
+                Err("unhealthy\n".into())
+            }
+        }),
+    )
+    .await
 }

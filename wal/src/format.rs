@@ -50,13 +50,43 @@ pub struct Batch {
     pub topic: String,
     /// Offset just past the last line's terminator: where reading resumes.
     pub end_offset: u64,
+    /// When the lines were read (Unix ms; 0 in records written by format 1).
+    pub read_ms: u64,
+    /// Opaque to the WAL: how the writer wants the lines shipped (the agent
+    /// keeps its per-entry output settings here, so a resend is identical).
+    #[serde(with = "serde_bytes")]
+    pub meta: Vec<u8>,
     pub lines: Vec<Line>,
 }
 
+/// The first record schema: a [`Batch`] without `read_ms` and `meta`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchV1 {
+    pub source: SourceId,
+    pub topic: String,
+    pub end_offset: u64,
+    pub lines: Vec<Line>,
+}
+
+impl From<BatchV1> for Batch {
+    fn from(b: BatchV1) -> Self {
+        Batch {
+            source: b.source,
+            topic: b.topic,
+            end_offset: b.end_offset,
+            read_ms: 0,
+            meta: Vec::new(),
+            lines: b.lines,
+        }
+    }
+}
+
 /// The versioned payload of a record; the variant is the schema version.
+/// Variants are only ever appended (bincode encodes the variant index).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoredRecord {
-    V1(Batch),
+    V1(BatchV1),
+    V2(Batch),
 }
 
 fn bincode_config() -> impl bincode::config::Config {
@@ -66,14 +96,16 @@ fn bincode_config() -> impl bincode::config::Config {
 /// Appends a frame for `batch` to `out` with its seq and CRC left blank; see
 /// [`seal_frame`].
 pub(crate) fn encode_frame_unsealed(out: &mut Vec<u8>, batch: &Batch) -> Result<(), String> {
-    // Borrowing encode of the same layout as `StoredRecord::V1(batch)`.
+    // Borrowing encode of the same layout as `StoredRecord::V2(batch)`.
     #[derive(Serialize)]
     enum StoredRef<'a> {
-        V1(&'a Batch),
+        #[allow(dead_code)]
+        V1(&'a BatchV1),
+        V2(&'a Batch),
     }
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
-    bincode::serde::encode_into_std_write(StoredRef::V1(batch), out, bincode::config::standard())
+    bincode::serde::encode_into_std_write(StoredRef::V2(batch), out, bincode::config::standard())
         .map_err(|e| e.to_string())?;
     let len = u32::try_from(out.len() - start - FRAME_HEADER_LEN).map_err(|e| e.to_string())?;
     out[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
@@ -90,7 +122,8 @@ pub(crate) fn seal_frame(frame: &mut [u8], seq: Seq) {
 /// Decodes a record payload; `None` for bytes that are not a valid payload.
 pub fn decode_payload(payload: &[u8]) -> Option<Batch> {
     match bincode::serde::decode_from_slice::<StoredRecord, _>(payload, bincode_config()) {
-        Ok((StoredRecord::V1(batch), used)) if used == payload.len() => Some(batch),
+        Ok((StoredRecord::V1(batch), used)) if used == payload.len() => Some(batch.into()),
+        Ok((StoredRecord::V2(batch), used)) if used == payload.len() => Some(batch),
         _ => None,
     }
 }
@@ -280,6 +313,8 @@ mod tests {
             },
             topic: "t".into(),
             end_offset: 100,
+            read_ms: 1_795_000_000_000,
+            meta: vec![1, 2, 3],
             lines: (0..n)
                 .map(|i| Line {
                     offset: i as u64 * 10,
@@ -288,6 +323,26 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn v1_payloads_still_decode() {
+        let b = batch(3);
+        let v1 = BatchV1 {
+            source: b.source.clone(),
+            topic: b.topic.clone(),
+            end_offset: b.end_offset,
+            lines: b.lines.clone(),
+        };
+        let bytes =
+            bincode::serde::encode_to_vec(StoredRecord::V1(v1), bincode::config::standard())
+                .unwrap();
+        let got = decode_payload(&bytes).unwrap();
+        assert_eq!(got.lines, b.lines);
+        assert_eq!((got.read_ms, got.meta.len()), (0, 0));
+        let mut framed = Vec::new();
+        encode_frame_unsealed(&mut framed, &b).unwrap();
+        assert_eq!(decode_payload(&framed[FRAME_HEADER_LEN..]), Some(b));
     }
 
     #[test]

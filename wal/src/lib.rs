@@ -31,9 +31,11 @@
 //! ```
 //!
 //! The payload is a bincode 2.x (standard config) encoding of
-//! [`StoredRecord`], an enum whose variant is the schema version; today only
-//! `V1 { seq, batch }`. Sequence numbers start at 1 and increase by one per
-//! record across segments.
+//! [`StoredRecord`], an enum whose variant is the schema version: `V1`
+//! (source, topic, end offset, lines) is still read; `V2` adds `read_ms` (when
+//! the lines were read) and `meta` (opaque bytes of the writer) and is what
+//! is written. Sequence numbers start at 1 and increase by one per record
+//! across segments.
 //!
 //! The ack file is 24 bytes: magic `b"LPWALACK"`, version u32, acked seq u64,
 //! crc32 over the first 20 bytes. It is replaced atomically (write a temporary

@@ -64,6 +64,8 @@ fn batch(lines: &[Vec<u8>], n: u64) -> Batch {
         },
         topic: "t".into(),
         end_offset: n * 100,
+        read_ms: 0,
+        meta: Vec::new(),
         lines: lines
             .iter()
             .enumerate()

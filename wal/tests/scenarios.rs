@@ -21,6 +21,8 @@ fn batch(n: u64, line_len: usize) -> Batch {
         },
         topic: "web_log".into(),
         end_offset: n,
+        read_ms: 0,
+        meta: Vec::new(),
         lines: vec![Line {
             offset: n,
             bytes: vec![b'a' + (n % 26) as u8; line_len],

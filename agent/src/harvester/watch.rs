@@ -6,7 +6,7 @@
 use super::{Emitted, Harvester};
 use checkpoint::Store;
 use notify::{RecursiveMode, Watcher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -27,7 +27,8 @@ pub enum Discovery {
 }
 
 /// Starts polling `harvester` on a thread; every non-empty poll result goes
-/// to `sink`. The store is read (locked) during each poll.
+/// to `sink`. The store is read (locked) during each poll. After each poll
+/// the number of open files is stored in `open_files`.
 ///
 /// # Errors
 /// The thread cannot be spawned.
@@ -36,10 +37,13 @@ pub fn spawn(
     store: Arc<Mutex<Store>>,
     rescan: Duration,
     discovery: Discovery,
+    open_files: Arc<AtomicUsize>,
     mut sink: impl FnMut(Vec<Emitted>) + Send + 'static,
 ) -> std::io::Result<HarvestLoop> {
     let stop = Arc::new(AtomicBool::new(false));
     let (wake, rx) = mpsc::channel::<()>();
+    // The first poll happens at once.
+    let _ = wake.send(());
     let events = wake.clone();
     let stop_flag = Arc::clone(&stop);
     let handle = std::thread::Builder::new()
@@ -59,6 +63,7 @@ pub fn spawn(
                     let store = store.lock().unwrap_or_else(|p| p.into_inner());
                     h.poll(&store)
                 };
+                open_files.store(h.open_files(), Ordering::Relaxed);
                 if !out.is_empty() {
                     sink(out);
                 }
@@ -138,6 +143,7 @@ mod tests {
             Arc::new(Mutex::new(store)),
             rescan,
             discovery,
+            Arc::default(),
             move |out| {
                 for e in out {
                     for l in e.lines {

@@ -1,11 +1,13 @@
 //! Integration tests against the real services of `scripts/stack`.
 //!
+//! - `agent`: logagent end to end into Kafka (etcd-driven).
 //! - `kafka`: produce with acks=all and idempotence, consume it back.
 //! - `elasticsearch`: index a document, find it with a search.
 //! - `etcd`: put a key, observe it through a watch.
 //! - `etcd_config`: logagent's collect entries followed in etcd.
 //! - `transfer`: logtransfer against Kafka and Elasticsearch.
 
+mod agent;
 mod elasticsearch;
 mod etcd;
 mod etcd_config;

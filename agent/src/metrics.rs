@@ -1,0 +1,201 @@
+//! The agent's Prometheus metrics; served with `/health` by
+//! [`common::http::serve`].
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+/// Every metric logagent exports (prefix `logagent_`).
+pub struct Metrics {
+    pub registry: Registry,
+    pub lines_read: Family<TopicLabels, Counter>,
+    pub bytes_read: Family<TopicLabels, Counter>,
+    pub lines_acked: Family<TopicLabels, Counter>,
+    pub files_open: Gauge,
+    pub wal_unacked_bytes: Gauge,
+    pub wal_unacked_records: Gauge,
+    pub wal_recovery: Family<KindLabels, Counter>,
+    pub produce_seconds: Histogram,
+    pub delivery_errors: Counter,
+    pub duplicates_skipped: Counter,
+    pub paused: Gauge,
+    pub config_reloads: Counter,
+    pub config_rejections: Counter,
+    pub etcd_connected: Gauge,
+    pub draining: AtomicBool,
+    pub wal_full: AtomicBool,
+}
+
+fn reg<M: prometheus_client::registry::Metric + Clone>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    m: M,
+) -> M {
+    r.register(name, help, m.clone());
+    m
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut r = Registry::with_prefix("logagent");
+        let lines_read = reg(
+            &mut r,
+            "lines_read",
+            "Lines read from files and written to the WAL, per topic",
+            Family::default(),
+        );
+        let bytes_read = reg(
+            &mut r,
+            "bytes_read",
+            "Bytes of lines read, per topic",
+            Family::default(),
+        );
+        let lines_acked = reg(
+            &mut r,
+            "lines_acked",
+            "Lines acknowledged by Kafka, per topic",
+            Family::default(),
+        );
+        let files_open = reg(
+            &mut r,
+            "files_open",
+            "Files open for reading",
+            Gauge::default(),
+        );
+        let wal_unacked_bytes = reg(
+            &mut r,
+            "wal_unacked_bytes",
+            "Bytes of WAL segments on disk (not yet freed by Kafka acks)",
+            Gauge::default(),
+        );
+        let wal_unacked_records = reg(
+            &mut r,
+            "wal_unacked_records",
+            "WAL records appended and not yet acknowledged by Kafka",
+            Gauge::default(),
+        );
+        let wal_recovery = reg(
+            &mut r,
+            "wal_recovery",
+            "What WAL recovery found at start (kind: truncated_bytes, skipped_records, segments_set_aside, records_replayed)",
+            Family::default(),
+        );
+        let produce_seconds = reg(
+            &mut r,
+            "produce_seconds",
+            "From handing a message to the producer to Kafka's ack",
+            Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
+        );
+        let delivery_errors = reg(
+            &mut r,
+            "delivery_errors",
+            "Messages Kafka refused or failed to take (each is sent again)",
+            Counter::default(),
+        );
+        let duplicates_skipped = reg(
+            &mut r,
+            "duplicates_skipped",
+            "Lines not sent again after a restart because Kafka already had them",
+            Counter::default(),
+        );
+        let paused = reg(
+            &mut r,
+            "paused",
+            "1 while harvesting is paused because the WAL is full",
+            Gauge::default(),
+        );
+        let config_reloads = reg(
+            &mut r,
+            "config_reloads",
+            "Collect configurations applied (from etcd, the cache or SIGHUP)",
+            Counter::default(),
+        );
+        let config_rejections = reg(
+            &mut r,
+            "config_rejections",
+            "Collect values refused (bad JSON, unknown field, path outside allowed_roots…)",
+            Counter::default(),
+        );
+        let etcd_connected = reg(
+            &mut r,
+            "etcd_connected",
+            "1 while the etcd watch is established",
+            Gauge::default(),
+        );
+        Arc::new(Self {
+            registry: r,
+            lines_read,
+            bytes_read,
+            lines_acked,
+            files_open,
+            wal_unacked_bytes,
+            wal_unacked_records,
+            wal_recovery,
+            produce_seconds,
+            delivery_errors,
+            duplicates_skipped,
+            paused,
+            config_reloads,
+            config_rejections,
+            etcd_connected,
+            draining: AtomicBool::new(false),
+            wal_full: AtomicBool::new(false),
+        })
+    }
+
+    pub fn topic(&self, family: &Family<TopicLabels, Counter>, topic: &str) -> Counter {
+        family
+            .get_or_create(&TopicLabels {
+                topic: topic.to_string(),
+            })
+            .clone()
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// `/health`: 200 while running, 503 while draining or with a full WAL.
+    pub fn health(&self) -> Result<String, String> {
+        if self.draining.load(Ordering::Relaxed) {
+            Err("draining\n".into())
+        } else if self.wal_full.load(Ordering::Relaxed) {
+            Err("wal full: harvesting paused until Kafka acknowledges\n".into())
+        } else {
+            Ok("ok\n".into())
+        }
+    }
+
+    /// Serves `/metrics` and `/health` on `listen`.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub async fn serve(self: &Arc<Self>, listen: &str) -> std::io::Result<()> {
+        let a = Arc::clone(self);
+        let b = Arc::clone(self);
+        common::http::serve(
+            listen,
+            Arc::new(move || a.encode()),
+            Arc::new(move || b.health()),
+        )
+        .await
+    }
+}

@@ -1,0 +1,725 @@
+//! The running agent: wiring harvesters, the spool writer, the shipper, the
+//! etcd config watch, the registration lease, metrics and signals.
+//!
+//! Start-up order matters for the delivery contract:
+//! 1. open the checkpoint store and the WAL (recovery truncates torn tails);
+//! 2. make the checkpoints agree with the WAL: for every file with records
+//!    still in the WAL, the resume offset becomes the end of its last record
+//!    ([`reconcile`]) — so a line already spooled is never read again into
+//!    a second record, whatever the checkpoint flush missed;
+//! 3. start the writer and the shipper (which reads back Kafka before
+//!    sending anything again);
+//! 4. only then start harvesters, from etcd's config, or the cached one
+//!    when etcd does not answer within [`ETCD_START_WAIT`].
+
+use crate::collect::{self, CollectEntry};
+use crate::config::AgentConfig;
+use crate::etcd_config::{self, ConfigEvent, WatchSpec};
+use crate::event::{Identity, ShipSpec};
+use crate::harvester::multiline::MultilineConfig;
+use crate::harvester::watch::{self, Discovery, HarvestLoop};
+use crate::harvester::{HarvestConfig, Harvester};
+use crate::metrics::{KindLabels, Metrics};
+use crate::ship::{self, ShipConfig, ShipDeps, Shipper};
+use crate::spool::{Progress, Spool, SpoolMsg, Spooled};
+use crate::Error;
+use checkpoint::{FileId, FileState, Store};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use wal::{ReadItem, SyncPolicy, Wal, WalOptions};
+
+/// How long start-up waits for etcd before using the cached config.
+pub const ETCD_START_WAIT: Duration = Duration::from_secs(5);
+/// Every harvester also rescans its globs this often (inotify is the fast
+/// path): new files are found within this bound even without events.
+const RESCAN: Duration = Duration::from_secs(1);
+
+/// Resolves `host_id = "auto"` and the event's host fields.
+pub fn identity(cfg: &AgentConfig) -> Identity {
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let host_ip = cfg
+        .etcd
+        .endpoints
+        .first()
+        .and_then(|e| local_ip_towards(e))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let host_id = if cfg.host_id == "auto" {
+        format!("{host_name}-{host_ip}")
+    } else {
+        cfg.host_id.clone()
+    };
+    Identity {
+        host_id,
+        host_name,
+        host_ip,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// The local address the kernel would use to reach `endpoint` (a UDP
+/// "connect" sends nothing).
+fn local_ip_towards(endpoint: &str) -> Option<String> {
+    use std::net::{ToSocketAddrs, UdpSocket};
+    let hostport = endpoint
+        .split("://")
+        .last()
+        .unwrap_or(endpoint)
+        .trim_end_matches('/');
+    let addr = hostport.to_socket_addrs().ok()?.next()?;
+    let bind = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let sock = UdpSocket::bind(bind).ok()?;
+    sock.connect(addr).ok()?;
+    Some(sock.local_addr().ok()?.ip().to_string())
+}
+
+/// Step 2 of start-up: the WAL's unacknowledged records are the newest
+/// word on their files; their end offsets become the resume offsets.
+/// Returns the number of records replayed.
+///
+/// # Errors
+/// Reading the WAL or flushing the store failed.
+pub fn reconcile(wal: &Wal, store: &mut Store, include_unsynced: bool) -> Result<u64, Error> {
+    let from = wal.acked_seq() + 1;
+    let mut reader = if include_unsynced {
+        wal.reader_including_unsynced(from)
+    } else {
+        wal.reader(from)
+    };
+    let mut last: HashMap<FileId, (String, u64)> = HashMap::new();
+    let mut records = 0;
+    while let Some(item) = reader.next_item()? {
+        if let ReadItem::Record { batch, .. } = item {
+            records += 1;
+            let id = FileId {
+                device: batch.source.device,
+                inode: batch.source.inode,
+                fingerprint: batch.source.fingerprint,
+            };
+            last.insert(id, (batch.source.path, batch.end_offset));
+        }
+    }
+    let mut changed = 0;
+    for (id, (path, end)) in last {
+        let state = match store.get(&id) {
+            Some(s) if s.durable_offset == end => continue,
+            Some(s) => FileState {
+                durable_offset: end,
+                path,
+                ..s.clone()
+            },
+            None => FileState::durable_at(path, end),
+        };
+        store.update(id, state);
+        changed += 1;
+    }
+    store.flush()?;
+    if changed > 0 {
+        tracing::info!(
+            files = changed,
+            records,
+            "checkpoints advanced to what the WAL holds"
+        );
+    }
+    Ok(records)
+}
+
+/// The output settings of a running harvester; changed in place on reload.
+#[derive(Clone)]
+struct Output {
+    topic: String,
+    meta: Arc<Vec<u8>>,
+}
+
+struct Running {
+    glob: String,
+    output: Arc<RwLock<Output>>,
+    lp: HarvestLoop,
+    open: Arc<AtomicUsize>,
+}
+
+/// Harvesters by the settings that shape reading (path, exclude, multiline,
+/// line limit); topic and output settings change without a restart.
+struct Supervisor {
+    running: HashMap<String, Running>,
+    tx: SyncSender<SpoolMsg>,
+    store: Arc<Mutex<Store>>,
+}
+
+fn harvest_key(e: &CollectEntry) -> String {
+    serde_json::json!([e.path, e.exclude, e.multiline, e.max_line_bytes]).to_string()
+}
+
+fn output_of(e: &CollectEntry) -> Output {
+    let spec = ShipSpec {
+        fields: e.fields.clone(),
+        json_key: e
+            .json
+            .then(|| e.json_key.clone().unwrap_or_else(|| "json".into())),
+        partition: e.partition.clone(),
+    };
+    Output {
+        topic: e.topic.clone(),
+        meta: Arc::new(spec.to_meta()),
+    }
+}
+
+fn harvest_config(e: &CollectEntry) -> Result<HarvestConfig, String> {
+    let multiline = match &e.multiline {
+        None => None,
+        Some(m) => {
+            let mut c = MultilineConfig::new(&m.start).map_err(|x| x.to_string())?;
+            c.max_lines = m.max_lines;
+            c.flush_timeout = Duration::from_millis(m.flush_timeout_ms);
+            Some(c)
+        }
+    };
+    let mut hc = HarvestConfig {
+        include: vec![e.path.clone()],
+        exclude: e.exclude.clone(),
+        multiline,
+        ..HarvestConfig::default()
+    };
+    if let Some(n) = e.max_line_bytes {
+        hc.max_line_bytes = n;
+    }
+    Ok(hc)
+}
+
+impl Supervisor {
+    fn apply(&mut self, entries: &[CollectEntry]) {
+        let mut wanted: BTreeMap<String, &CollectEntry> = BTreeMap::new();
+        for e in entries {
+            let k = harvest_key(e);
+            if wanted.contains_key(&k) {
+                tracing::warn!(path = %e.path, topic = %e.topic, "the same path is collected by an earlier entry; this one is ignored");
+                continue;
+            }
+            wanted.insert(k, e);
+        }
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        let stopped = !gone.is_empty();
+        for k in gone {
+            if let Some(r) = self.running.remove(&k) {
+                tracing::info!(path = %r.glob, "collect entry removed; harvesting stops (checkpoints stay)");
+                r.lp.stop();
+            }
+        }
+        if stopped {
+            // What the stopped harvesters read must be checkpointed before
+            // another harvester may open the same files.
+            self.barrier();
+        }
+        for (k, e) in wanted {
+            let out = output_of(e);
+            if let Some(r) = self.running.get(&k) {
+                let mut cur = r.output.write().unwrap_or_else(|p| p.into_inner());
+                if cur.topic != out.topic || cur.meta != out.meta {
+                    tracing::info!(path = %e.path, topic = %e.topic, "output settings changed; new lines follow them");
+                    *cur = out;
+                }
+                continue;
+            }
+            match self.start(e, out) {
+                Ok(r) => {
+                    tracing::info!(path = %e.path, topic = %e.topic, "harvesting");
+                    self.running.insert(k, r);
+                }
+                Err(err) => {
+                    tracing::error!(path = %e.path, error = %err, "cannot start harvesting")
+                }
+            }
+        }
+    }
+
+    fn start(&self, e: &CollectEntry, out: Output) -> Result<Running, String> {
+        let h = Harvester::new(harvest_config(e)?).map_err(|x| x.to_string())?;
+        let output = Arc::new(RwLock::new(out));
+        let open = Arc::new(AtomicUsize::new(0));
+        let tx = self.tx.clone();
+        let o = Arc::clone(&output);
+        let lp = watch::spawn(
+            h,
+            Arc::clone(&self.store),
+            RESCAN,
+            Discovery::NotifyAndRescan,
+            Arc::clone(&open),
+            move |emitted| {
+                let out = o.read().unwrap_or_else(|p| p.into_inner()).clone();
+                // A failed send (the writer is gone at shutdown) leaves the
+                // lines unread as far as the checkpoints know.
+                let _ = tx.send(SpoolMsg::Data(Spooled {
+                    topic: out.topic,
+                    meta: out.meta,
+                    read_ms: checkpoint::now_ms(),
+                    emitted,
+                }));
+            },
+        )
+        .map_err(|x| x.to_string())?;
+        Ok(Running {
+            glob: e.path.clone(),
+            output,
+            lp,
+            open,
+        })
+    }
+
+    fn barrier(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.tx.send(SpoolMsg::Barrier(tx)).is_ok()
+            && rx.recv_timeout(Duration::from_secs(60)).is_err()
+        {
+            tracing::warn!("the spool writer did not confirm within 60 s (WAL full?)");
+        }
+    }
+
+    fn open_files(&self) -> usize {
+        self.running
+            .values()
+            .map(|r| r.open.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn globs(&self) -> Vec<String> {
+        self.running.values().map(|r| r.glob.clone()).collect()
+    }
+
+    fn stop_all(&mut self) {
+        for (_, r) in self.running.drain() {
+            r.lp.stop();
+        }
+    }
+}
+
+fn wal_options(cfg: &AgentConfig) -> WalOptions {
+    let sync = match cfg.wal.sync.as_str() {
+        "always" => SyncPolicy::Always,
+        "none" => SyncPolicy::Manual,
+        _ => SyncPolicy::Group {
+            interval: Duration::from_millis(cfg.wal.group_commit_ms.max(1)),
+            max_pending_bytes: 4 << 20,
+        },
+    };
+    WalOptions {
+        segment_bytes: cfg.wal.segment_bytes,
+        max_bytes: cfg.wal.max_bytes,
+        sync,
+        ..WalOptions::default()
+    }
+}
+
+fn ship_config(cfg: &AgentConfig, identity: &Identity) -> ShipConfig {
+    let mut settings = ship::default_settings();
+    settings.insert("compression.type".into(), cfg.kafka.compression.clone());
+    settings.insert("linger.ms".into(), cfg.kafka.linger_ms.to_string());
+    settings.insert("batch.size".into(), cfg.kafka.batch_bytes.to_string());
+    settings.insert(
+        "message.max.bytes".into(),
+        cfg.kafka.max_message_bytes.to_string(),
+    );
+    for (k, v) in &cfg.kafka.producer {
+        settings.insert(k.clone(), v.clone());
+    }
+    ShipConfig {
+        brokers: cfg.kafka.brokers.clone(),
+        settings,
+        identity: identity.clone(),
+        // Room for the headers, key and record overhead.
+        max_event_bytes: cfg.kafka.max_message_bytes.saturating_sub(2048),
+        include_unsynced: cfg.wal.sync == "none",
+        max_in_flight_lines: 500_000,
+    }
+}
+
+fn watch_spec(cfg: &AgentConfig, host_id: &str) -> WatchSpec {
+    WatchSpec {
+        endpoints: cfg.etcd.endpoints.clone(),
+        user: cfg
+            .etcd
+            .username
+            .clone()
+            .map(|u| (u, cfg.etcd.password.clone().unwrap_or_default())),
+        prefix: cfg.etcd.prefix.clone(),
+        host_id: host_id.to_string(),
+        allowed_roots: cfg.allowed_roots.clone(),
+        static_entries: cfg.collect.clone(),
+    }
+}
+
+/// What the agent publishes at `<prefix>/agents/<host_id>`.
+#[derive(Clone, serde::Serialize)]
+struct Registration {
+    hostname: String,
+    ip: String,
+    version: String,
+    started_at: String,
+    metrics: String,
+    files_harvested: usize,
+    globs: Vec<String>,
+}
+
+/// Keeps the registration key alive with a lease until the task is aborted.
+async fn register(
+    endpoints: Vec<String>,
+    user: Option<(String, String)>,
+    key: String,
+    info: Arc<Mutex<Registration>>,
+) {
+    use etcd_client::PutOptions;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let res: Result<(), etcd_client::Error> = async {
+            let mut client = etcd_config::connect_to(&endpoints, user.as_ref()).await?;
+            let lease = client.lease_grant(10, None).await?.id();
+            let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
+            let mut last = String::new();
+            loop {
+                let body = {
+                    let i = info.lock().unwrap_or_else(|p| p.into_inner());
+                    serde_json::to_string(&*i).unwrap_or_default()
+                };
+                if body != last {
+                    client
+                        .put(
+                            key.as_str(),
+                            body.as_str(),
+                            Some(PutOptions::new().with_lease(lease)),
+                        )
+                        .await?;
+                    last = body;
+                }
+                keeper.keep_alive().await?;
+                match stream.message().await? {
+                    Some(r) if r.ttl() > 0 => {}
+                    _ => {
+                        return Err(etcd_client::Error::LeaseKeepAliveError(
+                            "lease expired".into(),
+                        ))
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+        }
+        .await;
+        if let Err(e) = res {
+            tracing::warn!(error = %e, key = %key, "registration lost; registering again");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+fn cached_entries(store: &Mutex<Store>, roots: &[PathBuf]) -> Option<Vec<CollectEntry>> {
+    let bytes = store
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .load_config()?;
+    match collect::parse("the checkpoint store's config cache", &bytes, roots) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "the cached collect config is not usable");
+            None
+        }
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT; see the module docs.
+///
+/// # Errors
+/// The data directory, the store or the WAL cannot be opened, the metrics
+/// address cannot be bound, or the WAL failed while running.
+pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result<(), Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let metrics = Metrics::new();
+    let ident = identity(&cfg);
+    tracing::info!(host_id = %ident.host_id, ip = %ident.host_ip, "logagent starting");
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::Io {
+        path: cfg.data_dir.clone(),
+        source: e,
+    })?;
+    let (mut store, report) =
+        Store::open(cfg.data_dir.join("checkpoints"), Duration::from_secs(1))?;
+    if let Some(aside) = &report.moved_aside {
+        tracing::error!(moved_to = %aside.display(), error = ?report.open_error, "the checkpoint store could not be opened and was set aside; positions come from the WAL");
+    }
+    let (wal, rec) = Wal::open(cfg.data_dir.join("wal"), wal_options(&cfg))?;
+    if !rec.is_clean() {
+        tracing::warn!(?rec, "WAL recovery found damage");
+    }
+    let include_unsynced = cfg.wal.sync == "none";
+    let replayed = reconcile(&wal, &mut store, include_unsynced)?;
+    for (kind, n) in [
+        ("truncated_bytes", rec.bytes_truncated),
+        ("skipped_records", rec.records_skipped),
+        ("segments_set_aside", rec.bad_segments),
+        ("records_replayed", replayed),
+    ] {
+        metrics
+            .wal_recovery
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc_by(n);
+    }
+    metrics
+        .serve(&cfg.metrics.listen)
+        .await
+        .map_err(|e| Error::Io {
+            path: PathBuf::from(format!("metrics.listen {}", cfg.metrics.listen)),
+            source: e,
+        })?;
+    let wal = Arc::new(wal);
+    let store = Arc::new(Mutex::new(store));
+    let progress = Arc::new(Progress::default());
+    progress
+        .checkpointed
+        .store(wal.last_seq(), Ordering::SeqCst);
+    let spool = Spool::start(
+        Arc::clone(&wal),
+        Arc::clone(&store),
+        Arc::clone(&progress),
+        Arc::clone(&metrics),
+        !include_unsynced,
+    )
+    .map_err(|e| Error::Io {
+        path: PathBuf::from("spool-writer thread"),
+        source: e,
+    })?;
+    let deps = ShipDeps {
+        wal: Arc::clone(&wal),
+        store: Arc::clone(&store),
+        progress: Arc::clone(&progress),
+        metrics: Arc::clone(&metrics),
+    };
+    let shipper = Shipper::start(ship_config(&cfg, &ident), deps).map_err(|e| Error::Io {
+        path: PathBuf::from("shipper thread"),
+        source: e,
+    })?;
+    let mut sup = Supervisor {
+        running: HashMap::new(),
+        tx: spool.tx.clone(),
+        store: Arc::clone(&store),
+    };
+
+    // Config: etcd, or the cache when etcd does not answer in time.
+    let mut cfg = cfg;
+    let (cfg_tx, mut cfg_rx) = mpsc::channel(64);
+    let mut watcher = tokio::spawn(etcd_config::run(
+        watch_spec(&cfg, &ident.host_id),
+        cfg_tx.clone(),
+    ));
+    let started = tokio::time::Instant::now();
+    let mut have_config = false;
+    while !have_config {
+        let left = ETCD_START_WAIT.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, cfg_rx.recv()).await {
+            Ok(Some(ev)) => {
+                let unreachable = matches!(ev, ConfigEvent::Unreachable { .. });
+                have_config = handle_event(ev, &mut sup, &store, &metrics);
+                if unreachable {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    if !have_config {
+        match cached_entries(&store, &cfg.allowed_roots) {
+            Some(entries) => {
+                tracing::warn!(
+                    entries = entries.len(),
+                    "etcd does not answer; starting from the cached collect config"
+                );
+                metrics.config_reloads.inc();
+                tokio::task::block_in_place(|| sup.apply(&entries));
+            }
+            None => {
+                tracing::warn!("etcd does not answer and no config is cached; harvesting the static entries only");
+                let entries = cfg.collect.clone();
+                tokio::task::block_in_place(|| sup.apply(&entries));
+            }
+        }
+    }
+
+    // Registration.
+    let reg_info = Arc::new(Mutex::new(Registration {
+        hostname: ident.host_name.clone(),
+        ip: ident.host_ip.clone(),
+        version: ident.version.clone(),
+        started_at: crate::event::timestamp(checkpoint::now_ms()),
+        metrics: cfg.metrics.listen.clone(),
+        files_harvested: 0,
+        globs: sup.globs(),
+    }));
+    let reg_key = format!(
+        "{}/agents/{}",
+        cfg.etcd.prefix.trim_end_matches('/'),
+        ident.host_id
+    );
+    let registry = tokio::spawn(register(
+        cfg.etcd.endpoints.clone(),
+        watch_spec(&cfg, &ident.host_id).user,
+        reg_key,
+        Arc::clone(&reg_info),
+    ));
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Io {
+        path: PathBuf::from("SIGTERM handler"),
+        source: e,
+    })?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::Io {
+        path: PathBuf::from("SIGHUP handler"),
+        source: e,
+    })?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut failed = None;
+    loop {
+        tokio::select! {
+            Some(ev) = cfg_rx.recv() => {
+                tokio::task::block_in_place(|| handle_event(ev, &mut sup, &store, &metrics));
+                reg_info.lock().unwrap_or_else(|p| p.into_inner()).globs = sup.globs();
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => {
+                match reload(&cfg_path, &cfg) {
+                    Some(new) => {
+                        watcher.abort();
+                        watcher = tokio::spawn(etcd_config::run(watch_spec(&new, &ident.host_id), cfg_tx.clone()));
+                        cfg = new;
+                        metrics.config_reloads.inc();
+                    }
+                    None => {
+                        metrics.config_rejections.inc();
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let open = sup.open_files();
+                metrics.files_open.set(i64::try_from(open).unwrap_or(i64::MAX));
+                reg_info.lock().unwrap_or_else(|p| p.into_inner()).files_harvested = open;
+                if spool.is_finished() {
+                    failed = Some("the spool writer stopped");
+                    break;
+                }
+            }
+        }
+    }
+
+    // Shutdown: stop reading, spool what was read, ship it within the grace.
+    tracing::info!("stopping: harvesters first, then the WAL, then in-flight acks");
+    metrics.draining.store(true, Ordering::SeqCst);
+    progress.stop_when_full.store(true, Ordering::SeqCst);
+    watcher.abort();
+    tokio::task::block_in_place(|| sup.stop_all());
+    drop(sup);
+    let spool_result = tokio::task::block_in_place(|| spool.join());
+    tokio::task::block_in_place(|| shipper.finish(grace));
+    registry.abort();
+    {
+        let mut st = store.lock().unwrap_or_else(|p| p.into_inner());
+        st.flush()?;
+    }
+    if let Ok(w) = Arc::try_unwrap(wal) {
+        w.close()?;
+    }
+    spool_result?;
+    if let Some(why) = failed {
+        return Err(Error::Stopped(why.into()));
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Handles one config event; returns whether a config was applied.
+fn handle_event(
+    ev: ConfigEvent,
+    sup: &mut Supervisor,
+    store: &Mutex<Store>,
+    metrics: &Metrics,
+) -> bool {
+    match ev {
+        ConfigEvent::Applied(entries) => {
+            metrics.config_reloads.inc();
+            metrics.etcd_connected.set(1);
+            sup.apply(&entries);
+            if let Ok(bytes) = serde_json::to_vec(&entries) {
+                let st = store.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = st.save_config(&bytes) {
+                    tracing::warn!(error = %e, "cannot cache the collect config");
+                }
+            }
+            true
+        }
+        ConfigEvent::Rejected { key, error } => {
+            metrics.config_rejections.inc();
+            tracing::error!(
+                key,
+                error,
+                "collect value refused; the previous config stays"
+            );
+            false
+        }
+        ConfigEvent::Unreachable { error } => {
+            metrics.etcd_connected.set(0);
+            tracing::warn!(error, "etcd unreachable; running on the current config");
+            false
+        }
+        ConfigEvent::Connected => {
+            metrics.etcd_connected.set(1);
+            false
+        }
+    }
+}
+
+/// SIGHUP: the local config file again. Static entries, allowed roots and
+/// the etcd settings apply at once; other changes need a restart (logged).
+fn reload(path: &Path, cur: &AgentConfig) -> Option<AgentConfig> {
+    match AgentConfig::load(path) {
+        Ok(new) => {
+            let restart: Vec<&str> = [
+                ("data_dir", cur.data_dir != new.data_dir),
+                ("host_id", cur.host_id != new.host_id),
+                (
+                    "kafka",
+                    serde_json::to_string(&cur.kafka).ok()
+                        != serde_json::to_string(&new.kafka).ok(),
+                ),
+                (
+                    "wal",
+                    serde_json::to_string(&cur.wal).ok() != serde_json::to_string(&new.wal).ok(),
+                ),
+                ("metrics", cur.metrics.listen != new.metrics.listen),
+            ]
+            .into_iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(k, _)| k)
+            .collect();
+            if !restart.is_empty() {
+                tracing::warn!(keys = ?restart, "these settings changed and apply at the next restart");
+            }
+            tracing::info!(config = %path.display(), "local config reloaded");
+            Some(new)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: the config file is refused; keeping the current one");
+            None
+        }
+    }
+}

@@ -1,0 +1,740 @@
+//! The shipper: WAL → Kafka → WAL acks and Kafka-acked checkpoints.
+//!
+//! One thread reads durable WAL records in order and produces every line as
+//! one message (rdkafka, `acks=all`, `enable.idempotence=true`, no delivery
+//! timeout: a message is retried until the broker takes it, however long
+//! the outage). A record is *done* when Kafka acknowledged all of its
+//! messages. The WAL is acknowledged up to the longest done prefix, but never
+//! beyond the writer's checkpointed seq, and only after the checkpoint store
+//! (which then holds the records' durable and acked offsets) was flushed.
+//!
+//! A message Kafka refuses (or that librdkafka fails locally) is sent again
+//! after a back-off; the record stays unacknowledged meanwhile, so nothing is
+//! dropped. A fatal producer error (an idempotence fence) ends the session:
+//! a new producer is made and shipping resumes from the first unacknowledged
+//! record, after the read-back below.
+//!
+//! # No blind resend after a crash
+//!
+//! Records that were sent but not yet acknowledged in the WAL when the agent
+//! died would be sent again. Before sending anything a session reads back
+//! the topics those records went to, from the oldest such record's read
+//! time (message timestamps are the read time) to the end, and collects the
+//! messages this host produced: (`logpipe-file`, `logpipe-offset`, CRC of the
+//! value). Encoding is deterministic, so a line whose triple is already in
+//! Kafka is skipped, and a line with new content at an old offset (a
+//! copytruncated file) is not.
+
+use crate::event::{self, encode, Identity, Route, ShipSpec};
+use crate::metrics::Metrics;
+use crate::spool::Progress;
+use checkpoint::{FileId, Store};
+use common::event::{HEADER_FILE, HEADER_HOST, HEADER_OFFSET, HEADER_SCHEMA};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use wal::{Batch, ReadItem, Seq, Wal};
+
+/// What the shipper needs to know.
+#[derive(Clone)]
+pub struct ShipConfig {
+    pub brokers: String,
+    /// librdkafka settings (defaults of ours merged with the user's).
+    pub settings: BTreeMap<String, String>,
+    pub identity: Identity,
+    pub max_event_bytes: usize,
+    /// Read records not yet fsynced (`wal.sync = "none"`).
+    pub include_unsynced: bool,
+    /// Most lines handed to the producer and not yet acknowledged.
+    pub max_in_flight_lines: usize,
+}
+
+/// Our producer defaults; `kafka.producer` entries override them, except the
+/// pinned ones set last.
+pub fn default_settings() -> BTreeMap<String, String> {
+    [
+        ("compression.type", "lz4"),
+        ("linger.ms", "5"),
+        ("batch.size", "1000000"),
+        ("message.timeout.ms", "0"),
+        ("queue.buffering.max.messages", "1000000"),
+        ("queue.buffering.max.kbytes", "1048576"),
+        ("message.max.bytes", "1000000"),
+        ("socket.keepalive.enable", "true"),
+        ("reconnect.backoff.max.ms", "2000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// The dedup key of a message: file coordinate, offset, CRC of the value.
+type SeenKey = (String, u64, u32);
+
+/// Per record in flight.
+struct Track {
+    seq: Seq,
+    remaining: AtomicU32,
+    sent: Instant,
+}
+
+struct Failed {
+    topic: String,
+    partition: Option<i32>,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: OwnedHeaders,
+    timestamp: Option<i64>,
+    track: Arc<Track>,
+}
+
+struct Ctx {
+    done: Mutex<Sender<Seq>>,
+    failed: Mutex<Vec<Failed>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = Arc<Track>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, track: Arc<Track>) {
+        match result {
+            Ok(_) => {
+                self.metrics
+                    .produce_seconds
+                    .observe(track.sent.elapsed().as_secs_f64());
+                if track.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    let _ = self
+                        .done
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .send(track.seq);
+                }
+            }
+            Err((e, msg)) => {
+                self.metrics.delivery_errors.inc();
+                tracing::warn!(topic = msg.topic(), error = %e, seq = track.seq, "delivery failed; the message is sent again");
+                let failed = failed_from(msg, track);
+                self.failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(failed);
+            }
+        }
+    }
+}
+
+fn failed_from(msg: &BorrowedMessage<'_>, track: Arc<Track>) -> Failed {
+    let owned = msg.detach();
+    Failed {
+        topic: owned.topic().to_string(),
+        partition: (owned.partition() >= 0).then_some(owned.partition()),
+        key: owned.key().map(<[u8]>::to_vec),
+        payload: owned.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        headers: owned.headers().cloned().unwrap_or_default(),
+        timestamp: owned.timestamp().to_millis(),
+        track,
+    }
+}
+
+/// A record handed to the producer, until it is done and acknowledged.
+struct InFlight {
+    id: FileId,
+    end_offset: u64,
+    topic: String,
+    lines: u64,
+}
+
+/// The running shipper thread.
+pub struct Shipper {
+    stop: Arc<AtomicBool>,
+    finishing: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+/// Shared pieces the shipper works with.
+pub struct ShipDeps {
+    pub wal: Arc<Wal>,
+    pub store: Arc<Mutex<Store>>,
+    pub progress: Arc<Progress>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shipper {
+    /// # Errors
+    /// The thread cannot be spawned.
+    pub fn start(cfg: ShipConfig, deps: ShipDeps) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let finishing = Arc::new(AtomicBool::new(false));
+        let flags = Flags {
+            stop: Arc::clone(&stop),
+            finishing: Arc::clone(&finishing),
+        };
+        let handle = std::thread::Builder::new()
+            .name("shipper".into())
+            .spawn(move || {
+                let mut backoff = Duration::from_millis(500);
+                while !flags.stop.load(Ordering::SeqCst) {
+                    match session(&cfg, &deps, &flags) {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::error!(error = %e, "producer session ended; starting a new one");
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(10));
+                        }
+                    }
+                }
+            })?;
+        Ok(Self {
+            stop,
+            finishing,
+            handle,
+        })
+    }
+
+    /// Asks the shipper to finish: it sends what the WAL holds (the writer
+    /// has stopped by then), waits at most `grace` for Kafka's acks, records
+    /// them and returns.
+    pub fn finish(self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        // It returns by itself once everything is acknowledged.
+        self.finishing.store(true, Ordering::SeqCst);
+        while !self.handle.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.handle.join();
+    }
+}
+
+/// `stop`: return now (records in flight stay unacknowledged and are
+/// resent, after a read-back, at the next start). `finishing`: return once
+/// everything in the WAL is acknowledged.
+struct Flags {
+    stop: Arc<AtomicBool>,
+    finishing: Arc<AtomicBool>,
+}
+
+fn client_config(cfg: &ShipConfig) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    for (k, v) in &cfg.settings {
+        cc.set(k, v);
+    }
+    cc.set("bootstrap.servers", &cfg.brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true");
+    cc
+}
+
+/// One producer's lifetime. `Ok(())`: stopped; `Err`: start a new one.
+fn session(cfg: &ShipConfig, deps: &ShipDeps, flags: &Flags) -> Result<(), String> {
+    let stop = &*flags.stop;
+    let wal = &deps.wal;
+    let start = wal.acked_seq() + 1;
+    let seen = loop {
+        match read_back(cfg, wal, start, stop) {
+            Ok(seen) => break seen,
+            Err(e) if stop.load(Ordering::SeqCst) => return Err(format!("stopped: {e}")),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read back what Kafka already has; retrying before sending");
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+    };
+    let (done_tx, done_rx) = mpsc::channel();
+    let ctx = Ctx {
+        done: Mutex::new(done_tx),
+        failed: Mutex::new(Vec::new()),
+        metrics: Arc::clone(&deps.metrics),
+    };
+    let producer: ThreadedProducer<Ctx> = client_config(cfg)
+        .create_with_context(ctx)
+        .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+    let mut s = Session {
+        cfg,
+        deps,
+        producer,
+        done_rx,
+        seen,
+        reader: if cfg.include_unsynced {
+            wal.reader_including_unsynced(start)
+        } else {
+            wal.reader(start)
+        },
+        expect: start,
+        acked_upto: start - 1,
+        done: BTreeSet::new(),
+        in_flight: BTreeMap::new(),
+        in_flight_lines: 0,
+        last_ack: Instant::now(),
+        buf: Vec::new(),
+        retry_at: None,
+    };
+    s.run(flags)
+}
+
+struct Session<'a> {
+    cfg: &'a ShipConfig,
+    deps: &'a ShipDeps,
+    producer: ThreadedProducer<Ctx>,
+    done_rx: Receiver<Seq>,
+    seen: HashSet<SeenKey>,
+    reader: wal::Reader,
+    /// The seq the reader yields next.
+    expect: Seq,
+    /// Every record up to here is done.
+    acked_upto: Seq,
+    done: BTreeSet<Seq>,
+    in_flight: BTreeMap<Seq, InFlight>,
+    in_flight_lines: usize,
+    last_ack: Instant,
+    buf: Vec<u8>,
+    retry_at: Option<Instant>,
+}
+
+impl Session<'_> {
+    fn run(&mut self, flags: &Flags) -> Result<(), String> {
+        let stop = &*flags.stop;
+        loop {
+            if let Some((code, reason)) = self.producer.client().fatal_error() {
+                self.ack(true);
+                return Err(format!("fatal producer error {code:?}: {reason}"));
+            }
+            let mut progressed = self.collect_done();
+            if self.last_ack.elapsed() >= Duration::from_millis(100) {
+                self.ack(false);
+            }
+            progressed |= self.resend_failed();
+            if stop.load(Ordering::SeqCst) {
+                self.ack(true);
+                return Ok(());
+            }
+            if flags.finishing.load(Ordering::SeqCst)
+                && self.in_flight.is_empty()
+                && self.expect > self.deps.wal.last_seq()
+            {
+                self.ack(true);
+                return Ok(());
+            }
+            while self.in_flight_lines < self.cfg.max_in_flight_lines {
+                match self.reader.next_item().map_err(|e| e.to_string())? {
+                    Some(ReadItem::Record { seq, batch }) => {
+                        self.gap_done(seq);
+                        self.expect = seq + 1;
+                        self.send_record(seq, &batch, stop);
+                        progressed = true;
+                    }
+                    Some(ReadItem::Skipped { records, .. }) => {
+                        tracing::error!(records, "WAL records lost to corruption are skipped");
+                        for s in self.expect..self.expect + records {
+                            self.done.insert(s);
+                        }
+                        self.expect += records;
+                        progressed = true;
+                    }
+                    None => break,
+                }
+            }
+            if !progressed {
+                match self.done_rx.recv_timeout(Duration::from_millis(2)) {
+                    Ok(seq) => {
+                        self.done.insert(seq);
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        return Err("the delivery channel closed".into())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records between `expect` and `seq` that the reader passed over
+    /// silently were acknowledged already.
+    fn gap_done(&mut self, seq: Seq) {
+        for s in self.expect..seq {
+            self.done.insert(s);
+        }
+    }
+
+    fn collect_done(&mut self) -> bool {
+        let mut any = false;
+        while let Ok(seq) = self.done_rx.try_recv() {
+            self.done.insert(seq);
+            any = true;
+        }
+        any
+    }
+
+    /// Advances the done prefix; with `now` (or every 100 ms) records it.
+    fn ack(&mut self, flush: bool) {
+        self.collect_done();
+        let m = &self.deps.metrics;
+        let mut acked_offsets: Vec<(FileId, u64)> = Vec::new();
+        while self.done.remove(&(self.acked_upto + 1)) {
+            self.acked_upto += 1;
+            if let Some(r) = self.in_flight.remove(&self.acked_upto) {
+                self.in_flight_lines -= r.lines as usize;
+                m.topic(&m.lines_acked, &r.topic).inc_by(r.lines);
+                acked_offsets.push((r.id, r.end_offset));
+            }
+        }
+        self.last_ack = Instant::now();
+        let wal = &self.deps.wal;
+        let upto = self
+            .acked_upto
+            .min(self.deps.progress.checkpointed.load(Ordering::SeqCst));
+        if upto > wal.acked_seq() || flush || !acked_offsets.is_empty() {
+            let mut st = self.deps.store.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, off) in acked_offsets {
+                if let Some(s) = st.get(&id) {
+                    let mut s = s.clone();
+                    s.acked_offset = off;
+                    st.update(id, s);
+                }
+            }
+            if upto > wal.acked_seq() || flush {
+                if let Err(e) = st.flush() {
+                    tracing::error!(error = %e, "cannot flush checkpoints; the WAL keeps the records");
+                    return;
+                }
+                drop(st);
+                if let Err(e) = wal.ack(upto) {
+                    tracing::error!(error = %e, "cannot acknowledge WAL records");
+                }
+            }
+        }
+        m.wal_unacked_records
+            .set(i64::try_from(wal.last_seq().saturating_sub(wal.acked_seq())).unwrap_or(i64::MAX));
+        m.wal_unacked_bytes
+            .set(i64::try_from(wal.disk_bytes()).unwrap_or(i64::MAX));
+    }
+
+    fn send_record(&mut self, seq: Seq, batch: &Batch, stop: &AtomicBool) {
+        let spec = ShipSpec::from_meta(&batch.meta);
+        let route = event::route(&self.cfg.identity, &spec, &batch.source.path);
+        let ts = event::timestamp(batch.read_ms);
+        let file = event::file_header(batch);
+        let track = Arc::new(Track {
+            seq,
+            remaining: AtomicU32::new(u32::MAX),
+            sent: Instant::now(),
+        });
+        let mut sent: u32 = 0;
+        let mut buf = std::mem::take(&mut self.buf);
+        for line in &batch.lines {
+            encode(
+                &self.cfg.identity,
+                &spec,
+                batch,
+                &ts,
+                line,
+                self.cfg.max_event_bytes,
+                &mut buf,
+            );
+            if !self.seen.is_empty()
+                && self
+                    .seen
+                    .remove(&(file.clone(), line.offset, crc32fast::hash(&buf)))
+            {
+                self.deps.metrics.duplicates_skipped.inc();
+                continue;
+            }
+            let offset = line.offset.to_string();
+            let headers = OwnedHeaders::new_with_capacity(4)
+                .insert(Header {
+                    key: HEADER_HOST,
+                    value: Some(self.cfg.identity.host_id.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_FILE,
+                    value: Some(file.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_OFFSET,
+                    value: Some(offset.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_SCHEMA,
+                    value: Some("1"),
+                });
+            let mut rec = BaseRecord::with_opaque_to(&batch.topic, Arc::clone(&track))
+                .payload(&buf[..])
+                .headers(headers);
+            if batch.read_ms > 0 {
+                rec = rec.timestamp(i64::try_from(batch.read_ms).unwrap_or(i64::MAX));
+            }
+            match &route {
+                Route::Key(k) => rec = rec.key(k.as_bytes()),
+                Route::Partition(p) => rec = rec.partition(*p),
+                Route::Any => {}
+            }
+            sent += 1;
+            let mut rec = rec;
+            loop {
+                match self.producer.send(rec) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        rec = r;
+                        self.collect_done();
+                        if stop.load(Ordering::SeqCst) {
+                            // Unsent: the record stays unacknowledged.
+                            self.buf = buf;
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err((e, r)) => {
+                        self.deps.metrics.delivery_errors.inc();
+                        tracing::warn!(topic = %batch.topic, error = %e, "cannot hand a message to the producer; retrying later");
+                        self.ctx_failed(Failed {
+                            topic: batch.topic.clone(),
+                            partition: r.partition,
+                            key: r.key.map(<[u8]>::to_vec),
+                            payload: buf.clone(),
+                            headers: r.headers.unwrap_or_default(),
+                            timestamp: r.timestamp,
+                            track: Arc::clone(&track),
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        self.buf = buf;
+        self.in_flight.insert(
+            seq,
+            InFlight {
+                id: FileId {
+                    device: batch.source.device,
+                    inode: batch.source.inode,
+                    fingerprint: batch.source.fingerprint,
+                },
+                end_offset: batch.end_offset,
+                topic: batch.topic.clone(),
+                lines: u64::from(sent),
+            },
+        );
+        self.in_flight_lines += sent as usize;
+        // Settle the count: deliveries so far subtracted from u32::MAX.
+        let before = track.remaining.fetch_sub(u32::MAX - sent, Ordering::AcqRel);
+        if before == u32::MAX - sent {
+            self.done.insert(seq);
+        }
+    }
+
+    fn ctx_failed(&self, f: Failed) {
+        self.producer
+            .context()
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(f);
+    }
+
+    /// Sends failed messages again, at most once a second.
+    fn resend_failed(&mut self) -> bool {
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        let failed: Vec<Failed> = std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if failed.is_empty() {
+            self.retry_at = None;
+            return false;
+        }
+        self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+        for f in failed {
+            let mut rec = BaseRecord::with_opaque_to(&f.topic, Arc::clone(&f.track))
+                .payload(&f.payload[..])
+                .headers(f.headers.clone());
+            if let Some(k) = &f.key {
+                rec = rec.key(&k[..]);
+            }
+            if let Some(p) = f.partition {
+                rec = rec.partition(p);
+            }
+            if let Some(t) = f.timestamp {
+                rec = rec.timestamp(t);
+            }
+            if let Err((e, _)) = self.producer.send(rec) {
+                tracing::debug!(error = %e, "resend refused; trying again later");
+                self.ctx_failed(f);
+            }
+        }
+        true
+    }
+}
+
+/// What this host already has in Kafka among the topics of the records from
+/// `from` on (see the module docs). Empty when nothing is unacknowledged.
+fn read_back(
+    cfg: &ShipConfig,
+    wal: &Wal,
+    from: Seq,
+    stop: &AtomicBool,
+) -> Result<HashSet<SeenKey>, String> {
+    let mut reader = if cfg.include_unsynced {
+        wal.reader_including_unsynced(from)
+    } else {
+        wal.reader(from)
+    };
+    let mut topics: BTreeSet<String> = BTreeSet::new();
+    let mut oldest = u64::MAX;
+    while let Some(item) = reader.next_item().map_err(|e| e.to_string())? {
+        if let ReadItem::Record { batch, .. } = item {
+            if !batch.lines.is_empty() {
+                topics.insert(batch.topic.clone());
+                oldest = oldest.min(batch.read_ms);
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    if topics.is_empty() {
+        return Ok(seen);
+    }
+    let since = i64::try_from(oldest.saturating_sub(1000)).unwrap_or(0);
+    let consumer: BaseConsumer = {
+        let mut cc = ClientConfig::new();
+        let ours = default_settings();
+        for (k, v) in &cfg.settings {
+            if !ours.contains_key(k) {
+                cc.set(k, v);
+            }
+        }
+        cc.set("bootstrap.servers", &cfg.brokers)
+            .set(
+                "group.id",
+                format!("logagent-readback-{}", cfg.identity.host_id),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_uncommitted")
+            .set("log_level", "3");
+        cc.create().map_err(|e| e.to_string())?
+    };
+    let timeout = Duration::from_secs(10);
+    let mut tpl = TopicPartitionList::new();
+    let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+    for topic in &topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| format!("metadata of {topic}: {e}"))?;
+        let Some(t) = md.topics().first() else {
+            continue;
+        };
+        if t.error().is_some() {
+            continue; // not created yet: nothing of ours in it
+        }
+        let mut times = TopicPartitionList::new();
+        for p in t.partitions() {
+            times
+                .add_partition_offset(topic, p.id(), Offset::Offset(since))
+                .map_err(|e| e.to_string())?;
+        }
+        let offsets = consumer
+            .offsets_for_times(times, timeout)
+            .map_err(|e| format!("offsets of {topic} at {since}: {e}"))?;
+        for el in offsets.elements() {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, el.partition(), timeout)
+                .map_err(|e| format!("watermarks of {topic}: {e}"))?;
+            if let Offset::Offset(o) = el.offset() {
+                if o < high {
+                    tpl.add_partition_offset(topic, el.partition(), Offset::Offset(o))
+                        .map_err(|e| e.to_string())?;
+                    ends.insert((topic.clone(), el.partition()), high);
+                }
+            }
+        }
+    }
+    if ends.is_empty() {
+        return Ok(seen);
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut scanned: u64 = 0;
+    while !ends.is_empty() {
+        if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+            return Err(format!(
+                "read-back incomplete after {scanned} messages ({} partitions left)",
+                ends.len()
+            ));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                // The EOF names no topic: drop every partition whose
+                // position reached its end.
+                if let Ok(pos) = consumer.position() {
+                    for el in pos.elements() {
+                        let key = (el.topic().to_string(), el.partition());
+                        if let (Offset::Offset(o), Some(h)) = (el.offset(), ends.get(&key)) {
+                            if o >= *h {
+                                ends.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "read-back poll"),
+            Some(Ok(m)) => {
+                scanned += 1;
+                let key = (m.topic().to_string(), m.partition());
+                if ends.get(&key).is_some_and(|h| m.offset() + 1 >= *h) {
+                    ends.remove(&key);
+                }
+                if let Some(k) = seen_key(&m, &cfg.identity.host_id) {
+                    seen.insert(k);
+                }
+            }
+        }
+    }
+    tracing::info!(
+        topics = topics.len(),
+        scanned,
+        ours = seen.len(),
+        "read back what Kafka has of the unacknowledged WAL records"
+    );
+    Ok(seen)
+}
+
+fn seen_key(m: &BorrowedMessage<'_>, host_id: &str) -> Option<SeenKey> {
+    let headers = m.headers()?;
+    let mut host = None;
+    let mut file = None;
+    let mut offset = None;
+    for h in headers.iter() {
+        let v = h.value.and_then(|v| std::str::from_utf8(v).ok());
+        match h.key {
+            HEADER_HOST => host = v,
+            HEADER_FILE => file = v,
+            HEADER_OFFSET => offset = v.and_then(|v| v.parse::<u64>().ok()),
+            _ => {}
+        }
+    }
+    if host? != host_id {
+        return None;
+    }
+    Some((
+        file?.to_string(),
+        offset?,
+        crc32fast::hash(m.payload().unwrap_or_default()),
+    ))
+}
