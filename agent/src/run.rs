@@ -21,7 +21,7 @@ use crate::harvester::watch::{self, Discovery, HarvestLoop};
 use crate::harvester::{HarvestConfig, Harvester};
 use crate::metrics::{KindLabels, Metrics};
 use crate::ship::{self, ShipConfig, ShipDeps, Shipper};
-use crate::spool::{Progress, Spool, SpoolMsg, Spooled};
+use crate::spool::{Limits, Progress, Spool, SpoolMsg, Spooled};
 use crate::Error;
 use checkpoint::{FileId, FileState, Store};
 use std::collections::{BTreeMap, HashMap};
@@ -496,6 +496,7 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
         Arc::clone(&progress),
         Arc::clone(&metrics),
         !include_unsynced,
+        Limits::for_wal(cfg.wal.segment_bytes, cfg.wal.max_bytes),
     )
     .map_err(|e| Error::Io {
         path: PathBuf::from("spool-writer thread"),

@@ -14,7 +14,7 @@
 
 use crate::harvester::Emitted;
 use crate::metrics::Metrics;
-use checkpoint::{FileState, Store};
+use checkpoint::{FileId, FileState, Store};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -53,6 +53,26 @@ pub struct Spool {
     handle: JoinHandle<Result<(), wal::Error>>,
 }
 
+/// Size limits of the writer's WAL appends.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most bytes of one record (a record must fit in a segment).
+    pub record: usize,
+    /// Most bytes appended in one call (well below the WAL's `max_bytes`).
+    pub append: usize,
+}
+
+impl Limits {
+    pub fn for_wal(segment_bytes: u64, max_bytes: u64) -> Self {
+        let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        Self {
+            // A segment less its header and a frame header.
+            record: to_usize(segment_bytes.saturating_sub(64)).min(wal::MAX_RECORD_BYTES),
+            append: to_usize(max_bytes / 4).clamp(4096, APPEND_BYTES),
+        }
+    }
+}
+
 /// How many harvester polls may wait for the writer.
 const CHANNEL_DEPTH: usize = 32;
 /// Most bytes of lines appended in one WAL call.
@@ -67,11 +87,12 @@ impl Spool {
         progress: Arc<Progress>,
         metrics: Arc<Metrics>,
         wait_durable: bool,
+        limits: Limits,
     ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_DEPTH);
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer(rx, &wal, &store, &progress, &metrics, wait_durable))?;
+            .spawn(move || writer(rx, &wal, &store, &progress, &metrics, wait_durable, limits))?;
         Ok(Self { tx, handle })
     }
 
@@ -90,28 +111,51 @@ impl Spool {
     }
 }
 
-fn to_batch(s: &Spooled, e: &Emitted) -> Batch {
-    Batch {
+/// The WAL records of one file's poll: split so that each fits in
+/// `budget` bytes (a record must fit in a segment). A piece ends where the
+/// next begins (the next line's offset), the last one at the poll's resume
+/// offset. A single line longer than the budget is cut and flagged
+/// truncated — only possible with a tiny `wal.segment_bytes`.
+fn to_batches(s: &Spooled, e: &Emitted, budget: usize) -> Vec<Batch> {
+    let path = e.path.to_string_lossy().into_owned();
+    let fixed = path.len() + s.topic.len() + s.meta.len() + 64;
+    let room = budget.saturating_sub(fixed).max(1024);
+    let new = |lines: Vec<Line>, end_offset: u64| Batch {
         source: SourceId {
             device: e.id.device,
             inode: e.id.inode,
             fingerprint: e.id.fingerprint,
-            path: e.path.to_string_lossy().into_owned(),
+            path: path.clone(),
         },
         topic: s.topic.clone(),
-        end_offset: e.resume_offset,
+        end_offset,
         read_ms: s.read_ms,
         meta: s.meta.to_vec(),
-        lines: e
-            .lines
-            .iter()
-            .map(|l| Line {
-                offset: l.offset,
-                bytes: l.bytes.clone(),
-                flags: l.flags,
-            })
-            .collect(),
+        lines,
+    };
+    let mut out = Vec::new();
+    let mut cur: Vec<Line> = Vec::new();
+    let mut used = 0;
+    for l in &e.lines {
+        let mut bytes = l.bytes.clone();
+        let mut flags = l.flags;
+        if bytes.len() + 16 > room {
+            bytes.truncate(room - 16);
+            flags |= crate::harvester::lines::TRUNCATED;
+        }
+        if !cur.is_empty() && used + bytes.len() + 16 > room {
+            out.push(new(std::mem::take(&mut cur), l.offset));
+            used = 0;
+        }
+        used += bytes.len() + 16;
+        cur.push(Line {
+            offset: l.offset,
+            bytes,
+            flags,
+        });
     }
+    out.push(new(cur, e.resume_offset));
+    out
 }
 
 fn writer(
@@ -121,6 +165,7 @@ fn writer(
     progress: &Progress,
     metrics: &Metrics,
     wait_durable: bool,
+    limits: Limits,
 ) -> Result<(), wal::Error> {
     let mut pending: Vec<Spooled> = Vec::new();
     let mut barriers: Vec<Sender<()>> = Vec::new();
@@ -132,7 +177,7 @@ fn writer(
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         }
         let mut bytes: usize = pending.iter().map(spooled_bytes).sum();
-        while bytes < APPEND_BYTES {
+        while bytes < limits.append {
             match rx.try_recv() {
                 Ok(m) => {
                     if let SpoolMsg::Data(s) = &m {
@@ -150,6 +195,7 @@ fn writer(
             progress,
             metrics,
             wait_durable,
+            limits,
         )?;
         for b in barriers.drain(..) {
             let _ = b.send(());
@@ -162,6 +208,10 @@ fn take(m: SpoolMsg, pending: &mut Vec<Spooled>, barriers: &mut Vec<Sender<()>>)
         SpoolMsg::Data(s) => pending.push(s),
         SpoolMsg::Barrier(b) => barriers.push(b),
     }
+}
+
+fn batch_bytes(b: &Batch) -> usize {
+    b.lines.iter().map(|l| l.bytes.len() + 16).sum::<usize>() + 64
 }
 
 fn spooled_bytes(s: &Spooled) -> usize {
@@ -179,72 +229,169 @@ fn write(
     progress: &Progress,
     metrics: &Metrics,
     wait_durable: bool,
+    limits: Limits,
 ) -> Result<(), wal::Error> {
-    if spooled.is_empty() {
-        return Ok(());
-    }
     let batches: Vec<Batch> = spooled
         .iter()
-        .flat_map(|s| s.emitted.iter().map(move |e| to_batch(s, e)))
+        .flat_map(|s| {
+            s.emitted
+                .iter()
+                .flat_map(move |e| to_batches(s, e, limits.record))
+        })
         .collect();
-    let range = loop {
-        match wal.append(&batches)? {
-            Append::Appended(r) => break r,
-            Append::Full => {
-                metrics.paused.set(1);
-                metrics.wal_full.store(true, Ordering::Relaxed);
-                if progress.stop_when_full.load(Ordering::Relaxed) {
-                    tracing::warn!(
-                        records = batches.len(),
-                        "shutting down with the WAL full: these lines stay unread and are read again at the next start"
-                    );
-                    return Ok(());
+    // Appended in chunks well below `max_bytes` (one call for everything
+    // could be larger than the whole WAL and never fit), and each chunk is
+    // checkpointed before the next is tried: the shipper may free WAL space
+    // only up to checkpointed records.
+    let mut rest = &batches[..];
+    while !rest.is_empty() {
+        let mut n = 0;
+        let mut bytes = 0;
+        while n < rest.len() && (n == 0 || bytes + batch_bytes(&rest[n]) <= limits.append) {
+            bytes += batch_bytes(&rest[n]);
+            n += 1;
+        }
+        let chunk = &rest[..n];
+        let range = loop {
+            match wal.append(chunk)? {
+                Append::Appended(r) => break r,
+                Append::Full => {
+                    metrics.paused.set(1);
+                    metrics.wal_full.store(true, Ordering::Relaxed);
+                    if progress.stop_when_full.load(Ordering::Relaxed) {
+                        tracing::warn!(
+                            records = rest.len(),
+                            "shutting down with the WAL full: these lines stay unread and are read again at the next start"
+                        );
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                std::thread::sleep(Duration::from_millis(50));
             }
+        };
+        metrics.paused.set(0);
+        metrics.wal_full.store(false, Ordering::Relaxed);
+        if wait_durable {
+            while !wal.wait_durable(*range.end(), Duration::from_secs(1))? {}
         }
-    };
-    metrics.paused.set(0);
-    metrics.wal_full.store(false, Ordering::Relaxed);
-    if wait_durable {
-        while !wal.wait_durable(*range.end(), Duration::from_secs(1))? {}
-    }
-    let now = checkpoint::now_ms();
-    {
-        let mut st = store.lock().unwrap_or_else(|p| p.into_inner());
-        for s in &spooled {
-            for e in &s.emitted {
-                let path = e.path.to_string_lossy().into_owned();
-                let state = match st.get(&e.id) {
-                    Some(old) => FileState {
-                        path,
-                        durable_offset: e.resume_offset,
-                        last_seen_ms: now,
-                        ..old.clone()
-                    },
-                    None => FileState::durable_at(path, e.resume_offset),
-                };
-                st.update(e.id, state);
-            }
+        checkpoint_batches(chunk, store);
+        progress
+            .checkpointed
+            .fetch_max(*range.end(), Ordering::SeqCst);
+        for b in chunk {
+            metrics
+                .topic(&metrics.lines_read, &b.topic)
+                .inc_by(b.lines.len() as u64);
+            metrics
+                .topic(&metrics.bytes_read, &b.topic)
+                .inc_by(b.lines.iter().map(|l| l.bytes.len() as u64).sum());
         }
-    }
-    progress
-        .checkpointed
-        .fetch_max(*range.end(), Ordering::SeqCst);
-    for s in &spooled {
-        let lines: usize = s.emitted.iter().map(|e| e.lines.len()).sum();
-        let bytes: usize = s
-            .emitted
-            .iter()
-            .flat_map(|e| e.lines.iter())
-            .map(|l| l.bytes.len())
-            .sum();
-        metrics
-            .topic(&metrics.lines_read, &s.topic)
-            .inc_by(lines as u64);
-        metrics
-            .topic(&metrics.bytes_read, &s.topic)
-            .inc_by(bytes as u64);
+        rest = &rest[n..];
     }
     Ok(())
+}
+
+/// Durable records' end offsets become their files' resume offsets.
+fn checkpoint_batches(batches: &[Batch], store: &Mutex<Store>) {
+    let now = checkpoint::now_ms();
+    let mut st = store.lock().unwrap_or_else(|p| p.into_inner());
+    for b in batches {
+        let id = FileId {
+            device: b.source.device,
+            inode: b.source.inode,
+            fingerprint: b.source.fingerprint,
+        };
+        let state = match st.get(&id) {
+            Some(old) => FileState {
+                path: b.source.path.clone(),
+                durable_offset: b.end_offset,
+                last_seen_ms: now,
+                ..old.clone()
+            },
+            None => FileState::durable_at(b.source.path.clone(), b.end_offset),
+        };
+        st.update(id, state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harvester::lines::SplitLine;
+    use checkpoint::FileId;
+
+    fn emitted(lens: &[usize]) -> Emitted {
+        let mut off = 0;
+        let mut lines = Vec::new();
+        for &n in lens {
+            lines.push(SplitLine {
+                offset: off,
+                bytes: vec![b'x'; n],
+                flags: 0,
+            });
+            off += n as u64 + 1;
+        }
+        Emitted {
+            id: FileId {
+                device: 1,
+                inode: 2,
+                fingerprint: 3,
+            },
+            path: "/var/log/a.log".into(),
+            lines,
+            resume_offset: off,
+        }
+    }
+
+    fn spooled() -> Spooled {
+        Spooled {
+            topic: "t".into(),
+            meta: Arc::new(vec![]),
+            read_ms: 1,
+            emitted: vec![],
+        }
+    }
+
+    #[test]
+    fn big_polls_are_split_where_the_next_line_starts() {
+        let e = emitted(&[1000; 10]);
+        let b = to_batches(&spooled(), &e, 4096 - 64);
+        assert!(b.len() > 2);
+        let all: Vec<u64> = b
+            .iter()
+            .flat_map(|x| x.lines.iter().map(|l| l.offset))
+            .collect();
+        assert_eq!(all, e.lines.iter().map(|l| l.offset).collect::<Vec<_>>());
+        for w in b.windows(2) {
+            assert_eq!(w[0].end_offset, w[1].lines[0].offset);
+        }
+        assert_eq!(b.last().unwrap().end_offset, e.resume_offset);
+        let dir = tempfile::tempdir().unwrap();
+        let opts = wal::WalOptions {
+            segment_bytes: 4096,
+            max_bytes: 1 << 20,
+            ..wal::WalOptions::default()
+        };
+        let (w, _) = Wal::open(dir.path(), opts).unwrap();
+        for x in &b {
+            assert!(matches!(
+                w.append(std::slice::from_ref(x)).unwrap(),
+                Append::Appended(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_line_longer_than_a_record_is_cut_and_flagged() {
+        let e = emitted(&[10, 50_000, 10]);
+        let b = to_batches(&spooled(), &e, 8192);
+        let big = b
+            .iter()
+            .flat_map(|x| &x.lines)
+            .find(|l| l.offset == 11)
+            .unwrap();
+        assert!(big.bytes.len() < 8192);
+        assert_ne!(big.flags & crate::harvester::lines::TRUNCATED, 0);
+        assert_eq!(b.iter().map(|x| x.lines.len()).sum::<usize>(), 3);
+    }
 }

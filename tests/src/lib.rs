@@ -521,6 +521,16 @@ listen = "{metrics}"
             let _ = self.child.wait();
         }
 
+        /// SIGTERM; asserts a clean exit (0 within 30 s), showing the log if not.
+        pub fn terminate_ok(&mut self, setup: &AgentSetup) {
+            assert_eq!(
+                self.terminate(Duration::from_secs(30)),
+                Some(0),
+                "logagent did not exit 0 on SIGTERM\n{}",
+                setup.log_text()
+            );
+        }
+
         /// SIGTERM, then waits (at most `limit`); returns the exit code.
         pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
             let pid = self.child.id().to_string();
@@ -563,6 +573,51 @@ pub mod kafka_read {
         pub value: serde_json::Value,
         pub raw: Vec<u8>,
         pub headers: HashMap<String, String>,
+    }
+
+    impl Msg {
+        /// `N` of a line `seq N …` (the numbered lines the tests write).
+        pub fn seq(&self) -> Option<u64> {
+            self.value["message"]
+                .as_str()?
+                .strip_prefix("seq ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        }
+    }
+
+    /// What a topic holds of the numbered lines `seq 0 …` to `seq n-1`.
+    #[derive(Debug)]
+    pub struct Tally {
+        pub in_kafka: usize,
+        pub lost: Vec<u64>,
+        pub duplicated: u64,
+    }
+
+    /// Reads `topic` until all `n` numbered lines are there (or `limit`).
+    pub fn tally_numbered(brokers: &str, topic: &str, n: u64, limit: Duration) -> Tally {
+        let start = Instant::now();
+        let got = loop {
+            let got = read_topic(brokers, topic, n as usize, Duration::from_secs(20));
+            let distinct: std::collections::HashSet<u64> =
+                got.iter().filter_map(Msg::seq).collect();
+            if distinct.len() as u64 >= n || start.elapsed() > limit {
+                break got;
+            }
+        };
+        let mut counts: HashMap<u64, u64> = HashMap::new();
+        for m in &got {
+            if let Some(s) = m.seq() {
+                *counts.entry(s).or_default() += 1;
+            }
+        }
+        Tally {
+            in_kafka: got.len(),
+            lost: (0..n).filter(|i| !counts.contains_key(i)).collect(),
+            duplicated: counts.values().map(|c| c - 1).sum(),
+        }
     }
 
     /// Every message of `topic` from the beginning, reading until `want`

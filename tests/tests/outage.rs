@@ -1,15 +1,22 @@
 //! Outages of shared services: Elasticsearch stopped for 60 s in the middle
-//! of a transfer (issue #6, test 3), and etcd restarted under logagent's
-//! collect-entry watcher. Its own test binary: these stop services the other
+//! of a transfer (issue #6, test 3); etcd restarted under logagent's
+//! collect-entry watcher; logagent started while etcd is down (issue #5,
+//! test 3); the Kafka broker stopped for 60 s under logagent (issue #5,
+//! test 5). Its own test binary: these stop services the other
 //! integration tests use (cargo runs test binaries one after another), and
 //! they take a lock so they run one at a time here too.
 
+use integration::agent_run::{etcd_put, fixture};
+use integration::kafka_read::{read_topic, tally_numbered};
 use integration::transfer_run::{config, start};
 use integration::{repo_root, unique, Stack};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::io::Write;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The tests here stop shared services: one at a time.
@@ -135,10 +142,15 @@ async fn the_collect_watch_survives_an_etcd_restart_without_missing_an_update() 
         ConfigEvent::Applied(e) => Some(e.iter().map(|c| c.path.clone()).collect::<Vec<_>>()),
         _ => None,
     };
-    let first = tokio::time::timeout(Duration::from_secs(15), rx.recv())
-        .await
-        .expect("first event")
-        .and_then(applied);
+    let first = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+            .await
+            .expect("first event")
+            .expect("watcher running");
+        if !matches!(ev, ConfigEvent::Connected) {
+            break applied(ev);
+        }
+    };
     assert_eq!(first, Some(vec![]));
 
     stack_cmd(&["stop", "etcd"]);
@@ -167,4 +179,179 @@ async fn the_collect_watch_survives_an_etcd_restart_without_missing_an_update() 
             break;
         }
     }
+}
+
+/// logagent started while etcd is down uses the config cached in its
+/// checkpoint store, and reconnects (and registers) once etcd is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_starts_from_the_cached_config_when_etcd_is_down() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env();
+    let fx = fixture(&stack, "");
+    let a = &fx.agent;
+    let topic = unique("it-agent-cache");
+    stack.create_topic(&topic, 1).await;
+    let entries = format!(
+        r#"[{{"path":"{}/*.log","topic":"{topic}"}}]"#,
+        fx.logs.display()
+    );
+    etcd_put(&stack, &a.collect_key(), &entries).await;
+    let log = fx.logs.join("c.log");
+    std::fs::write(&log, "before-1\nbefore-2\n").unwrap();
+    let mut agent = a.start();
+    let brokers = stack.kafka_brokers.clone();
+    let t = topic.clone();
+    let got =
+        tokio::task::spawn_blocking(move || read_topic(&brokers, &t, 2, Duration::from_secs(60)))
+            .await
+            .unwrap();
+    assert_eq!(got.len(), 2, "{}", a.log_text());
+    agent.terminate_ok(a);
+
+    stack_cmd(&["stop", "etcd"]);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    writeln!(f, "during-1").unwrap();
+    let mut agent = a.start();
+    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
+    writeln!(f, "during-2").unwrap();
+    let brokers = stack.kafka_brokers.clone();
+    let t = topic.clone();
+    let got =
+        tokio::task::spawn_blocking(move || read_topic(&brokers, &t, 4, Duration::from_secs(60)))
+            .await
+            .unwrap();
+    let connected_while_down = a.metric("logagent_etcd_connected");
+    stack_cmd(&["start", "etcd"]);
+    let msgs: Vec<&str> = got
+        .iter()
+        .filter_map(|m| m.value["message"].as_str())
+        .collect();
+    assert_eq!(
+        msgs,
+        ["before-1", "before-2", "during-1", "during-2"],
+        "{}",
+        a.log_text()
+    );
+    assert!(a.log_text().contains("cached collect config"));
+    assert_eq!(connected_while_down, 0.0);
+
+    // etcd back: the agent reconnects and registers itself with a lease.
+    let start = std::time::Instant::now();
+    while a.metric("logagent_etcd_connected") < 1.0 && start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(a.metric("logagent_etcd_connected"), 1.0, "{}", a.log_text());
+    let mut client = etcd_client::Client::connect(&stack.etcd_endpoints, None)
+        .await
+        .unwrap();
+    let reg_key = format!("{}/agents/{}", a.prefix, a.host_id);
+    let mut reg = None;
+    while reg.is_none() && start.elapsed() < Duration::from_secs(60) {
+        let r = client.get(reg_key.as_str(), None).await.unwrap();
+        reg = r.kvs().first().map(|kv| {
+            (
+                serde_json::from_slice::<serde_json::Value>(kv.value()).unwrap(),
+                kv.lease(),
+            )
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (info, lease) = reg.expect("the agent registered");
+    assert_ne!(lease, 0, "held by a lease");
+    assert_eq!(info["metrics"], a.metrics.as_str());
+    assert_eq!(info["ip"], "127.0.0.1");
+    agent.terminate_ok(a);
+}
+
+/// The Kafka broker stopped for 60 s while lines are written and the file is
+/// rotated twice; the WAL is small, so it fills and harvesting pauses. After
+/// the broker is back, every line arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_down_for_60_s_with_rotations_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env();
+    let fx = fixture(
+        &stack,
+        "[wal]\nmax_bytes = 1048576\nsegment_bytes = 131072\n",
+    );
+    let a = &fx.agent;
+    let topic = unique("it-agent-kafka-down");
+    stack.create_topic(&topic, 2).await;
+    let entries = format!(
+        r#"[{{"path":"{}/app.log*","topic":"{topic}"}}]"#,
+        fx.logs.display()
+    );
+    etcd_put(&stack, &a.collect_key(), &entries).await;
+    let mut agent = a.start();
+    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
+
+    let path = fx.logs.join("app.log");
+    let stop_writing = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop_writing);
+    let rotations = Arc::new(AtomicU64::new(0));
+    let rot = Arc::clone(&rotations);
+    // ~40 KB/s of numbered lines; rotation by rename when asked.
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::File::create(&path).unwrap();
+        let mut done_rot = 0;
+        let mut i: u64 = 0;
+        while !flag.load(Ordering::SeqCst) {
+            for _ in 0..20 {
+                writeln!(f, "seq {i} {}", "y".repeat(180)).unwrap();
+                i += 1;
+            }
+            let want = rot.load(Ordering::SeqCst);
+            while done_rot < want {
+                done_rot += 1;
+                drop(f);
+                std::fs::rename(&path, path.with_extension(format!("log.{done_rot}"))).unwrap();
+                f = std::fs::File::create(&path).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        i
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack_cmd(&["stop", "kafka"]);
+    let down_at = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    rotations.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    rotations.fetch_add(1, Ordering::SeqCst);
+    while down_at.elapsed() < Duration::from_secs(58) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // By now the 1 MiB WAL is full: harvesting is paused and /health says so.
+    let paused = a.metric("logagent_paused");
+    let health = a.http_get("/health").map(|h| h.0);
+    let unacked = a.metric("logagent_wal_unacked_records");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack_cmd(&["start", "kafka"]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop_writing.store(true, Ordering::SeqCst);
+    let written = writer.join().unwrap();
+    println!("kafka outage: written={written} paused={paused} health={health:?} unacked_records={unacked}");
+    assert_eq!(paused, 1.0, "{}", a.log_text());
+    assert_eq!(health, Some(503));
+    assert!(unacked > 0.0);
+
+    let brokers = stack.kafka_brokers.clone();
+    let t = topic.clone();
+    let tally = tokio::task::spawn_blocking(move || {
+        tally_numbered(&brokers, &t, written, Duration::from_secs(180))
+    })
+    .await
+    .unwrap();
+    println!("kafka outage: {tally:?}");
+    let lost = tally.lost;
+    assert!(
+        lost.is_empty(),
+        "lost {} lines, first {:?}\n{}",
+        lost.len(),
+        &lost[..lost.len().min(10)],
+        a.log_text()
+    );
+    assert_eq!(a.metric("logagent_paused"), 0.0);
+    assert_eq!(a.http_get("/health").map(|h| h.0), Some(200));
+    agent.terminate_ok(a);
 }

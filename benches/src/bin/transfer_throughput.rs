@@ -34,12 +34,7 @@ fn env(name: &str) -> String {
 }
 
 fn cpu_seconds() -> f64 {
-    // utime + stime of this process, from /proc/self/stat (clock ticks).
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    benches::process_cpu_seconds(0)
 }
 
 fn event(seq: u64) -> String {

@@ -3,10 +3,10 @@
 
 use etcd_client::Client;
 use integration::agent_run::{etcd_put, fixture};
-use integration::kafka_read::{read_topic, Msg};
+use integration::kafka_read::{read_topic, tally_numbered};
 use integration::{unique, Stack};
 use rand::{Rng, SeedableRng};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -116,12 +116,7 @@ async fn lines_of_two_globbed_files_reach_their_topics() {
         1,
         "by_file keys keep one file in one partition"
     );
-    assert_eq!(
-        agent.terminate(Duration::from_secs(30)),
-        Some(0),
-        "{}",
-        a.log_text()
-    );
+    agent.terminate_ok(a);
 }
 
 /// Test 2: hot reload from etcd — add, remove, malformed, outside the roots.
@@ -219,22 +214,7 @@ async fn etcd_changes_apply_without_a_restart() {
     assert!(log.contains(&key) && log.contains("allowed_roots"), "{log}");
     assert!(!log.contains("stolen\" harvesting"));
     etcd_delete(&stack, &key).await;
-    assert_eq!(
-        agent.terminate(Duration::from_secs(30)),
-        Some(0),
-        "{}",
-        a.log_text()
-    );
-}
-
-fn seq_of(m: &Msg) -> Option<u64> {
-    m.value["message"]
-        .as_str()?
-        .strip_prefix("seq ")?
-        .split(' ')
-        .next()?
-        .parse()
-        .ok()
+    agent.terminate_ok(a);
 }
 
 /// Test 4: kill -9 at random moments while a writer appends numbered lines
@@ -282,30 +262,17 @@ async fn kill_9_during_writes_and_rotation_loses_nothing() {
     writer.join().unwrap();
     let brokers = stack.kafka_brokers.clone();
     let t = topic.clone();
-    let got = tokio::task::spawn_blocking(move || {
-        let start = Instant::now();
-        loop {
-            let got = read_topic(&brokers, &t, N as usize, Duration::from_secs(20));
-            let distinct: HashSet<u64> = got.iter().filter_map(seq_of).collect();
-            if distinct.len() as u64 >= N || start.elapsed() > Duration::from_secs(120) {
-                return got;
-            }
-        }
+    let tally = tokio::task::spawn_blocking(move || {
+        tally_numbered(&brokers, &t, N, Duration::from_secs(120))
     })
     .await
     .unwrap();
-    let mut counts: HashMap<u64, u32> = HashMap::new();
-    for m in &got {
-        *counts
-            .entry(seq_of(m).expect("a numbered line"))
-            .or_default() += 1;
-    }
-    let lost: Vec<u64> = (0..N).filter(|i| !counts.contains_key(i)).collect();
-    let duplicates: u64 = counts.values().map(|c| u64::from(c - 1)).sum();
+    let lost = &tally.lost;
     println!(
-        "kill -9 ×{kills}: written={N} in_kafka={} lost={} duplicated={duplicates}",
-        got.len(),
-        lost.len()
+        "kill -9 ×{kills}: written={N} in_kafka={} lost={} duplicated={}",
+        tally.in_kafka,
+        lost.len(),
+        tally.duplicated
     );
     for l in a.log_text().lines().filter(|l| l.contains("read back")) {
         println!("  {l}");
@@ -317,12 +284,7 @@ async fn kill_9_during_writes_and_rotation_loses_nothing() {
         &lost[..lost.len().min(10)],
         a.log_text()
     );
-    assert_eq!(
-        agent.terminate(Duration::from_secs(30)),
-        Some(0),
-        "{}",
-        a.log_text()
-    );
+    agent.terminate_ok(a);
 }
 
 /// Test 6: a 5 MB line, invalid UTF-8, NUL bytes and CRLF lines are shipped
@@ -374,10 +336,5 @@ async fn awkward_lines_are_shipped_without_stalling() {
     assert_eq!(msg(4), "crlf line");
     assert_eq!(msg(5), "last");
     assert_eq!(got[5].value["log"]["offset"], (data.len() - 5) as u64);
-    assert_eq!(
-        agent.terminate(Duration::from_secs(30)),
-        Some(0),
-        "{}",
-        a.log_text()
-    );
+    agent.terminate_ok(a);
 }
