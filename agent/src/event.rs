@@ -128,7 +128,21 @@ struct FileRef<'a> {
     path: &'a str,
     device: u64,
     inode: u64,
-    fingerprint: String,
+    fingerprint: Fingerprint,
+}
+
+/// A fingerprint as 16 hex digits, written without an intermediate String.
+struct Fingerprint(u64);
+
+impl Serialize for Fingerprint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 16];
+        for (i, b) in buf.iter_mut().enumerate() {
+            let nib = (self.0 >> (60 - 4 * i)) & 0xf;
+            *b = b"0123456789abcdef"[nib as usize];
+        }
+        s.serialize_str(std::str::from_utf8(&buf).unwrap_or("0000000000000000"))
+    }
 }
 
 #[derive(Serialize)]
@@ -166,7 +180,12 @@ pub fn encode(
     max_event_bytes: usize,
     out: &mut Vec<u8>,
 ) {
-    let text = String::from_utf8_lossy(&line.bytes);
+    // Valid UTF-8 (the common case) is checked by the fast validator and
+    // borrowed; only invalid lines pay for the lossy conversion.
+    let text = match std::str::from_utf8(&line.bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(&line.bytes),
+    };
     let mut extra = BTreeMap::new();
     let mut json_error = false;
     if let Some(key) = &spec.json_key {
@@ -193,7 +212,7 @@ pub fn encode(
                     path: &batch.source.path,
                     device: batch.source.device,
                     inode: batch.source.inode,
-                    fingerprint: format!("{:016x}", batch.source.fingerprint),
+                    fingerprint: Fingerprint(batch.source.fingerprint),
                 },
                 offset: line.offset,
                 flags: flag_names(line.flags, json_error, cut),

@@ -99,7 +99,7 @@ impl Metrics {
         let produce_seconds = reg(
             &mut r,
             "produce_seconds",
-            "From handing a message to the producer to Kafka's ack",
+            "From handing a WAL record's first message to the producer to Kafka's ack of its last",
             Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
         );
         let delivery_errors = reg(

@@ -345,7 +345,7 @@ fn ship_config(cfg: &AgentConfig, identity: &Identity) -> ShipConfig {
         // Room for the headers, key and record overhead.
         max_event_bytes: cfg.kafka.max_message_bytes.saturating_sub(2048),
         include_unsynced: cfg.wal.sync == "none",
-        max_in_flight_lines: 500_000,
+        max_in_flight_lines: 100_000,
     }
 }
 

@@ -66,7 +66,7 @@ pub fn default_settings() -> BTreeMap<String, String> {
         ("batch.size", "1000000"),
         ("message.timeout.ms", "0"),
         ("queue.buffering.max.messages", "1000000"),
-        ("queue.buffering.max.kbytes", "1048576"),
+        ("queue.buffering.max.kbytes", "131072"),
         ("message.max.bytes", "1000000"),
         ("socket.keepalive.enable", "true"),
         ("reconnect.backoff.max.ms", "2000"),
@@ -110,10 +110,11 @@ impl ProducerContext for Ctx {
     fn delivery(&self, result: &DeliveryResult<'_>, track: Arc<Track>) {
         match result {
             Ok(_) => {
-                self.metrics
-                    .produce_seconds
-                    .observe(track.sent.elapsed().as_secs_f64());
                 if track.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    // Once per record: when its last message is acked.
+                    self.metrics
+                        .produce_seconds
+                        .observe(track.sent.elapsed().as_secs_f64());
                     let _ = self
                         .done
                         .lock()
@@ -529,6 +530,10 @@ impl Session<'_> {
         // Settle the count: deliveries so far subtracted from u32::MAX.
         let before = track.remaining.fetch_sub(u32::MAX - sent, Ordering::AcqRel);
         if before == u32::MAX - sent {
+            self.deps
+                .metrics
+                .produce_seconds
+                .observe(track.sent.elapsed().as_secs_f64());
             self.done.insert(seq);
         }
     }

@@ -216,7 +216,10 @@ fn is_lock_error(message: &str) -> bool {
 fn try_open(path: &Path) -> std::result::Result<(sled::Db, sled::Tree, sled::Tree), String> {
     // sled may panic on some corrupt files; a panic here is a corrupt store.
     let opened = std::panic::catch_unwind(|| {
-        let db = sled::Config::new().path(path).open()?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(16 << 20)
+            .open()?;
         let files = db.open_tree("files")?;
         let meta = db.open_tree("meta")?;
         // Touch every value so corruption shows now, not later.

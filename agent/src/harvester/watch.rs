@@ -54,7 +54,12 @@ pub fn spawn(
             let _watcher = (discovery == Discovery::NotifyAndRescan)
                 .then(|| watch_roots(h.roots(), events))
                 .flatten();
-            while let Ok(()) | Err(RecvTimeoutError::Timeout) = rx.recv_timeout(rescan) {
+            // After a poll that found lines, poll again at once: a file may
+            // have more than one read chunk waiting.
+            let mut busy = false;
+            while let Ok(()) | Err(RecvTimeoutError::Timeout) =
+                rx.recv_timeout(if busy { Duration::ZERO } else { rescan })
+            {
                 while rx.try_recv().is_ok() {}
                 if stop_flag.load(Ordering::SeqCst) {
                     break;
@@ -64,7 +69,8 @@ pub fn spawn(
                     h.poll(&store)
                 };
                 open_files.store(h.open_files(), Ordering::Relaxed);
-                if !out.is_empty() {
+                busy = !out.is_empty();
+                if busy {
                     sink(out);
                 }
             }
@@ -83,7 +89,9 @@ fn watch_roots(
 ) -> Option<notify::RecommendedWatcher> {
     let mut watcher = match notify::recommended_watcher(
         move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Our own reads (access, open, close-after-read) are events too;
+            // waking on them would make every poll cause the next one.
+            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
                 let _ = events.send(());
             }
         },

@@ -1,0 +1,612 @@
+//! The whole pipeline under fire: files → logagent → Kafka → logtransfer →
+//! Elasticsearch, while a seeded schedule kills and restarts everything.
+//!
+//! Writers append numbered lines (`tt w=<writer> seq=<n> …`, some 30 KB
+//! long, some JSON, some with invalid UTF-8) to `w<k>/app.log` under a
+//! globbed directory, rotating by rename (`app.log` → `app.log.<g>`) and, for
+//! some writers, by copytruncate (copy to `bak-<g>`, keep writing, then
+//! truncate). Meanwhile the schedule SIGKILLs and restarts the agent and the
+//! transfer, and stops and restarts Kafka, Elasticsearch and etcd. A probe
+//! writer measures write → searchable latency. At the end the tool waits for
+//! the pipeline to drain (bounded), reads every document back (scroll) and
+//! prints one summary line:
+//!
+//! `written=N indexed=N lost=N duplicated=N copytruncate_at_risk=N
+//! copytruncate_lost=N latency_ms p50=… p99=… max=… faults …`
+//!
+//! Lines lost from a copytruncated file's last generation are copytruncate's
+//! inherent window (not yet read when the file was truncated): counted apart
+//! as `copytruncate_lost`, never hidden. Any other loss makes it exit 1.
+//!
+//! Needs the local stack (`eval "$(scripts/stack env)"`) and the logagent and
+//! logtransfer binaries built beside this one. See `scripts/torture`.
+
+use clap::Parser;
+use integration::agent_run::{etcd_put, free_port};
+use integration::{repo_root, Stack};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser, Clone)]
+#[command(name = "torture")]
+struct Args {
+    /// How long writers write and faults are injected, in seconds.
+    #[arg(long, default_value_t = 120)]
+    duration: u64,
+    /// Seed of the fault schedule and of the writers (default: the time).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Writers (files); the first `copytruncate_writers` rotate by copytruncate too.
+    #[arg(long, default_value_t = 3)]
+    writers: u64,
+    #[arg(long, default_value_t = 1)]
+    copytruncate_writers: u64,
+    /// Lines per second per writer.
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    #[arg(long, default_value_t = 12)]
+    agent_kills: u64,
+    #[arg(long, default_value_t = 6)]
+    transfer_kills: u64,
+    #[arg(long, default_value_t = 1)]
+    kafka_restarts: u64,
+    #[arg(long, default_value_t = 1)]
+    es_restarts: u64,
+    #[arg(long, default_value_t = 1)]
+    etcd_restarts: u64,
+    /// Most seconds to wait for the pipeline to drain at the end.
+    #[arg(long, default_value_t = 300)]
+    drain: u64,
+}
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("bin dir");
+    for d in [dir, dir.parent().unwrap_or(dir)] {
+        if d.join(name).exists() {
+            return d.join(name);
+        }
+    }
+    panic!("{name} is not built beside {}", exe.display());
+}
+
+fn stack_cmd(args: &[&str]) -> bool {
+    Command::new(repo_root().join("scripts/stack"))
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A child process that can be SIGKILLed and started again.
+struct Proc {
+    name: &'static str,
+    cmd: Box<dyn Fn() -> Command + Send>,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn start(&mut self) {
+        match (self.cmd)().spawn() {
+            Ok(c) => self.child = Some(c),
+            Err(e) => eprintln!("torture: cannot start {}: {e}", self.name),
+        }
+    }
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(40) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Per writer: where each copytruncated generation started and ended.
+#[derive(Default)]
+struct WriterLog {
+    /// (first seq, last seq) of generations lost to truncation if unread.
+    truncated: Vec<(u64, u64)>,
+}
+
+fn line(w: u64, seq: u64, rng: &mut StdRng) -> Vec<u8> {
+    match rng.random_range(0..50) {
+        0 => format!("tt w={w} seq={seq} long {}", "L".repeat(30_000)).into_bytes(),
+        1 => format!(r#"{{"torture":"tt w={w} seq={seq}","level":"info","n":{seq}}}"#).into_bytes(),
+        2 => {
+            let mut v = format!("tt w={w} seq={seq} bad utf8 ").into_bytes();
+            v.extend_from_slice(b"\xff\xfe\x00end");
+            v
+        }
+        _ => format!("tt w={w} seq={seq} GET /item/{seq} 200 {}", "x".repeat(40)).into_bytes(),
+    }
+}
+
+fn open_append(p: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+        .expect("open log file")
+}
+
+/// Writes numbered lines to `dir/app.log` until `stop`; returns how many.
+fn writer(
+    w: u64,
+    dir: PathBuf,
+    rate: u64,
+    copytruncate: bool,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<WriterLog>>,
+) -> u64 {
+    let mut rng = StdRng::seed_from_u64(seed);
+    std::fs::create_dir_all(&dir).expect("writer dir");
+    let path = dir.join("app.log");
+    let mut f = open_append(&path);
+    let mut seq = 0;
+    let mut gen_start = 0;
+    let mut gen = 0;
+    let start = Instant::now();
+    let mut next_rotation = rng.random_range(2_000..8_000u64);
+    while !stop.load(Ordering::SeqCst) {
+        // 10 ms worth of lines, then keep to the rate.
+        for _ in 0..(rate / 100).max(1) {
+            let mut l = line(w, seq, &mut rng);
+            l.push(b'\n');
+            f.write_all(&l).expect("write line");
+            seq += 1;
+        }
+        let due = start + Duration::from_micros(seq * 1_000_000 / rate.max(1));
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        if start.elapsed().as_millis() as u64 >= next_rotation {
+            next_rotation += rng.random_range(4_000..15_000u64);
+            gen += 1;
+            if copytruncate && rng.random_bool(0.5) {
+                // copytruncate: copy, the app keeps writing, then truncate.
+                let _ = std::fs::copy(&path, dir.join(format!("bak-{gen}")));
+                for _ in 0..rng.random_range(0..20) {
+                    let mut l = line(w, seq, &mut rng);
+                    l.push(b'\n');
+                    f.write_all(&l).expect("write line");
+                    seq += 1;
+                }
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|t| t.set_len(0));
+                log.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .truncated
+                    .push((gen_start, seq - 1));
+            } else {
+                drop(f);
+                let _ = std::fs::rename(&path, dir.join(format!("app.log.{gen}")));
+                f = open_append(&path);
+            }
+            gen_start = seq;
+        }
+    }
+    seq
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+async fn search(stack: &Stack, index: &str, body: Value) -> Option<Value> {
+    let r = stack
+        .es()
+        .search(elasticsearch::SearchParts::Index(&[index]))
+        .body(body)
+        .send()
+        .await
+        .ok()?;
+    r.json::<Value>().await.ok()
+}
+
+/// Every document's `message`, read with a scroll (exact, duplicates kept).
+async fn all_messages(stack: &Stack, index: &str) -> Option<Vec<String>> {
+    let es = stack.es();
+    let _ = es
+        .indices()
+        .refresh(elasticsearch::indices::IndicesRefreshParts::Index(&[index]))
+        .send()
+        .await;
+    let first: Value = es
+        .search(elasticsearch::SearchParts::Index(&[index]))
+        .scroll("2m")
+        .body(json!({"size": 5000, "_source": ["message"], "query": {"match_all": {}}}))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let mut out = Vec::new();
+    let mut page = first;
+    loop {
+        let hits = page["hits"]["hits"].as_array()?.clone();
+        if hits.is_empty() {
+            return Some(out);
+        }
+        for h in hits {
+            out.push(h["_source"]["message"].as_str().unwrap_or("").to_string());
+        }
+        let id = page["_scroll_id"].as_str()?.to_string();
+        page = es
+            .scroll(elasticsearch::ScrollParts::None)
+            .body(json!({"scroll": "2m", "scroll_id": id}))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+    }
+}
+
+fn parse_id(msg: &str) -> Option<(u64, u64)> {
+    let i = msg.find("tt w=")?;
+    let rest = &msg[i + 5..];
+    let (w, rest) = rest.split_once(" seq=")?;
+    let seq: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((w.parse().ok()?, seq.parse().ok()?))
+}
+
+#[derive(Default)]
+struct Faults {
+    agent_kill: AtomicU64,
+    transfer_kill: AtomicU64,
+    kafka_restart: AtomicU64,
+    es_restart: AtomicU64,
+    etcd_restart: AtomicU64,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = Args::parse();
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(1)
+    });
+    let stack = Stack::from_env();
+    let run = format!("torture-{seed}-{}", std::process::id());
+    let dir = tempfile::Builder::new()
+        .prefix("torture-")
+        .tempdir()
+        .expect("tmp");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("logs");
+    eprintln!(
+        "torture: seed={seed} duration={}s writers={} rate={}/s dir={}",
+        args.duration,
+        args.writers,
+        args.rate,
+        dir.path().display()
+    );
+    stack.create_topic(&run, 4).await;
+
+    // The agent: collect entry in etcd, config on disk.
+    let prefix = format!("/{run}");
+    let host = format!("{run}-host");
+    let agent_setup = integration::agent_run::setup(
+        &stack,
+        dir.path(),
+        &host,
+        &prefix,
+        &[&logs],
+        "[wal]\nmax_bytes = 268435456\n",
+    );
+    etcd_put(
+        &stack,
+        &agent_setup.collect_key(),
+        &json!([{"path": format!("{}/*/app.log*", logs.display()), "topic": run}]).to_string(),
+    )
+    .await;
+    let agent_cfg = agent_setup.config.clone();
+    let agent_log = agent_setup.log.clone();
+    let agent = Arc::new(Mutex::new(Proc {
+        name: "logagent",
+        cmd: Box::new(move || {
+            let mut c = Command::new(bin("logagent"));
+            c.arg("--config").arg(&agent_cfg);
+            c.env("RUST_LOG", "warn");
+            c.stdout(Stdio::null());
+            if let Ok(f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&agent_log)
+            {
+                c.stderr(f);
+            }
+            c
+        }),
+        child: None,
+    }));
+
+    // The transfer: its own group, index `<run>-*`.
+    let tcfg = dir.path().join("transfer.toml");
+    std::fs::write(
+        &tcfg,
+        format!(
+            r#"[kafka]
+brokers = "{brokers}"
+group_id = "{run}"
+topics = ["{run}"]
+[kafka.consumer]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+[elasticsearch]
+url = "{es}"
+index_pattern = "{{topic}}-%Y.%m.%d"
+[bulk]
+max_docs = 2000
+flush_interval_ms = 200
+[retry]
+initial_backoff_ms = 100
+max_backoff_ms = 2000
+[metrics]
+listen = "127.0.0.1:{port}"
+"#,
+            brokers = stack.kafka_brokers,
+            es = stack.es_url,
+            port = free_port(),
+        ),
+    )
+    .expect("transfer config");
+    let transfer_log = dir.path().join("transfer.log");
+    let transfer = Arc::new(Mutex::new(Proc {
+        name: "logtransfer",
+        cmd: Box::new(move || {
+            let mut c = Command::new(bin("logtransfer"));
+            c.arg("--config").arg(&tcfg);
+            c.env("RUST_LOG", "warn");
+            c.stdout(Stdio::null());
+            if let Ok(f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&transfer_log)
+            {
+                c.stderr(f);
+            }
+            c
+        }),
+        child: None,
+    }));
+    agent.lock().expect("agent").start();
+    transfer.lock().expect("transfer").start();
+
+    // Writers and the probe.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    let mut logs_of = Vec::new();
+    for w in 0..args.writers {
+        let wl = Arc::new(Mutex::new(WriterLog::default()));
+        logs_of.push(Arc::clone(&wl));
+        let (d, s, rate) = (logs.join(format!("w{w}")), Arc::clone(&stop), args.rate);
+        let ct = w < args.copytruncate_writers;
+        let wseed = seed.wrapping_add(w + 1);
+        handles.push(std::thread::spawn(move || {
+            writer(w, d, rate, ct, wseed, s, wl)
+        }));
+    }
+    let probe_w = 999;
+    let probe_dir = logs.join("probe");
+    std::fs::create_dir_all(&probe_dir).expect("probe dir");
+    let probe_stack = stack.clone();
+    let probe_index = format!("{run}-*");
+    let probe_stop = Arc::clone(&stop);
+    let probe = tokio::spawn(async move {
+        let mut f = open_append(&probe_dir.join("app.log"));
+        let mut lat = Vec::new();
+        let mut seq = 0;
+        while !probe_stop.load(Ordering::SeqCst) {
+            let written = Instant::now();
+            let _ = writeln!(f, "tt w={probe_w} seq={seq} probe");
+            let q = json!({"size": 0, "query": {"match_phrase": {"message": format!("tt w={probe_w} seq={seq} probe")}}});
+            loop {
+                if let Some(v) = search(&probe_stack, &probe_index, q.clone()).await {
+                    if v["hits"]["total"]["value"].as_u64().unwrap_or(0) > 0 {
+                        lat.push(written.elapsed().as_secs_f64() * 1000.0);
+                        break;
+                    }
+                }
+                if written.elapsed() > Duration::from_secs(600) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        (seq, lat)
+    });
+
+    // The fault schedule.
+    let mut rng = StdRng::seed_from_u64(seed);
+    let span = (5.0, (args.duration as f64 - 15.0).max(6.0));
+    let mut schedule: Vec<(f64, &str)> = Vec::new();
+    for (kind, n) in [
+        ("agent", args.agent_kills),
+        ("transfer", args.transfer_kills),
+        ("kafka", args.kafka_restarts),
+        ("elasticsearch", args.es_restarts),
+        ("etcd", args.etcd_restarts),
+    ] {
+        for _ in 0..n {
+            schedule.push((rng.random_range(span.0..span.1), kind));
+        }
+    }
+    schedule.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let faults = Arc::new(Faults::default());
+    let t0 = Instant::now();
+    let mut service_threads = Vec::new();
+    for (at, kind) in schedule {
+        if let Some(d) = Duration::from_secs_f64(at).checked_sub(t0.elapsed()) {
+            tokio::time::sleep(d).await;
+        }
+        match kind {
+            "agent" => {
+                let mut a = agent.lock().expect("agent");
+                a.kill9();
+                a.start();
+                faults.agent_kill.fetch_add(1, Ordering::SeqCst);
+            }
+            "transfer" => {
+                let mut t = transfer.lock().expect("transfer");
+                t.kill9();
+                t.start();
+                faults.transfer_kill.fetch_add(1, Ordering::SeqCst);
+            }
+            service => {
+                let down = Duration::from_secs(rng.random_range(3..12));
+                let f = Arc::clone(&faults);
+                service_threads.push(std::thread::spawn(move || {
+                    eprintln!("torture: {service} down for {down:?}");
+                    stack_cmd(&["stop", service]);
+                    std::thread::sleep(down);
+                    while !stack_cmd(&["start", service]) {
+                        eprintln!("torture: {service} did not start; retrying");
+                        std::thread::sleep(Duration::from_secs(2));
+                    }
+                    let counter = match service {
+                        "kafka" => &f.kafka_restart,
+                        "elasticsearch" => &f.es_restart,
+                        _ => &f.etcd_restart,
+                    };
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }));
+            }
+        }
+    }
+    if let Some(d) = Duration::from_secs(args.duration).checked_sub(t0.elapsed()) {
+        tokio::time::sleep(d).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut written: HashMap<u64, u64> = HashMap::new();
+    for (w, h) in handles.into_iter().enumerate() {
+        written.insert(w as u64, h.join().expect("writer"));
+    }
+    for t in service_threads {
+        let _ = t.join();
+    }
+    let (probes, mut lat) = probe.await.expect("probe");
+    written.insert(probe_w, probes);
+    let total: u64 = written.values().sum();
+    eprintln!("torture: writers stopped after {total} lines; draining");
+
+    // Drain: until Elasticsearch counts every line, bounded.
+    let index = format!("{run}-*,-*-deadletter");
+    let drain_start = Instant::now();
+    loop {
+        let c = search(&stack, &index, json!({"size": 0, "track_total_hits": true}))
+            .await
+            .and_then(|v| v["hits"]["total"]["value"].as_u64())
+            .unwrap_or(0);
+        if c >= total || drain_start.elapsed() > Duration::from_secs(args.drain) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let drain_secs = drain_start.elapsed().as_secs_f64();
+    let messages = all_messages(&stack, &index).await.unwrap_or_default();
+    agent.lock().expect("agent").terminate();
+    transfer.lock().expect("transfer").terminate();
+
+    let mut seen: HashMap<(u64, u64), u64> = HashMap::new();
+    for m in &messages {
+        if let Some(id) = parse_id(m) {
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    let duplicated: u64 = seen.values().map(|c| c - 1).sum();
+    let mut lost = Vec::new();
+    let mut ct_lost = 0;
+    let mut ct_at_risk = 0;
+    let truncated: HashMap<u64, Vec<(u64, u64)>> = logs_of
+        .iter()
+        .enumerate()
+        .map(|(w, l)| {
+            (
+                w as u64,
+                l.lock().map(|l| l.truncated.clone()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    for ranges in truncated.values() {
+        ct_at_risk += ranges.iter().map(|(a, b)| b - a + 1).sum::<u64>();
+    }
+    for (&w, &n) in &written {
+        for s in 0..n {
+            if !seen.contains_key(&(w, s)) {
+                let in_window = truncated
+                    .get(&w)
+                    .is_some_and(|r| r.iter().any(|(a, b)| (*a..=*b).contains(&s)));
+                if in_window {
+                    ct_lost += 1;
+                } else {
+                    lost.push((w, s));
+                }
+            }
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "written={total} indexed={} lost={} duplicated={duplicated} copytruncate_at_risk={ct_at_risk} copytruncate_lost={ct_lost} \
+         latency_ms p50={:.0} p99={:.0} max={:.0} (probes={}) \
+         faults agent_kill={} transfer_kill={} kafka_restart={} es_restart={} etcd_restart={} \
+         seed={seed} duration={}s drain={drain_secs:.0}s",
+        seen.len(),
+        lost.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.last().copied().unwrap_or(0.0),
+        lat.len(),
+        faults.agent_kill.load(Ordering::SeqCst),
+        faults.transfer_kill.load(Ordering::SeqCst),
+        faults.kafka_restart.load(Ordering::SeqCst),
+        faults.es_restart.load(Ordering::SeqCst),
+        faults.etcd_restart.load(Ordering::SeqCst),
+        args.duration,
+    );
+    if !lost.is_empty() {
+        eprintln!(
+            "torture: LOST {} lines, first {:?}; logs kept in {}",
+            lost.len(),
+            &lost[..lost.len().min(20)],
+            dir.path().display()
+        );
+        let _ = dir.keep();
+        std::process::exit(1);
+    }
+}
