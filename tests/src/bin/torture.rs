@@ -427,29 +427,44 @@ listen = "127.0.0.1:{port}"
     let probe_index = format!("{run}-*");
     let probe_stop = Arc::clone(&stop);
     let probe = tokio::spawn(async move {
+        // One probe line every 250 ms carrying its write time; a checker
+        // finds new probes in Elasticsearch every 100 ms.
         let mut f = open_append(&probe_dir.join("app.log"));
-        let mut lat = Vec::new();
-        let mut seq = 0;
-        while !probe_stop.load(Ordering::SeqCst) {
-            let written = Instant::now();
-            let _ = writeln!(f, "tt w={probe_w} seq={seq} probe");
-            let q = json!({"size": 0, "query": {"match_phrase": {"message": format!("tt w={probe_w} seq={seq} probe")}}});
-            loop {
-                if let Some(v) = search(&probe_stack, &probe_index, q.clone()).await {
-                    if v["hits"]["total"]["value"].as_u64().unwrap_or(0) > 0 {
-                        lat.push(written.elapsed().as_secs_f64() * 1000.0);
-                        break;
+        let epoch = Instant::now();
+        let mut written: Vec<Duration> = Vec::new();
+        let mut found: HashMap<u64, Duration> = HashMap::new();
+        let mut last_write = Duration::ZERO;
+        loop {
+            let stopping = probe_stop.load(Ordering::SeqCst);
+            let now = epoch.elapsed();
+            if !stopping && (written.is_empty() || now - last_write >= Duration::from_millis(250)) {
+                let _ = writeln!(f, "tt w={probe_w} seq={} probe", written.len());
+                written.push(epoch.elapsed());
+                last_write = now;
+            }
+            let q = json!({"size": 200, "_source": ["message"], "sort": [{"log.offset": "desc"}],
+                "query": {"match_phrase": {"message": format!("tt w={probe_w}")}}});
+            if let Some(v) = search(&probe_stack, &probe_index, q).await {
+                for h in v["hits"]["hits"].as_array().into_iter().flatten() {
+                    let Some((_, seq)) = h["_source"]["message"].as_str().and_then(parse_id) else {
+                        continue;
+                    };
+                    if let (Some(at), false) = (written.get(seq as usize), found.contains_key(&seq))
+                    {
+                        found.insert(seq, epoch.elapsed().saturating_sub(*at));
                     }
                 }
-                if written.elapsed() > Duration::from_secs(600) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            seq += 1;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            if stopping
+                && (found.len() == written.len()
+                    || epoch.elapsed() - last_write > Duration::from_secs(120))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        (seq, lat)
+        let lat: Vec<f64> = found.values().map(|d| d.as_secs_f64() * 1000.0).collect();
+        (written.len() as u64, lat)
     });
 
     // The fault schedule.
@@ -525,15 +540,24 @@ listen = "127.0.0.1:{port}"
     let total: u64 = written.values().sum();
     eprintln!("torture: writers stopped after {total} lines; draining");
 
-    // Drain: until Elasticsearch counts every line, bounded.
+    // Drain: until Elasticsearch counts every line, or the count stayed
+    // the same for 30 s with the agent's WAL empty; bounded by --drain.
     let index = format!("{run}-*,-*-deadletter");
     let drain_start = Instant::now();
+    let mut last = (0, Instant::now());
     loop {
         let c = search(&stack, &index, json!({"size": 0, "track_total_hits": true}))
             .await
             .and_then(|v| v["hits"]["total"]["value"].as_u64())
             .unwrap_or(0);
-        if c >= total || drain_start.elapsed() > Duration::from_secs(args.drain) {
+        if c != last.0 {
+            last = (c, Instant::now());
+        }
+        let wal_empty = agent_setup.metric("logagent_wal_unacked_records") == 0.0;
+        if c >= total
+            || (wal_empty && last.1.elapsed() > Duration::from_secs(30))
+            || drain_start.elapsed() > Duration::from_secs(args.drain)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -550,6 +574,15 @@ listen = "127.0.0.1:{port}"
         }
     }
     let duplicated: u64 = seen.values().map(|c| c - 1).sum();
+    let dups: Vec<&(u64, u64)> = seen
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(k, _)| k)
+        .take(10)
+        .collect();
+    if !dups.is_empty() {
+        eprintln!("torture: duplicated (writer, seq), first 10: {dups:?}");
+    }
     let mut lost = Vec::new();
     let mut ct_lost = 0;
     let mut ct_at_risk = 0;
