@@ -36,6 +36,8 @@ pub struct WatchSpec {
     pub allowed_roots: Vec<PathBuf>,
     /// Entries from the local config, merged after etcd's.
     pub static_entries: Vec<CollectEntry>,
+    /// PEM of the CA that signed etcd's certificate (`https://` endpoints).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 struct State {
@@ -77,7 +79,7 @@ impl State {
 }
 
 async fn connect(spec: &WatchSpec) -> Result<Client, etcd_client::Error> {
-    connect_to(&spec.endpoints, spec.user.as_ref()).await
+    connect_to(&spec.endpoints, spec.user.as_ref(), spec.ca_pem.as_deref()).await
 }
 
 /// A client of `endpoints` with keep-alives and a connect timeout.
@@ -87,12 +89,16 @@ async fn connect(spec: &WatchSpec) -> Result<Client, etcd_client::Error> {
 pub async fn connect_to(
     endpoints: &[String],
     user: Option<&(String, String)>,
+    ca_pem: Option<&[u8]>,
 ) -> Result<Client, etcd_client::Error> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
     if let Some((u, p)) = user {
         opts = opts.with_user(u.clone(), p.clone());
+    }
+    if let Some(pem) = ca_pem {
+        opts = opts.with_openssl_tls(etcd_client::OpenSslClientConfig::default().ca_cert_pem(pem));
     }
     Client::connect(endpoints, Some(opts)).await
 }

@@ -26,8 +26,8 @@ use crate::Error;
 use checkpoint::{FileId, FileState, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::SyncSender;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -148,6 +148,17 @@ struct Running {
     output: Arc<RwLock<Output>>,
     lp: HarvestLoop,
     open: Arc<AtomicUsize>,
+    /// Set before stopping: a harvester waiting for room in the spool
+    /// channel (WAL full) gives its lines up instead of blocking the stop;
+    /// they were not checkpointed, so they are read again later.
+    cancel: Arc<AtomicBool>,
+}
+
+impl Running {
+    fn stop(self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        self.lp.stop();
+    }
 }
 
 /// Harvesters by the settings that shape reading (path, exclude, multiline,
@@ -219,7 +230,7 @@ impl Supervisor {
         for k in gone {
             if let Some(r) = self.running.remove(&k) {
                 tracing::info!(path = %r.glob, "collect entry removed; harvesting stops (checkpoints stay)");
-                r.lp.stop();
+                r.stop();
             }
         }
         if stopped {
@@ -255,6 +266,8 @@ impl Supervisor {
         let open = Arc::new(AtomicUsize::new(0));
         let tx = self.tx.clone();
         let o = Arc::clone(&output);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cancelled = Arc::clone(&cancel);
         let lp = watch::spawn(
             h,
             Arc::clone(&self.store),
@@ -263,14 +276,27 @@ impl Supervisor {
             Arc::clone(&open),
             move |emitted| {
                 let out = o.read().unwrap_or_else(|p| p.into_inner()).clone();
-                // A failed send (the writer is gone at shutdown) leaves the
-                // lines unread as far as the checkpoints know.
-                let _ = tx.send(SpoolMsg::Data(Spooled {
+                let mut msg = SpoolMsg::Data(Spooled {
                     topic: out.topic,
                     meta: out.meta,
                     read_ms: checkpoint::now_ms(),
                     emitted,
-                }));
+                });
+                // Lines not handed over (writer gone, or this harvester
+                // cancelled while the WAL is full) are not checkpointed: they
+                // are read again later.
+                loop {
+                    match tx.try_send(msg) {
+                        Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+                        Err(TrySendError::Full(m)) => {
+                            if cancelled.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            msg = m;
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                }
             },
         )
         .map_err(|x| x.to_string())?;
@@ -279,15 +305,16 @@ impl Supervisor {
             output,
             lp,
             open,
+            cancel,
         })
     }
 
     fn barrier(&self) {
         let (tx, rx) = std::sync::mpsc::channel();
         if self.tx.send(SpoolMsg::Barrier(tx)).is_ok()
-            && rx.recv_timeout(Duration::from_secs(60)).is_err()
+            && rx.recv_timeout(Duration::from_secs(10)).is_err()
         {
-            tracing::warn!("the spool writer did not confirm within 60 s (WAL full?)");
+            tracing::warn!("the spool writer did not confirm within 10 s (WAL full?); a file read by the new entries may be read again from its last checkpoint");
         }
     }
 
@@ -304,7 +331,7 @@ impl Supervisor {
 
     fn stop_all(&mut self) {
         for (_, r) in self.running.drain() {
-            r.lp.stop();
+            r.stop();
         }
     }
 }
@@ -349,7 +376,7 @@ fn ship_config(cfg: &AgentConfig, identity: &Identity) -> ShipConfig {
     }
 }
 
-fn watch_spec(cfg: &AgentConfig, host_id: &str) -> WatchSpec {
+fn watch_spec(cfg: &AgentConfig, host_id: &str, ca_pem: Option<Vec<u8>>) -> WatchSpec {
     WatchSpec {
         endpoints: cfg.etcd.endpoints.clone(),
         user: cfg
@@ -361,6 +388,7 @@ fn watch_spec(cfg: &AgentConfig, host_id: &str) -> WatchSpec {
         host_id: host_id.to_string(),
         allowed_roots: cfg.allowed_roots.clone(),
         static_entries: cfg.collect.clone(),
+        ca_pem,
     }
 }
 
@@ -377,17 +405,17 @@ struct Registration {
 }
 
 /// Keeps the registration key alive with a lease until the task is aborted.
-async fn register(
-    endpoints: Vec<String>,
-    user: Option<(String, String)>,
-    key: String,
-    info: Arc<Mutex<Registration>>,
-) {
+async fn register(spec: WatchSpec, key: String, info: Arc<Mutex<Registration>>) {
     use etcd_client::PutOptions;
     let mut backoff = Duration::from_millis(500);
     loop {
         let res: Result<(), etcd_client::Error> = async {
-            let mut client = etcd_config::connect_to(&endpoints, user.as_ref()).await?;
+            let mut client = etcd_config::connect_to(
+                &spec.endpoints,
+                spec.user.as_ref(),
+                spec.ca_pem.as_deref(),
+            )
+            .await?;
             let lease = client.lease_grant(10, None).await?.id();
             let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
             let mut last = String::new();
@@ -450,6 +478,13 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
     use tokio::signal::unix::{signal, SignalKind};
     let metrics = Metrics::new();
     let ident = identity(&cfg);
+    let ca_pem = match &cfg.etcd.ca_file {
+        None => None,
+        Some(p) => Some(std::fs::read(p).map_err(|e| Error::Io {
+            path: PathBuf::from(format!("etcd.ca_file {}", p.display())),
+            source: e,
+        })?),
+    };
     tracing::info!(host_id = %ident.host_id, ip = %ident.host_ip, "logagent starting");
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::Io {
         path: cfg.data_dir.clone(),
@@ -522,7 +557,7 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
     let mut cfg = cfg;
     let (cfg_tx, mut cfg_rx) = mpsc::channel(64);
     let mut watcher = tokio::spawn(etcd_config::run(
-        watch_spec(&cfg, &ident.host_id),
+        watch_spec(&cfg, &ident.host_id, ca_pem.clone()),
         cfg_tx.clone(),
     ));
     let started = tokio::time::Instant::now();
@@ -574,8 +609,7 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
         ident.host_id
     );
     let registry = tokio::spawn(register(
-        cfg.etcd.endpoints.clone(),
-        watch_spec(&cfg, &ident.host_id).user,
+        watch_spec(&cfg, &ident.host_id, ca_pem.clone()),
         reg_key,
         Arc::clone(&reg_info),
     ));
@@ -602,7 +636,7 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
                 match reload(&cfg_path, &cfg) {
                     Some(new) => {
                         watcher.abort();
-                        watcher = tokio::spawn(etcd_config::run(watch_spec(&new, &ident.host_id), cfg_tx.clone()));
+                        watcher = tokio::spawn(etcd_config::run(watch_spec(&new, &ident.host_id, ca_pem.clone()), cfg_tx.clone()));
                         cfg = new;
                         metrics.config_reloads.inc();
                     }
