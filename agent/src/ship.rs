@@ -148,6 +148,58 @@ fn failed_from(msg: &BorrowedMessage<'_>, track: Arc<Track>) -> Failed {
     }
 }
 
+/// Which records are done, and the longest done prefix (pure).
+///
+/// Records finish in any order (partitions are acknowledged independently);
+/// the WAL can only be acknowledged up to a prefix. Done records are kept
+/// as ranges so that a gap of skipped (corrupt) records costs one entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckWindow {
+    /// Every record up to here is done.
+    upto: Seq,
+    /// Done ranges beyond the prefix: start → end (inclusive).
+    done: BTreeMap<Seq, Seq>,
+}
+
+impl AckWindow {
+    /// A window whose records up to `upto` are done.
+    pub fn new(upto: Seq) -> Self {
+        Self {
+            upto,
+            done: BTreeMap::new(),
+        }
+    }
+
+    /// Records `from..=to` are done.
+    pub fn done(&mut self, from: Seq, to: Seq) {
+        if to <= self.upto || from > to {
+            return;
+        }
+        let from = from.max(self.upto + 1);
+        let end = self.done.entry(from).or_insert(to);
+        *end = (*end).max(to);
+    }
+
+    /// Extends the prefix over the done ranges; returns the new prefix end.
+    pub fn advance(&mut self) -> Seq {
+        loop {
+            // Ranges starting inside the prefix extend it too.
+            let Some((&start, &end)) = self.done.first_key_value() else {
+                return self.upto;
+            };
+            if start > self.upto + 1 {
+                return self.upto;
+            }
+            self.done.remove(&start);
+            self.upto = self.upto.max(end);
+        }
+    }
+
+    pub fn upto(&self) -> Seq {
+        self.upto
+    }
+}
+
 /// A record handed to the producer, until it is done and acknowledged.
 struct InFlight {
     id: FileId,
@@ -273,8 +325,7 @@ fn session(cfg: &ShipConfig, deps: &ShipDeps, flags: &Flags) -> Result<(), Strin
             wal.reader(start)
         },
         expect: start,
-        acked_upto: start - 1,
-        done: BTreeSet::new(),
+        window: AckWindow::new(start - 1),
         in_flight: BTreeMap::new(),
         in_flight_lines: 0,
         last_ack: Instant::now(),
@@ -293,9 +344,7 @@ struct Session<'a> {
     reader: wal::Reader,
     /// The seq the reader yields next.
     expect: Seq,
-    /// Every record up to here is done.
-    acked_upto: Seq,
-    done: BTreeSet<Seq>,
+    window: AckWindow,
     in_flight: BTreeMap<Seq, InFlight>,
     in_flight_lines: usize,
     last_ack: Instant,
@@ -337,9 +386,7 @@ impl Session<'_> {
                     }
                     Some(ReadItem::Skipped { records, .. }) => {
                         tracing::error!(records, "WAL records lost to corruption are skipped");
-                        for s in self.expect..self.expect + records {
-                            self.done.insert(s);
-                        }
+                        self.window.done(self.expect, self.expect + records - 1);
                         self.expect += records;
                         progressed = true;
                     }
@@ -348,9 +395,7 @@ impl Session<'_> {
             }
             if !progressed {
                 match self.done_rx.recv_timeout(Duration::from_millis(2)) {
-                    Ok(seq) => {
-                        self.done.insert(seq);
-                    }
+                    Ok(seq) => self.window.done(seq, seq),
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
                         return Err("the delivery channel closed".into())
@@ -363,15 +408,15 @@ impl Session<'_> {
     /// Records between `expect` and `seq` that the reader passed over
     /// silently were acknowledged already.
     fn gap_done(&mut self, seq: Seq) {
-        for s in self.expect..seq {
-            self.done.insert(s);
+        if seq > self.expect {
+            self.window.done(self.expect, seq - 1);
         }
     }
 
     fn collect_done(&mut self) -> bool {
         let mut any = false;
         while let Ok(seq) = self.done_rx.try_recv() {
-            self.done.insert(seq);
+            self.window.done(seq, seq);
             any = true;
         }
         any
@@ -382,19 +427,16 @@ impl Session<'_> {
         self.collect_done();
         let m = &self.deps.metrics;
         let mut acked_offsets: Vec<(FileId, u64)> = Vec::new();
-        while self.done.remove(&(self.acked_upto + 1)) {
-            self.acked_upto += 1;
-            if let Some(r) = self.in_flight.remove(&self.acked_upto) {
-                self.in_flight_lines -= r.lines as usize;
-                m.topic(&m.lines_acked, &r.topic).inc_by(r.lines);
-                acked_offsets.push((r.id, r.end_offset));
-            }
+        let upto = self.window.advance();
+        let rest = self.in_flight.split_off(&(upto + 1));
+        for (_, r) in std::mem::replace(&mut self.in_flight, rest) {
+            self.in_flight_lines -= r.lines as usize;
+            m.topic(&m.lines_acked, &r.topic).inc_by(r.lines);
+            acked_offsets.push((r.id, r.end_offset));
         }
         self.last_ack = Instant::now();
         let wal = &self.deps.wal;
-        let upto = self
-            .acked_upto
-            .min(self.deps.progress.checkpointed.load(Ordering::SeqCst));
+        let upto = upto.min(self.deps.progress.checkpointed.load(Ordering::SeqCst));
         if upto > wal.acked_seq() || flush || !acked_offsets.is_empty() {
             let mut st = self.deps.store.lock().unwrap_or_else(|p| p.into_inner());
             for (id, off) in acked_offsets {
@@ -534,7 +576,7 @@ impl Session<'_> {
                 .metrics
                 .produce_seconds
                 .observe(track.sent.elapsed().as_secs_f64());
-            self.done.insert(seq);
+            self.window.done(seq, seq);
         }
     }
 
@@ -742,4 +784,50 @@ fn seen_key(m: &BorrowedMessage<'_>, host_id: &str) -> Option<SeenKey> {
         offset?,
         crc32fast::hash(m.payload().unwrap_or_default()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever order records finish in (singles and ranges), the prefix
+        /// is exactly the longest run of done records from the start.
+        #[test]
+        fn the_prefix_is_the_longest_done_run(
+            start in 0u64..5,
+            marks in proptest::collection::vec((1u64..60, 0u64..4, any::<bool>()), 0..80),
+        ) {
+            let mut w = AckWindow::new(start);
+            let mut model: BTreeSet<Seq> = (1..=start).collect();
+            for (from, len, advance) in marks {
+                let to = from + len;
+                w.done(from, to);
+                model.extend(from..=to);
+                if advance {
+                    let upto = w.advance();
+                    let want = (1..).take_while(|s| model.contains(s)).last().unwrap_or(0);
+                    prop_assert_eq!(upto, want.max(start));
+                }
+            }
+            let upto = w.advance();
+            let want = (1..).take_while(|s| model.contains(s)).last().unwrap_or(0);
+            prop_assert_eq!(upto, want.max(start));
+            prop_assert!(!model.contains(&(upto + 1)));
+        }
+    }
+
+    #[test]
+    fn a_gap_holds_the_prefix_back() {
+        let mut w = AckWindow::new(0);
+        w.done(2, 5);
+        assert_eq!(w.advance(), 0);
+        w.done(1, 1);
+        assert_eq!(w.advance(), 5);
+        w.done(3, 4); // already inside the prefix
+        w.done(7, 7);
+        assert_eq!(w.advance(), 5);
+        assert_eq!(w.upto(), 5);
+    }
 }

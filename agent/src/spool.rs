@@ -381,6 +381,36 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any poll split for any budget: the same lines in order, pieces
+        /// chained by offsets, the last ending at the resume offset, and
+        /// every piece accepted by a WAL whose segments are that budget.
+        #[test]
+        fn splitting_keeps_lines_offsets_and_fits(
+            lens in proptest::collection::vec(0usize..3000, 0..40),
+            budget in 1500usize..10_000,
+        ) {
+            let e = emitted(&lens);
+            let b = to_batches(&spooled(), &e, budget);
+            let offsets: Vec<u64> = b.iter().flat_map(|x| x.lines.iter().map(|l| l.offset)).collect();
+            proptest::prop_assert_eq!(offsets, e.lines.iter().map(|l| l.offset).collect::<Vec<_>>());
+            for w in b.windows(2) {
+                proptest::prop_assert_eq!(w[0].end_offset, w[1].lines[0].offset);
+            }
+            proptest::prop_assert_eq!(b.last().map(|x| x.end_offset), Some(e.resume_offset));
+            let dir = tempfile::tempdir().unwrap();
+            let opts = wal::WalOptions {
+                segment_bytes: budget as u64 + 64,
+                max_bytes: 1 << 24,
+                ..wal::WalOptions::default()
+            };
+            let (w, _) = Wal::open(dir.path(), opts).unwrap();
+            for x in &b {
+                proptest::prop_assert!(w.append(std::slice::from_ref(x)).is_ok());
+            }
+        }
+    }
+
     #[test]
     fn a_line_longer_than_a_record_is_cut_and_flagged() {
         let e = emitted(&[10, 50_000, 10]);
