@@ -55,6 +55,9 @@ pub struct ShipConfig {
     pub include_unsynced: bool,
     /// Most lines handed to the producer and not yet acknowledged.
     pub max_in_flight_lines: usize,
+    /// Most bytes of messages handed to the producer and not yet
+    /// acknowledged (bounds memory during a backlog or an outage).
+    pub max_in_flight_bytes: usize,
 }
 
 /// Our producer defaults; `kafka.producer` entries override them, except the
@@ -66,7 +69,7 @@ pub fn default_settings() -> BTreeMap<String, String> {
         ("batch.size", "1000000"),
         ("message.timeout.ms", "0"),
         ("queue.buffering.max.messages", "1000000"),
-        ("queue.buffering.max.kbytes", "131072"),
+        ("queue.buffering.max.kbytes", "65536"),
         ("message.max.bytes", "1000000"),
         ("socket.keepalive.enable", "true"),
         ("reconnect.backoff.max.ms", "2000"),
@@ -206,6 +209,7 @@ struct InFlight {
     end_offset: u64,
     topic: String,
     lines: u64,
+    bytes: usize,
 }
 
 /// The running shipper thread.
@@ -328,6 +332,7 @@ fn session(cfg: &ShipConfig, deps: &ShipDeps, flags: &Flags) -> Result<(), Strin
         window: AckWindow::new(start - 1),
         in_flight: BTreeMap::new(),
         in_flight_lines: 0,
+        in_flight_bytes: 0,
         last_ack: Instant::now(),
         buf: Vec::new(),
         retry_at: None,
@@ -347,6 +352,7 @@ struct Session<'a> {
     window: AckWindow,
     in_flight: BTreeMap<Seq, InFlight>,
     in_flight_lines: usize,
+    in_flight_bytes: usize,
     last_ack: Instant,
     buf: Vec<u8>,
     retry_at: Option<Instant>,
@@ -376,7 +382,9 @@ impl Session<'_> {
                 self.ack(true);
                 return Ok(());
             }
-            while self.in_flight_lines < self.cfg.max_in_flight_lines {
+            while self.in_flight_lines < self.cfg.max_in_flight_lines
+                && self.in_flight_bytes < self.cfg.max_in_flight_bytes
+            {
                 match self.reader.next_item().map_err(|e| e.to_string())? {
                     Some(ReadItem::Record { seq, batch }) => {
                         self.gap_done(seq);
@@ -431,6 +439,7 @@ impl Session<'_> {
         let rest = self.in_flight.split_off(&(upto + 1));
         for (_, r) in std::mem::replace(&mut self.in_flight, rest) {
             self.in_flight_lines -= r.lines as usize;
+            self.in_flight_bytes -= r.bytes;
             m.topic(&m.lines_acked, &r.topic).inc_by(r.lines);
             acked_offsets.push((r.id, r.end_offset));
         }
@@ -474,6 +483,7 @@ impl Session<'_> {
             sent: Instant::now(),
         });
         let mut sent: u32 = 0;
+        let mut bytes = 0;
         let mut buf = std::mem::take(&mut self.buf);
         for line in &batch.lines {
             encode(
@@ -523,6 +533,7 @@ impl Session<'_> {
                 Route::Any => {}
             }
             sent += 1;
+            bytes += buf.len();
             let mut rec = rec;
             loop {
                 match self.producer.send(rec) {
@@ -566,9 +577,11 @@ impl Session<'_> {
                 end_offset: batch.end_offset,
                 topic: batch.topic.clone(),
                 lines: u64::from(sent),
+                bytes,
             },
         );
         self.in_flight_lines += sent as usize;
+        self.in_flight_bytes += bytes;
         // Settle the count: deliveries so far subtracted from u32::MAX.
         let before = track.remaining.fetch_sub(u32::MAX - sent, Ordering::AcqRel);
         if before == u32::MAX - sent {

@@ -14,7 +14,7 @@
 //! Run on the local stack (release build of logagent first):
 //!   cargo build --release -p agent
 //!   eval "$(scripts/stack env)"
-//!   cargo run --release -p benches --bin agent_throughput [N]   # N = 2000000
+//!   cargo run --release -p benches --bin agent_throughput [N [PHASE]]   # N = 2000000
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -315,7 +315,16 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(2_000_000);
-    throughput(n);
-    latency(10_000, 20);
-    rss(1000);
+    // Optional second argument: one phase only (throughput, latency, rss).
+    let only = std::env::args().nth(2);
+    let run = |p: &str| only.as_deref().is_none_or(|o| o == p);
+    if run("throughput") {
+        throughput(n);
+    }
+    if run("latency") {
+        latency(10_000, 20);
+    }
+    if run("rss") {
+        rss(1000);
+    }
 }
