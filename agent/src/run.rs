@@ -661,7 +661,7 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
             }
             _ = tick.tick() => {
                 ticks += 1;
-                if ticks % 10 == 0 {
+                if ticks.is_multiple_of(10) {
                     release_free_memory();
                 }
                 let open = sup.open_files();
