@@ -776,3 +776,49 @@ fn reload(path: &Path, cur: &AgentConfig) -> Option<AgentConfig> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_host_id_is_hostname_and_the_address_towards_etcd() {
+        let text = r#"
+data_dir = "/tmp/x"
+[kafka]
+brokers = "127.0.0.1:9092"
+[etcd]
+endpoints = ["http://127.0.0.1:2379"]
+"#;
+        let path = Path::new("agent.toml");
+        let mut cfg: AgentConfig = common::config::parse_config(path, text, |_| None).unwrap();
+        let id = identity(&cfg);
+        assert_eq!(id.host_ip, "127.0.0.1");
+        assert_eq!(id.host_id, format!("{}-127.0.0.1", id.host_name));
+        cfg.host_id = "web-7".into();
+        assert_eq!(identity(&cfg).host_id, "web-7");
+        assert_eq!(local_ip_towards("no-such-host.invalid:2379"), None);
+    }
+
+    #[test]
+    fn output_settings_follow_the_entry() {
+        let e: Vec<CollectEntry> = collect::parse(
+            "k",
+            br#"[{"path":"/var/log/a.log","topic":"t","json":true,"fields":{"env":"x"},"partition":{"fixed":1}}]"#,
+            &[PathBuf::from("/var/log")],
+        )
+        .unwrap();
+        let out = output_of(&e[0]);
+        let spec = ShipSpec::from_meta(&out.meta);
+        assert_eq!(out.topic, "t");
+        assert_eq!(spec.json_key.as_deref(), Some("json"));
+        assert_eq!(spec.fields["env"], "x");
+        assert_eq!(spec.partition, collect::PartitionMode::Fixed(1));
+        // Reading settings key a harvester; output settings do not.
+        let mut other = e[0].clone();
+        other.topic = "u".into();
+        assert_eq!(harvest_key(&e[0]), harvest_key(&other));
+        other.exclude = vec!["/var/log/b.log".into()];
+        assert_ne!(harvest_key(&e[0]), harvest_key(&other));
+    }
+}
