@@ -90,9 +90,17 @@ impl Spool {
         limits: Limits,
     ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_DEPTH);
+        let w = Writer {
+            wal,
+            store,
+            progress,
+            metrics,
+            wait_durable,
+            limits,
+        };
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer(rx, &wal, &store, &progress, &metrics, wait_durable, limits))?;
+            .spawn(move || w.run(rx))?;
         Ok(Self { tx, handle })
     }
 
@@ -116,9 +124,9 @@ impl Spool {
 /// next begins (the next line's offset), the last one at the poll's resume
 /// offset. A single line longer than the budget is cut and flagged
 /// truncated — only possible with a tiny `wal.segment_bytes`.
-fn to_batches(s: &Spooled, e: &Emitted, budget: usize) -> Vec<Batch> {
+fn to_batches(topic: &str, meta: &[u8], read_ms: u64, e: Emitted, budget: usize) -> Vec<Batch> {
     let path = e.path.to_string_lossy().into_owned();
-    let fixed = path.len() + s.topic.len() + s.meta.len() + 64;
+    let fixed = path.len() + topic.len() + meta.len() + 64;
     let room = budget.saturating_sub(fixed).max(1024);
     let new = |lines: Vec<Line>, end_offset: u64| Batch {
         source: SourceId {
@@ -127,17 +135,17 @@ fn to_batches(s: &Spooled, e: &Emitted, budget: usize) -> Vec<Batch> {
             fingerprint: e.id.fingerprint,
             path: path.clone(),
         },
-        topic: s.topic.clone(),
+        topic: topic.to_string(),
         end_offset,
-        read_ms: s.read_ms,
-        meta: s.meta.to_vec(),
+        read_ms,
+        meta: meta.to_vec(),
         lines,
     };
     let mut out = Vec::new();
     let mut cur: Vec<Line> = Vec::new();
     let mut used = 0;
-    for l in &e.lines {
-        let mut bytes = l.bytes.clone();
+    for l in e.lines {
+        let mut bytes = l.bytes;
         let mut flags = l.flags;
         if bytes.len() + 16 > room {
             bytes.truncate(room - 16);
@@ -158,48 +166,114 @@ fn to_batches(s: &Spooled, e: &Emitted, budget: usize) -> Vec<Batch> {
     out
 }
 
-fn writer(
-    rx: Receiver<SpoolMsg>,
-    wal: &Wal,
-    store: &Mutex<Store>,
-    progress: &Progress,
-    metrics: &Metrics,
+/// The writer thread's state.
+struct Writer {
+    wal: Arc<Wal>,
+    store: Arc<Mutex<Store>>,
+    progress: Arc<Progress>,
+    metrics: Arc<Metrics>,
     wait_durable: bool,
     limits: Limits,
-) -> Result<(), wal::Error> {
-    let mut pending: Vec<Spooled> = Vec::new();
-    let mut barriers: Vec<Sender<()>> = Vec::new();
-    loop {
-        // Block for the first message, then take what else is queued.
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(m) => take(m, &mut pending, &mut barriers),
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
-        }
-        let mut bytes: usize = pending.iter().map(spooled_bytes).sum();
-        while bytes < limits.append {
-            match rx.try_recv() {
-                Ok(m) => {
-                    if let SpoolMsg::Data(s) = &m {
-                        bytes += spooled_bytes(s);
+}
+
+impl Writer {
+    fn run(self, rx: Receiver<SpoolMsg>) -> Result<(), wal::Error> {
+        let mut pending: Vec<Spooled> = Vec::new();
+        let mut barriers: Vec<Sender<()>> = Vec::new();
+        loop {
+            // Block for the first message, then take what else is queued.
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(m) => take(m, &mut pending, &mut barriers),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            let mut bytes: usize = pending.iter().map(spooled_bytes).sum();
+            while bytes < self.limits.append {
+                match rx.try_recv() {
+                    Ok(m) => {
+                        if let SpoolMsg::Data(s) = &m {
+                            bytes += spooled_bytes(s);
+                        }
+                        take(m, &mut pending, &mut barriers);
                     }
-                    take(m, &mut pending, &mut barriers);
+                    Err(_) => break,
                 }
-                Err(_) => break,
+            }
+            self.write(std::mem::take(&mut pending))?;
+            for b in barriers.drain(..) {
+                let _ = b.send(());
             }
         }
-        write(
-            std::mem::take(&mut pending),
-            wal,
-            store,
-            progress,
-            metrics,
-            wait_durable,
-            limits,
-        )?;
-        for b in barriers.drain(..) {
-            let _ = b.send(());
+    }
+
+    fn write(&self, spooled: Vec<Spooled>) -> Result<(), wal::Error> {
+        let (wal, metrics, progress, limits) =
+            (&self.wal, &self.metrics, &self.progress, self.limits);
+        let batches: Vec<Batch> = spooled
+            .into_iter()
+            .flat_map(|s| {
+                let Spooled {
+                    topic,
+                    meta,
+                    read_ms,
+                    emitted,
+                } = s;
+                emitted
+                    .into_iter()
+                    .flat_map(|e| to_batches(&topic, &meta, read_ms, e, limits.record))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        // Appended in chunks well below `max_bytes` (one call for everything
+        // could be larger than the whole WAL and never fit), and each chunk is
+        // checkpointed before the next is tried: the shipper may free WAL space
+        // only up to checkpointed records.
+        let mut rest = &batches[..];
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut bytes = 0;
+            while n < rest.len() && (n == 0 || bytes + batch_bytes(&rest[n]) <= limits.append) {
+                bytes += batch_bytes(&rest[n]);
+                n += 1;
+            }
+            let chunk = &rest[..n];
+            let range = loop {
+                match wal.append(chunk)? {
+                    Append::Appended(r) => break r,
+                    Append::Full => {
+                        metrics.paused.set(1);
+                        metrics.wal_full.store(true, Ordering::Relaxed);
+                        if progress.stop_when_full.load(Ordering::Relaxed) {
+                            tracing::warn!(
+                                records = rest.len(),
+                                "shutting down with the WAL full: these lines stay unread and are read again at the next start"
+                            );
+                            return Ok(());
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            };
+            metrics.paused.set(0);
+            metrics.wal_full.store(false, Ordering::Relaxed);
+            if self.wait_durable {
+                while !wal.wait_durable(*range.end(), Duration::from_secs(1))? {}
+            }
+            checkpoint_batches(chunk, &self.store);
+            progress
+                .checkpointed
+                .fetch_max(*range.end(), Ordering::SeqCst);
+            for b in chunk {
+                metrics
+                    .topic(&metrics.lines_read, &b.topic)
+                    .inc_by(b.lines.len() as u64);
+                metrics
+                    .topic(&metrics.bytes_read, &b.topic)
+                    .inc_by(b.lines.iter().map(|l| l.bytes.len() as u64).sum());
+            }
+            rest = &rest[n..];
         }
+        Ok(())
     }
 }
 
@@ -220,75 +294,6 @@ fn spooled_bytes(s: &Spooled) -> usize {
         .flat_map(|e| e.lines.iter())
         .map(|l| l.bytes.len() + 16)
         .sum()
-}
-
-fn write(
-    spooled: Vec<Spooled>,
-    wal: &Wal,
-    store: &Mutex<Store>,
-    progress: &Progress,
-    metrics: &Metrics,
-    wait_durable: bool,
-    limits: Limits,
-) -> Result<(), wal::Error> {
-    let batches: Vec<Batch> = spooled
-        .iter()
-        .flat_map(|s| {
-            s.emitted
-                .iter()
-                .flat_map(move |e| to_batches(s, e, limits.record))
-        })
-        .collect();
-    // Appended in chunks well below `max_bytes` (one call for everything
-    // could be larger than the whole WAL and never fit), and each chunk is
-    // checkpointed before the next is tried: the shipper may free WAL space
-    // only up to checkpointed records.
-    let mut rest = &batches[..];
-    while !rest.is_empty() {
-        let mut n = 0;
-        let mut bytes = 0;
-        while n < rest.len() && (n == 0 || bytes + batch_bytes(&rest[n]) <= limits.append) {
-            bytes += batch_bytes(&rest[n]);
-            n += 1;
-        }
-        let chunk = &rest[..n];
-        let range = loop {
-            match wal.append(chunk)? {
-                Append::Appended(r) => break r,
-                Append::Full => {
-                    metrics.paused.set(1);
-                    metrics.wal_full.store(true, Ordering::Relaxed);
-                    if progress.stop_when_full.load(Ordering::Relaxed) {
-                        tracing::warn!(
-                            records = rest.len(),
-                            "shutting down with the WAL full: these lines stay unread and are read again at the next start"
-                        );
-                        return Ok(());
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        };
-        metrics.paused.set(0);
-        metrics.wal_full.store(false, Ordering::Relaxed);
-        if wait_durable {
-            while !wal.wait_durable(*range.end(), Duration::from_secs(1))? {}
-        }
-        checkpoint_batches(chunk, store);
-        progress
-            .checkpointed
-            .fetch_max(*range.end(), Ordering::SeqCst);
-        for b in chunk {
-            metrics
-                .topic(&metrics.lines_read, &b.topic)
-                .inc_by(b.lines.len() as u64);
-            metrics
-                .topic(&metrics.bytes_read, &b.topic)
-                .inc_by(b.lines.iter().map(|l| l.bytes.len() as u64).sum());
-        }
-        rest = &rest[n..];
-    }
-    Ok(())
 }
 
 /// Durable records' end offsets become their files' resume offsets.
@@ -343,19 +348,10 @@ mod tests {
         }
     }
 
-    fn spooled() -> Spooled {
-        Spooled {
-            topic: "t".into(),
-            meta: Arc::new(vec![]),
-            read_ms: 1,
-            emitted: vec![],
-        }
-    }
-
     #[test]
     fn big_polls_are_split_where_the_next_line_starts() {
         let e = emitted(&[1000; 10]);
-        let b = to_batches(&spooled(), &e, 4096 - 64);
+        let b = to_batches("t", &[], 1, e.clone(), 4096 - 64);
         assert!(b.len() > 2);
         let all: Vec<u64> = b
             .iter()
@@ -391,7 +387,7 @@ mod tests {
             budget in 1500usize..10_000,
         ) {
             let e = emitted(&lens);
-            let b = to_batches(&spooled(), &e, budget);
+            let b = to_batches("t", &[], 1, e.clone(), budget);
             let offsets: Vec<u64> = b.iter().flat_map(|x| x.lines.iter().map(|l| l.offset)).collect();
             proptest::prop_assert_eq!(offsets, e.lines.iter().map(|l| l.offset).collect::<Vec<_>>());
             for w in b.windows(2) {
@@ -414,7 +410,7 @@ mod tests {
     #[test]
     fn a_line_longer_than_a_record_is_cut_and_flagged() {
         let e = emitted(&[10, 50_000, 10]);
-        let b = to_batches(&spooled(), &e, 8192);
+        let b = to_batches("t", &[], 1, e, 8192);
         let big = b
             .iter()
             .flat_map(|x| &x.lines)

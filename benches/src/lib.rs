@@ -66,3 +66,63 @@ pub fn process_cpu_seconds(pid: u32) -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// A stack endpoint from the environment; exits with a hint when unset.
+pub fn stack_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        eprintln!("{name} is not set: eval \"$(scripts/stack env)\" first");
+        std::process::exit(2)
+    })
+}
+
+/// The repository root.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The local stack's directory (`STACK_DIR`, default `.stack/`).
+pub fn stack_dir() -> std::path::PathBuf {
+    std::env::var("STACK_DIR").map_or_else(|_| repo_root().join(".stack"), Into::into)
+}
+
+/// A pid from a pid file.
+pub fn pid_file(p: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Documents in indices matching `pattern`, after a refresh (0 on error).
+pub async fn es_count(es: &elasticsearch::Elasticsearch, pattern: &str) -> u64 {
+    use elasticsearch::indices::IndicesRefreshParts;
+    use elasticsearch::CountParts;
+    let _ = es
+        .indices()
+        .refresh(IndicesRefreshParts::Index(&[pattern]))
+        .allow_no_indices(true)
+        .send()
+        .await;
+    match es
+        .count(CountParts::Index(&[pattern]))
+        .allow_no_indices(true)
+        .send()
+        .await
+    {
+        Ok(r) => r
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v["count"].as_u64())
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
+}

@@ -218,18 +218,31 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A binary of the workspace built beside the test executable
-/// (`cargo test --workspace` builds `logagent` and `logtransfer`).
+/// A binary of the workspace built beside this executable (a test's, in
+/// `target/<profile>/deps/`, or a binary's, in `target/<profile>/`).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} is not built: run `cargo build -p transfer -p agent` (or `cargo test --workspace`)",
-        bin.display()
-    );
-    bin
+    let dir = exe.parent().expect("exe dir");
+    [dir, dir.parent().unwrap_or(dir)]
+        .iter()
+        .map(|d| d.join(name))
+        .find(|b| b.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not built beside {}: run `cargo build --workspace --bins`",
+                exe.display()
+            )
+        })
+}
+
+/// Runs `scripts/stack ARGS` (start/stop of single services in fault
+/// tests); whether it succeeded.
+pub fn stack_cmd(args: &[&str]) -> bool {
+    std::process::Command::new(repo_root().join("scripts/stack"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Running logtransfer pipelines in this process.
@@ -245,8 +258,24 @@ pub mod transfer_run {
     /// A config consuming `topics` in `group`, indexing to
     /// `{topic}-%Y.%m.%d`, with small batches and quick retries.
     pub fn config(stack: &Stack, topics: &[&str], group: &str, extra: &str) -> TransferConfig {
+        let text = config_text(stack, topics, group, "127.0.0.1:0", extra);
+        let path = Path::new("test-transfer.toml");
+        let cfg: TransferConfig =
+            common::config::parse_config(path, &text, |_| None).expect("test config parses");
+        cfg.validate(path).expect("test config is valid");
+        cfg
+    }
+
+    /// The TOML of [`config`], serving metrics on `metrics`.
+    pub fn config_text(
+        stack: &Stack,
+        topics: &[&str],
+        group: &str,
+        metrics: &str,
+        extra: &str,
+    ) -> String {
         let topics: Vec<String> = topics.iter().map(|t| format!("\"{t}\"")).collect();
-        let text = format!(
+        format!(
             r#"
 [kafka]
 brokers = "{brokers}"
@@ -265,18 +294,13 @@ flush_interval_ms = 200
 initial_backoff_ms = 100
 max_backoff_ms = 2000
 [metrics]
-listen = "127.0.0.1:0"
+listen = "{metrics}"
 {extra}
 "#,
             brokers = stack.kafka_brokers,
             es = stack.es_url,
             topics = topics.join(","),
-        );
-        let path = Path::new("test-transfer.toml");
-        let cfg: TransferConfig =
-            common::config::parse_config(path, &text, |_| None).expect("test config parses");
-        cfg.validate(path).expect("test config is valid");
-        cfg
+        )
     }
 
     /// A pipeline running on the test's runtime.

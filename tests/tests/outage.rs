@@ -9,12 +9,11 @@
 use integration::agent_run::{etcd_put, fixture};
 use integration::kafka_read::{read_topic, tally_numbered};
 use integration::transfer_run::{config, start};
-use integration::{repo_root, unique, Stack};
+use integration::{unique, Stack};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::io::Write;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,11 +22,10 @@ use std::time::Duration;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn stack_cmd(args: &[&str]) {
-    let status = Command::new(repo_root().join("scripts/stack"))
-        .args(args)
-        .status()
-        .expect("run scripts/stack");
-    assert!(status.success(), "scripts/stack {args:?} failed");
+    assert!(
+        integration::stack_cmd(args),
+        "scripts/stack {args:?} failed"
+    );
 }
 
 /// The group's committed offsets for partitions 0..4 of `topic`.

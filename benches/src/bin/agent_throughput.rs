@@ -23,31 +23,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        eprintln!("{name} is not set: eval \"$(scripts/stack env)\" first");
-        std::process::exit(2)
-    })
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
 fn kafka_pid() -> Option<u32> {
-    let dir = std::env::var("STACK_DIR").map_or_else(|_| repo().join(".stack"), PathBuf::from);
-    std::fs::read_to_string(dir.join("kafka.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    benches::pid_file(&benches::stack_dir().join("kafka.pid"))
 }
 
 fn now_ns() -> u128 {
@@ -77,14 +58,11 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &Path, logs: &Path, topic: &str, glob: &str) -> Agent {
-        let brokers = env("KAFKA_BROKERS");
-        let etcd = env("ETCD_ENDPOINTS");
+        let brokers = benches::stack_env("KAFKA_BROKERS");
+        let etcd = benches::stack_env("ETCD_ENDPOINTS");
         let host = format!("bench-{}", std::process::id());
         let prefix = format!("/bench-{}", now_ns());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("port");
+        let port = benches::free_port();
         let metrics = format!("127.0.0.1:{port}");
         let cfg = format!(
             "host_id = \"{host}\"\ndata_dir = \"{}\"\nallowed_roots = [\"{}\"]\n\
@@ -97,7 +75,7 @@ impl Agent {
         );
         let path = dir.join("agent.toml");
         std::fs::write(&path, cfg).expect("config");
-        let bin = repo().join("target/release/logagent");
+        let bin = benches::repo_root().join("target/release/logagent");
         assert!(
             bin.exists(),
             "build it first: cargo build --release -p agent"
@@ -150,7 +128,7 @@ impl Agent {
 }
 
 fn throughput(n: u64) {
-    let brokers = env("KAFKA_BROKERS");
+    let brokers = benches::stack_env("KAFKA_BROKERS");
     let tmp = tempfile::tempdir().expect("tmp");
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs).expect("logs");
@@ -202,7 +180,7 @@ fn throughput(n: u64) {
 }
 
 fn latency(rate: u64, secs: u64) {
-    let brokers = env("KAFKA_BROKERS");
+    let brokers = benches::stack_env("KAFKA_BROKERS");
     let tmp = tempfile::tempdir().expect("tmp");
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs).expect("logs");
@@ -281,7 +259,7 @@ fn latency(rate: u64, secs: u64) {
 }
 
 fn rss(files: u64) {
-    let brokers = env("KAFKA_BROKERS");
+    let brokers = benches::stack_env("KAFKA_BROKERS");
     let tmp = tempfile::tempdir().expect("tmp");
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs).expect("logs");

@@ -13,43 +13,18 @@
 //!   cargo run --release -p benches --bin pipeline_throughput [N]   # N = 1000000
 
 use elasticsearch::http::transport::Transport;
-use elasticsearch::indices::IndicesRefreshParts;
-use elasticsearch::{CountParts, Elasticsearch};
+
+use elasticsearch::Elasticsearch;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        eprintln!("{name} is not set: eval \"$(scripts/stack env)\" first");
-        std::process::exit(2)
-    })
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-fn pid_file(p: PathBuf) -> Option<u32> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
 fn spawn(bin: &str, config: &Path) -> Child {
-    let path = repo().join("target/release").join(bin);
+    let path = benches::repo_root().join("target/release").join(bin);
     assert!(
         path.exists(),
         "build it first: cargo build --release -p agent -p transfer"
@@ -71,39 +46,16 @@ fn terminate(mut c: Child) {
     let _ = c.wait();
 }
 
-async fn count(es: &Elasticsearch, pattern: &str) -> u64 {
-    let _ = es
-        .indices()
-        .refresh(IndicesRefreshParts::Index(&[pattern]))
-        .allow_no_indices(true)
-        .send()
-        .await;
-    match es
-        .count(CountParts::Index(&[pattern]))
-        .allow_no_indices(true)
-        .send()
-        .await
-    {
-        Ok(r) => r
-            .json::<serde_json::Value>()
-            .await
-            .ok()
-            .and_then(|v| v["count"].as_u64())
-            .unwrap_or(0),
-        Err(_) => 0,
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let n: u64 = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let brokers = env("KAFKA_BROKERS");
-    let es_url = env("ES_URL");
-    let etcd = env("ETCD_ENDPOINTS");
-    let stack = std::env::var("STACK_DIR").map_or_else(|_| repo().join(".stack"), PathBuf::from);
+    let brokers = benches::stack_env("KAFKA_BROKERS");
+    let es_url = benches::stack_env("ES_URL");
+    let etcd = benches::stack_env("ETCD_ENDPOINTS");
+    let stack = benches::stack_dir();
     let tmp = tempfile::tempdir().expect("tmp");
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs).expect("logs");
@@ -146,7 +98,7 @@ async fn main() {
              [[collect]]\npath = \"{}/*.log\"\ntopic = \"{run}\"\n",
             tmp.path().join("data").display(),
             logs.display(),
-            free_port(),
+            benches::free_port(),
             logs.display(),
         ),
     )
@@ -158,12 +110,12 @@ async fn main() {
             "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{run}\"\ntopics = [\"{run}\"]\n\
              [elasticsearch]\nurl = \"{es_url}\"\nindex_pattern = \"{{topic}}-%Y.%m.%d\"\n\
              [metrics]\nlisten = \"127.0.0.1:{}\"\n",
-            free_port()
+            benches::free_port()
         ),
     )
     .expect("transfer config");
-    let kafka = pid_file(stack.join("kafka.pid"));
-    let es_pid = pid_file(stack.join("elasticsearch/elasticsearch.pid"));
+    let kafka = benches::pid_file(&stack.join("kafka.pid"));
+    let es_pid = benches::pid_file(&stack.join("elasticsearch/elasticsearch.pid"));
     let cpu = |p: Option<u32>| p.map_or(0.0, benches::process_cpu_seconds);
     let (k0, e0) = (cpu(kafka), cpu(es_pid));
     let es = Elasticsearch::new(Transport::single_node(&es_url).expect("ES_URL"));
@@ -176,7 +128,7 @@ async fn main() {
     let mut got = 0;
     while got < n && last.1.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        got = count(&es, &pattern).await;
+        got = benches::es_count(&es, &pattern).await;
         if got != last.0 {
             last = (got, Instant::now());
         }

@@ -14,8 +14,8 @@
 //!   cargo run --release -p benches --bin transfer_throughput [N]   # N = 200000
 
 use elasticsearch::http::transport::Transport;
-use elasticsearch::indices::{IndicesDeleteParts, IndicesRefreshParts};
-use elasticsearch::{BulkParts, CountParts, Elasticsearch};
+use elasticsearch::indices::IndicesDeleteParts;
+use elasticsearch::{BulkParts, Elasticsearch};
 use futures::stream::{self, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -25,13 +25,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::{Duration, Instant};
 use transfer::bulk::build_body;
 use transfer::doc::{make_doc, IndexPattern};
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        eprintln!("{name} is not set: eval \"$(scripts/stack env)\" first");
-        std::process::exit(2)
-    })
-}
 
 fn cpu_seconds() -> f64 {
     benches::process_cpu_seconds(0)
@@ -45,32 +38,9 @@ fn event(seq: u64) -> String {
     )
 }
 
-async fn count(es: &Elasticsearch, pattern: &str) -> u64 {
-    let _ = es
-        .indices()
-        .refresh(IndicesRefreshParts::Index(&[pattern]))
-        .allow_no_indices(true)
-        .send()
-        .await;
-    match es
-        .count(CountParts::Index(&[pattern]))
-        .allow_no_indices(true)
-        .send()
-        .await
-    {
-        Ok(r) => r
-            .json::<serde_json::Value>()
-            .await
-            .ok()
-            .and_then(|v| v["count"].as_u64())
-            .unwrap_or(0),
-        Err(_) => 0,
-    }
-}
-
 async fn wait_count(es: &Elasticsearch, pattern: &str, n: u64) {
     let start = Instant::now();
-    while count(es, pattern).await < n {
+    while benches::es_count(es, pattern).await < n {
         assert!(
             start.elapsed() < Duration::from_secs(900),
             "timed out waiting for {n} docs in {pattern}"
@@ -145,8 +115,8 @@ async fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(200_000);
-    let brokers = env("KAFKA_BROKERS");
-    let es_url = env("ES_URL");
+    let brokers = benches::stack_env("KAFKA_BROKERS");
+    let es_url = benches::stack_env("ES_URL");
     let es = Elasticsearch::new(Transport::single_node(&es_url).expect("ES_URL"));
     let run = std::process::id();
     let topic = format!("bench-{run}");

@@ -23,7 +23,7 @@
 
 use clap::Parser;
 use integration::agent_run::{etcd_put, free_port};
-use integration::{repo_root, Stack};
+use integration::{stack_cmd, workspace_bin, Stack};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -67,23 +67,22 @@ struct Args {
     drain: u64,
 }
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().expect("bin dir");
-    for d in [dir, dir.parent().unwrap_or(dir)] {
-        if d.join(name).exists() {
-            return d.join(name);
+/// `bin --config config`, logging (RUST_LOG=warn) to `log`.
+fn command(bin: &'static str, config: PathBuf, log: PathBuf) -> Box<dyn Fn() -> Command + Send> {
+    Box::new(move || {
+        let mut c = Command::new(workspace_bin(bin));
+        c.arg("--config").arg(&config);
+        c.env("RUST_LOG", "warn");
+        c.stdout(Stdio::null());
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+        {
+            c.stderr(f);
         }
-    }
-    panic!("{name} is not built beside {}", exe.display());
-}
-
-fn stack_cmd(args: &[&str]) -> bool {
-    Command::new(repo_root().join("scripts/stack"))
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        c
+    })
 }
 
 /// A child process that can be SIGKILLed and started again.
@@ -333,74 +332,27 @@ async fn main() {
         &json!([{"path": format!("{}/*/app.log*", logs.display()), "topic": run}]).to_string(),
     )
     .await;
-    let agent_cfg = agent_setup.config.clone();
-    let agent_log = agent_setup.log.clone();
     let agent = Arc::new(Mutex::new(Proc {
         name: "logagent",
-        cmd: Box::new(move || {
-            let mut c = Command::new(bin("logagent"));
-            c.arg("--config").arg(&agent_cfg);
-            c.env("RUST_LOG", "warn");
-            c.stdout(Stdio::null());
-            if let Ok(f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&agent_log)
-            {
-                c.stderr(f);
-            }
-            c
-        }),
+        cmd: command(
+            "logagent",
+            agent_setup.config.clone(),
+            agent_setup.log.clone(),
+        ),
         child: None,
     }));
 
     // The transfer: its own group, index `<run>-*`.
     let tcfg = dir.path().join("transfer.toml");
+    let metrics = format!("127.0.0.1:{}", free_port());
     std::fs::write(
         &tcfg,
-        format!(
-            r#"[kafka]
-brokers = "{brokers}"
-group_id = "{run}"
-topics = ["{run}"]
-[kafka.consumer]
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "1000"
-[elasticsearch]
-url = "{es}"
-index_pattern = "{{topic}}-%Y.%m.%d"
-[bulk]
-max_docs = 2000
-flush_interval_ms = 200
-[retry]
-initial_backoff_ms = 100
-max_backoff_ms = 2000
-[metrics]
-listen = "127.0.0.1:{port}"
-"#,
-            brokers = stack.kafka_brokers,
-            es = stack.es_url,
-            port = free_port(),
-        ),
+        integration::transfer_run::config_text(&stack, &[&run], &run, &metrics, ""),
     )
     .expect("transfer config");
-    let transfer_log = dir.path().join("transfer.log");
     let transfer = Arc::new(Mutex::new(Proc {
         name: "logtransfer",
-        cmd: Box::new(move || {
-            let mut c = Command::new(bin("logtransfer"));
-            c.arg("--config").arg(&tcfg);
-            c.env("RUST_LOG", "warn");
-            c.stdout(Stdio::null());
-            if let Ok(f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&transfer_log)
-            {
-                c.stderr(f);
-            }
-            c
-        }),
+        cmd: command("logtransfer", tcfg, dir.path().join("transfer.log")),
         child: None,
     }));
     agent.lock().expect("agent").start();
