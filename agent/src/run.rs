@@ -295,15 +295,16 @@ impl Supervisor {
                     emitted,
                 });
                 // Lines not handed over (writer gone, or this harvester
-                // cancelled while the WAL is full) are not checkpointed: they
-                // are read again later.
+                // cancelled) are not checkpointed: they are read again later.
+                // Once cancelled, nothing more is handed over — lines after
+                // given-up ones must not be checkpointed past them.
                 loop {
+                    if cancelled.load(Ordering::SeqCst) {
+                        return;
+                    }
                     match tx.try_send(msg) {
                         Ok(()) | Err(TrySendError::Disconnected(_)) => return,
                         Err(TrySendError::Full(m)) => {
-                            if cancelled.load(Ordering::SeqCst) {
-                                return;
-                            }
                             msg = m;
                             std::thread::sleep(Duration::from_millis(5));
                         }

@@ -45,6 +45,9 @@ pub struct Progress {
     /// Set on shutdown: when the WAL is full, drop instead of waiting (the
     /// dropped lines are not checkpointed, so they are read again later).
     pub stop_when_full: AtomicBool,
+    /// Set once the writer dropped lines: from then on it drops everything,
+    /// so no later line of a file is checkpointed past a dropped one.
+    pub gave_up: AtomicBool,
 }
 
 /// The writer thread; see the module docs.
@@ -207,6 +210,9 @@ impl Writer {
     }
 
     fn write(&self, spooled: Vec<Spooled>) -> Result<(), wal::Error> {
+        if self.progress.gave_up.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let (wal, metrics, progress, limits) =
             (&self.wal, &self.metrics, &self.progress, self.limits);
         let batches: Vec<Batch> = spooled
@@ -244,9 +250,10 @@ impl Writer {
                         metrics.paused.set(1);
                         metrics.wal_full.store(true, Ordering::Relaxed);
                         if progress.stop_when_full.load(Ordering::Relaxed) {
+                            progress.gave_up.store(true, Ordering::SeqCst);
                             tracing::warn!(
                                 records = rest.len(),
-                                "shutting down with the WAL full: these lines stay unread and are read again at the next start"
+                                "shutting down with the WAL full: these lines and all read after them stay unread and are read again at the next start"
                             );
                             return Ok(());
                         }
@@ -419,5 +426,76 @@ mod tests {
         assert!(big.bytes.len() < 8192);
         assert_ne!(big.flags & crate::harvester::lines::TRUNCATED, 0);
         assert_eq!(b.iter().map(|x| x.lines.len()).sum::<usize>(), 3);
+    }
+}
+
+#[cfg(test)]
+mod shutdown_tests {
+    use super::*;
+    use crate::harvester::lines::SplitLine;
+    use crate::metrics::Metrics;
+
+    fn poll(from: u64, n: u64) -> Spooled {
+        Spooled {
+            topic: "t".into(),
+            meta: Arc::new(Vec::new()),
+            read_ms: 1,
+            emitted: vec![Emitted {
+                id: FileId {
+                    device: 1,
+                    inode: 2,
+                    fingerprint: 3,
+                },
+                path: "/var/log/a.log".into(),
+                lines: (from..from + n)
+                    .map(|i| SplitLine {
+                        offset: i * 1000,
+                        bytes: vec![b'x'; 999],
+                        flags: 0,
+                    })
+                    .collect(),
+                resume_offset: (from + n) * 1000,
+            }],
+        }
+    }
+
+    /// Shutting down with a full WAL: after one poll is dropped, a later
+    /// poll of the same file must not be checkpointed even if space freed.
+    #[test]
+    fn after_a_drop_nothing_later_is_checkpointed() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = wal::WalOptions {
+            segment_bytes: 16 << 10,
+            max_bytes: 32 << 10,
+            sync: wal::SyncPolicy::Always,
+            ..wal::WalOptions::default()
+        };
+        let (wal, _) = Wal::open(dir.path().join("wal"), opts).unwrap();
+        let wal = Arc::new(wal);
+        let (store, _) = Store::open(dir.path().join("cp"), Duration::from_secs(60)).unwrap();
+        let store = Arc::new(Mutex::new(store));
+        let progress = Arc::new(Progress::default());
+        let w = Writer {
+            wal: Arc::clone(&wal),
+            store: Arc::clone(&store),
+            progress: Arc::clone(&progress),
+            metrics: Metrics::new(),
+            wait_durable: true,
+            limits: Limits::for_wal(16 << 10, 32 << 10),
+        };
+        w.write(vec![poll(0, 24)]).unwrap(); // fills the WAL
+        progress.stop_when_full.store(true, Ordering::SeqCst);
+        w.write(vec![poll(24, 24)]).unwrap(); // (partly) dropped
+        let id = FileId {
+            device: 1,
+            inode: 2,
+            fingerprint: 3,
+        };
+        let offset = || store.lock().unwrap().get(&id).unwrap().durable_offset;
+        let before = offset();
+        assert!(before < 48_000, "the WAL was full: something was dropped");
+        wal.ack(wal.last_seq()).unwrap(); // space is freed
+        w.write(vec![poll(48, 4)]).unwrap(); // must be dropped too
+        assert_eq!(offset(), before, "the checkpoint went past dropped lines");
     }
 }
