@@ -20,8 +20,8 @@ use crate::harvester::multiline::MultilineConfig;
 use crate::harvester::watch::{self, Discovery, HarvestLoop};
 use crate::harvester::{HarvestConfig, Harvester};
 use crate::metrics::{KindLabels, Metrics};
-use crate::ship::{self, ShipConfig, ShipDeps, Shipper};
-use crate::spool::{Limits, Progress, Spool, SpoolMsg, Spooled};
+use crate::ship::{self, ShipConfig, Shipper};
+use crate::spool::{Limits, Progress, Shared, Spool, SpoolMsg, Spooled};
 use crate::Error;
 use checkpoint::{FileId, FileState, Store};
 use std::collections::{BTreeMap, HashMap};
@@ -539,11 +539,14 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
     progress
         .checkpointed
         .store(wal.last_seq(), Ordering::SeqCst);
+    let shared = Shared {
+        wal: Arc::clone(&wal),
+        store: Arc::clone(&store),
+        progress: Arc::clone(&progress),
+        metrics: Arc::clone(&metrics),
+    };
     let spool = Spool::start(
-        Arc::clone(&wal),
-        Arc::clone(&store),
-        Arc::clone(&progress),
-        Arc::clone(&metrics),
+        shared.clone(),
         !include_unsynced,
         Limits::for_wal(cfg.wal.segment_bytes, cfg.wal.max_bytes),
     )
@@ -551,13 +554,7 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
         path: PathBuf::from("spool-writer thread"),
         source: e,
     })?;
-    let deps = ShipDeps {
-        wal: Arc::clone(&wal),
-        store: Arc::clone(&store),
-        progress: Arc::clone(&progress),
-        metrics: Arc::clone(&metrics),
-    };
-    let shipper = Shipper::start(ship_config(&cfg, &ident), deps).map_err(|e| Error::Io {
+    let shipper = Shipper::start(ship_config(&cfg, &ident), shared).map_err(|e| Error::Io {
         path: PathBuf::from("shipper thread"),
         source: e,
     })?;

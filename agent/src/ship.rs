@@ -27,8 +27,8 @@
 
 use crate::event::{self, encode, Identity, Route, ShipSpec};
 use crate::metrics::Metrics;
-use crate::spool::Progress;
-use checkpoint::{FileId, Store};
+use crate::spool::Shared;
+use checkpoint::FileId;
 use common::event::{HEADER_FILE, HEADER_HOST, HEADER_OFFSET, HEADER_SCHEMA};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -219,18 +219,10 @@ pub struct Shipper {
     handle: JoinHandle<()>,
 }
 
-/// Shared pieces the shipper works with.
-pub struct ShipDeps {
-    pub wal: Arc<Wal>,
-    pub store: Arc<Mutex<Store>>,
-    pub progress: Arc<Progress>,
-    pub metrics: Arc<Metrics>,
-}
-
 impl Shipper {
     /// # Errors
     /// The thread cannot be spawned.
-    pub fn start(cfg: ShipConfig, deps: ShipDeps) -> std::io::Result<Self> {
+    pub fn start(cfg: ShipConfig, deps: Shared) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let finishing = Arc::new(AtomicBool::new(false));
         let flags = Flags {
@@ -294,7 +286,7 @@ fn client_config(cfg: &ShipConfig) -> ClientConfig {
 }
 
 /// One producer's lifetime. `Ok(())`: stopped; `Err`: start a new one.
-fn session(cfg: &ShipConfig, deps: &ShipDeps, flags: &Flags) -> Result<(), String> {
+fn session(cfg: &ShipConfig, deps: &Shared, flags: &Flags) -> Result<(), String> {
     let stop = &*flags.stop;
     let wal = &deps.wal;
     let start = wal.acked_seq() + 1;
@@ -342,7 +334,7 @@ fn session(cfg: &ShipConfig, deps: &ShipDeps, flags: &Flags) -> Result<(), Strin
 
 struct Session<'a> {
     cfg: &'a ShipConfig,
-    deps: &'a ShipDeps,
+    deps: &'a Shared,
     producer: ThreadedProducer<Ctx>,
     done_rx: Receiver<Seq>,
     seen: HashSet<SeenKey>,

@@ -50,6 +50,15 @@ pub struct Progress {
     pub gave_up: AtomicBool,
 }
 
+/// What the writer, the shipper and the start-up share.
+#[derive(Clone)]
+pub struct Shared {
+    pub wal: Arc<Wal>,
+    pub store: Arc<Mutex<Store>>,
+    pub progress: Arc<Progress>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// The writer thread; see the module docs.
 pub struct Spool {
     pub tx: SyncSender<SpoolMsg>,
@@ -84,20 +93,10 @@ const APPEND_BYTES: usize = 8 << 20;
 impl Spool {
     /// # Errors
     /// The thread cannot be spawned.
-    pub fn start(
-        wal: Arc<Wal>,
-        store: Arc<Mutex<Store>>,
-        progress: Arc<Progress>,
-        metrics: Arc<Metrics>,
-        wait_durable: bool,
-        limits: Limits,
-    ) -> std::io::Result<Self> {
+    pub fn start(shared: Shared, wait_durable: bool, limits: Limits) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_DEPTH);
         let w = Writer {
-            wal,
-            store,
-            progress,
-            metrics,
+            shared,
             wait_durable,
             limits,
         };
@@ -171,10 +170,7 @@ fn to_batches(topic: &str, meta: &[u8], read_ms: u64, e: Emitted, budget: usize)
 
 /// The writer thread's state.
 struct Writer {
-    wal: Arc<Wal>,
-    store: Arc<Mutex<Store>>,
-    progress: Arc<Progress>,
-    metrics: Arc<Metrics>,
+    shared: Shared,
     wait_durable: bool,
     limits: Limits,
 }
@@ -210,11 +206,16 @@ impl Writer {
     }
 
     fn write(&self, spooled: Vec<Spooled>) -> Result<(), wal::Error> {
-        if self.progress.gave_up.load(Ordering::SeqCst) {
+        let Shared {
+            wal,
+            store,
+            progress,
+            metrics,
+        } = &self.shared;
+        let limits = self.limits;
+        if progress.gave_up.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let (wal, metrics, progress, limits) =
-            (&self.wal, &self.metrics, &self.progress, self.limits);
         let batches: Vec<Batch> = spooled
             .into_iter()
             .flat_map(|s| {
@@ -266,7 +267,7 @@ impl Writer {
             if self.wait_durable {
                 while !wal.wait_durable(*range.end(), Duration::from_secs(1))? {}
             }
-            checkpoint_batches(chunk, &self.store);
+            checkpoint_batches(chunk, store);
             progress
                 .checkpointed
                 .fetch_max(*range.end(), Ordering::SeqCst);
@@ -476,10 +477,12 @@ mod shutdown_tests {
         let store = Arc::new(Mutex::new(store));
         let progress = Arc::new(Progress::default());
         let w = Writer {
-            wal: Arc::clone(&wal),
-            store: Arc::clone(&store),
-            progress: Arc::clone(&progress),
-            metrics: Metrics::new(),
+            shared: Shared {
+                wal: Arc::clone(&wal),
+                store: Arc::clone(&store),
+                progress: Arc::clone(&progress),
+                metrics: Metrics::new(),
+            },
             wait_durable: true,
             limits: Limits::for_wal(16 << 10, 32 << 10),
         };

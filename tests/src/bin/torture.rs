@@ -239,18 +239,20 @@ async fn all_messages(stack: &Stack, index: &str) -> Option<Vec<String>> {
         .refresh(elasticsearch::indices::IndicesRefreshParts::Index(&[index]))
         .send()
         .await;
-    let first: Value = es
-        .search(elasticsearch::SearchParts::Index(&[index]))
-        .scroll("2m")
-        .body(json!({"size": 5000, "_source": ["message"], "query": {"match_all": {}}}))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
+    async fn body(
+        r: Result<elasticsearch::http::response::Response, elasticsearch::Error>,
+    ) -> Option<Value> {
+        r.ok()?.json().await.ok()
+    }
+    let mut page = body(
+        es.search(elasticsearch::SearchParts::Index(&[index]))
+            .scroll("2m")
+            .body(json!({"size": 5000, "_source": ["message"], "query": {"match_all": {}}}))
+            .send()
+            .await,
+    )
+    .await?;
     let mut out = Vec::new();
-    let mut page = first;
     loop {
         let hits = page["hits"]["hits"].as_array()?.clone();
         if hits.is_empty() {
@@ -260,15 +262,13 @@ async fn all_messages(stack: &Stack, index: &str) -> Option<Vec<String>> {
             out.push(h["_source"]["message"].as_str().unwrap_or("").to_string());
         }
         let id = page["_scroll_id"].as_str()?.to_string();
-        page = es
-            .scroll(elasticsearch::ScrollParts::None)
-            .body(json!({"scroll": "2m", "scroll_id": id}))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        page = body(
+            es.scroll(elasticsearch::ScrollParts::None)
+                .body(json!({"scroll": "2m", "scroll_id": id}))
+                .send()
+                .await,
+        )
+        .await?;
     }
 }
 
