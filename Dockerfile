@@ -1,8 +1,12 @@
 # Builds logagent and logtransfer into one image; docker-compose.yml picks the
-# binary with `command`.
+# binary with `command`. The build stage installs the `build` group of the one
+# package list (scripts/setup.d/debian-packages), so it cannot drift from
+# scripts/setup.
 FROM rust:1-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends \
-      cmake protobuf-compiler libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev \
+COPY scripts/setup /tmp/setup/setup
+COPY scripts/setup.d /tmp/setup/setup.d
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends $(/tmp/setup/setup --list build) \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
