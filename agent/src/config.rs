@@ -62,6 +62,24 @@ pub struct KafkaConfig {
     /// cut and the flag `truncated`.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Where messages Kafka refuses for good go (too large for their topic,
+    /// a partition or topic that does not exist): the original event with
+    /// headers naming its topic and the error. `""`: no dead-letter topic —
+    /// such messages are retried forever and the WAL cannot be acknowledged
+    /// past them. Either way `/health` reports degraded naming the topic.
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
+    /// A message refused because its topic or partition is missing or not
+    /// writable counts as refused for good once it kept failing this long
+    /// (metadata can lag right after a topic is made).
+    #[serde(default = "default_dead_letter_after_secs")]
+    pub dead_letter_after_secs: u64,
+    /// After a crash, the read-back of what Kafka already has gives up after
+    /// this long (no READ permission, a topic too busy to scan): those
+    /// records are then sent without the check (possible duplicates,
+    /// counted in `logagent_lines_unchecked_total`).
+    #[serde(default = "default_readback_timeout_secs")]
+    pub readback_timeout_secs: u64,
     /// Extra librdkafka producer settings passed through as they are
     /// (TLS: `security.protocol`, `ssl.ca.location`…; SASL: `sasl.mechanism`…).
     #[serde(default)]
@@ -137,6 +155,15 @@ fn default_batch_bytes() -> u64 {
 fn default_max_message_bytes() -> usize {
     1_000_000
 }
+fn default_dead_letter_topic() -> String {
+    "logagent_dead_letters".into()
+}
+fn default_dead_letter_after_secs() -> u64 {
+    60
+}
+fn default_readback_timeout_secs() -> u64 {
+    120
+}
 fn default_host_id() -> String {
     "auto".into()
 }
@@ -198,11 +225,8 @@ impl AgentConfig {
         if self.host_id.trim().is_empty() {
             return Err(bad("host_id", "must not be empty (use \"auto\")".into()));
         }
-        if self.kafka.brokers.trim().is_empty() {
-            return Err(bad(
-                "kafka.brokers",
-                "must list at least one host:port".into(),
-            ));
+        if let Err(m) = common::check_brokers(&self.kafka.brokers) {
+            return Err(bad("kafka.brokers", m));
         }
         if !matches!(
             self.kafka.compression.as_str(),
@@ -222,6 +246,21 @@ impl AgentConfig {
                 "must be between 4096 and 100000000".into(),
             ));
         }
+        if !self.kafka.dead_letter_topic.is_empty() && !valid_topic(&self.kafka.dead_letter_topic) {
+            return Err(bad(
+                "kafka.dead_letter_topic",
+                format!(
+                    "`{}` is not a valid Kafka topic name (or \"\" for none)",
+                    self.kafka.dead_letter_topic
+                ),
+            ));
+        }
+        if self.kafka.readback_timeout_secs == 0 {
+            return Err(bad(
+                "kafka.readback_timeout_secs",
+                "must be at least 1".into(),
+            ));
+        }
         for key in self.kafka.producer.keys() {
             if PINNED_PRODUCER_SETTINGS.contains(&key.as_str()) {
                 return Err(bad(
@@ -235,6 +274,11 @@ impl AgentConfig {
                 "etcd.endpoints",
                 "must list at least one endpoint".into(),
             ));
+        }
+        for (i, e) in self.etcd.endpoints.iter().enumerate() {
+            if let Err(m) = common::check_endpoint_url(e) {
+                return Err(bad(&format!("etcd.endpoints[{i}]"), m));
+            }
         }
         if !self.etcd.prefix.starts_with('/') {
             return Err(bad("etcd.prefix", "must start with '/'".into()));
@@ -362,6 +406,32 @@ endpoints = ["http://127.0.0.1:2379"]
         assert!(!shown.contains("hunter2"));
         let again: AgentConfig = toml::from_str(&shown).unwrap();
         assert_eq!(again.etcd.password.as_deref(), Some("***"));
+    }
+
+    /// Issue #12 item 10: `--check-config` used to accept these.
+    #[test]
+    fn unusable_broker_and_etcd_addresses_are_refused() {
+        let err = parse(&MINIMAL.replace("127.0.0.1:9092", "::not a broker::"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.brokers"), "{err}");
+        let err = parse(&MINIMAL.replace("http://127.0.0.1:2379", "ftp://127.0.0.1:2379"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("etcd.endpoints[0]") && err.contains("ftp"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dead_letter_topic_must_be_a_topic_or_empty() {
+        let cfg = parse(&MINIMAL.replace("[etcd]", "dead_letter_topic = \"\"\n[etcd]")).unwrap();
+        assert!(cfg.kafka.dead_letter_topic.is_empty());
+        let err = parse(&MINIMAL.replace("[etcd]", "dead_letter_topic = \"a b\"\n[etcd]"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.dead_letter_topic"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`etcd_config`]: following those entries in etcd (get + watch, re-get).
 //! - [`spool`]: harvested lines → WAL → durable checkpoints.
 //! - [`ship`]: WAL → Kafka → WAL acks, with a read-back after a crash.
+//! - [`refusal`]: which Kafka refusals are for good; dead letters (pure).
 //! - [`event`]: the JSON event and headers of each line (pure).
 //! - [`run`]: start-up, hot reload, registration, signals, shutdown.
 //! - [`metrics`]: `/metrics` and `/health`.
@@ -16,6 +17,7 @@ pub mod etcd_config;
 pub mod event;
 pub mod harvester;
 pub mod metrics;
+pub mod refusal;
 pub mod run;
 pub mod ship;
 pub mod spool;

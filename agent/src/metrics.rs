@@ -7,8 +7,23 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a problem keeps `/health` degraded after it was last seen.
+pub const PROBLEM_MEMORY: Duration = Duration::from_secs(300);
+
+/// Something that needs an operator although the agent keeps running: a
+/// topic refusing messages for good, read-back given up. Keyed by what it
+/// is about (e.g. `topic:web_log`), so a repeat updates one entry.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub reason: String,
+    pub since: Instant,
+    pub last_seen: Instant,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TopicLabels {
@@ -33,12 +48,16 @@ pub struct Metrics {
     pub produce_seconds: Histogram,
     pub delivery_errors: Counter,
     pub duplicates_skipped: Counter,
+    pub dead_letters: Family<TopicLabels, Counter>,
+    pub lines_unchecked: Counter,
     pub paused: Gauge,
     pub config_reloads: Counter,
     pub config_rejections: Counter,
     pub etcd_connected: Gauge,
     pub draining: AtomicBool,
     pub wal_full: AtomicBool,
+    /// Reasons `/health` reports as degraded (see [`Problem`]).
+    pub problems: Mutex<BTreeMap<String, Problem>>,
 }
 
 fn reg<M: prometheus_client::registry::Metric + Clone>(
@@ -114,6 +133,18 @@ impl Metrics {
             "Lines not sent again after a restart because Kafka already had them",
             Counter::default(),
         );
+        let dead_letters = reg(
+            &mut r,
+            "dead_letters",
+            "Messages Kafka refused for good, sent to the dead-letter topic, per original topic",
+            Family::default(),
+        );
+        let lines_unchecked = reg(
+            &mut r,
+            "lines_unchecked",
+            "Lines of unacknowledged records sent after a restart without the read-back check (it gave up): possible duplicates",
+            Counter::default(),
+        );
         let paused = reg(
             &mut r,
             "paused",
@@ -150,12 +181,15 @@ impl Metrics {
             produce_seconds,
             delivery_errors,
             duplicates_skipped,
+            dead_letters,
+            lines_unchecked,
             paused,
             config_reloads,
             config_rejections,
             etcd_connected,
             draining: AtomicBool::new(false),
             wal_full: AtomicBool::new(false),
+            problems: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -173,15 +207,62 @@ impl Metrics {
         out
     }
 
-    /// `/health`: 200 while running, 503 while draining or with a full WAL.
+    /// Records (or refreshes) a problem that makes `/health` degraded.
+    pub fn problem(&self, key: &str, reason: String) {
+        let now = Instant::now();
+        let mut p = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        p.entry(key.to_string())
+            .and_modify(|e| {
+                e.reason.clone_from(&reason);
+                e.last_seen = now;
+            })
+            .or_insert(Problem {
+                reason,
+                since: now,
+                last_seen: now,
+            });
+    }
+
+    /// Forgets a problem that was resolved.
+    pub fn resolved(&self, key: &str) {
+        self.problems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// The problems seen within [`PROBLEM_MEMORY`]: (key, reason, seconds
+    /// since it started).
+    pub fn current_problems(&self) -> Vec<(String, String, u64)> {
+        let mut p = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        p.retain(|_, e| e.last_seen.elapsed() < PROBLEM_MEMORY);
+        p.iter()
+            .map(|(k, e)| (k.clone(), e.reason.clone(), e.since.elapsed().as_secs()))
+            .collect()
+    }
+
+    /// `/health`: 200 `ok` while running; 503 while draining or with a full
+    /// WAL (reading paused); 503 with a JSON body
+    /// `{"status":"degraded","problems":[{"key","reason","for_secs"}]}`
+    /// while a problem needs an operator (messages refused for good, …).
     pub fn health(&self) -> Result<String, String> {
         if self.draining.load(Ordering::Relaxed) {
-            Err("draining\n".into())
-        } else if self.wal_full.load(Ordering::Relaxed) {
-            Err("wal full: harvesting paused until Kafka acknowledges\n".into())
-        } else {
-            Ok("ok\n".into())
+            return Err("draining\n".into());
         }
+        if self.wal_full.load(Ordering::Relaxed) {
+            return Err("wal full: harvesting paused until Kafka acknowledges\n".into());
+        }
+        let problems = self.current_problems();
+        if problems.is_empty() {
+            return Ok("ok\n".into());
+        }
+        let list: Vec<serde_json::Value> = problems
+            .into_iter()
+            .map(|(key, reason, for_secs)| {
+                serde_json::json!({"key": key, "reason": reason, "for_secs": for_secs})
+            })
+            .collect();
+        Err(serde_json::json!({"status": "degraded", "problems": list}).to_string() + "\n")
     }
 
     /// Serves `/metrics` and `/health` on `listen`.

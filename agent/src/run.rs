@@ -383,7 +383,13 @@ fn ship_config(cfg: &AgentConfig, identity: &Identity) -> ShipConfig {
         settings,
         identity: identity.clone(),
         // Room for the headers, key and record overhead.
-        max_event_bytes: cfg.kafka.max_message_bytes.saturating_sub(2048),
+        max_event_bytes: cfg
+            .kafka
+            .max_message_bytes
+            .saturating_sub(ship::EVENT_HEADROOM),
+        dead_letter_topic: Some(cfg.kafka.dead_letter_topic.clone()).filter(|t| !t.is_empty()),
+        dead_letter_after: Duration::from_secs(cfg.kafka.dead_letter_after_secs),
+        readback_timeout: Duration::from_secs(cfg.kafka.readback_timeout_secs),
         include_unsynced: cfg.wal.sync == "none",
         max_in_flight_lines: 100_000,
         max_in_flight_bytes: 16 << 20,

@@ -10,7 +10,13 @@
 //!
 //! A message Kafka refuses (or that librdkafka fails locally) is sent again
 //! after a back-off; the record stays unacknowledged meanwhile, so nothing is
-//! dropped. A fatal producer error (an idempotence fence) ends the session:
+//! dropped. A refusal that is for good ([`crate::refusal`]: too large for
+//! the topic, a partition that does not exist…) sends the message to the
+//! dead-letter topic instead, so one bad message or entry cannot hold the
+//! WAL (and every other file of the host) back; `/health` turns degraded
+//! naming the topic. Events are cut to fit the topic's own
+//! `max.message.bytes` (read from the broker) when it is below
+//! `kafka.max_message_bytes`. A fatal producer error (an idempotence fence) ends the session:
 //! a new producer is made and shipping resumes from the first unacknowledged
 //! record, after the read-back below.
 //!
@@ -24,12 +30,22 @@
 //! value). Encoding is deterministic, so a line whose triple is already in
 //! Kafka is skipped, and a line with new content at an old offset (a
 //! copytruncated file) is not.
+//!
+//! The read-back is bounded (`kafka.readback_timeout_secs`): when it cannot
+//! complete (no READ permission, a topic too busy to scan in time), the
+//! records are sent without the check — at-least-once — and their lines are
+//! counted in `logagent_lines_unchecked_total`, with a WARN saying why.
+//! Records without a read time (WAL format 1) are never scanned for (that
+//! would mean reading whole topics) and count as unchecked too.
 
 use crate::event::{self, encode, Identity, Route, ShipSpec};
 use crate::metrics::Metrics;
+use crate::refusal;
 use crate::spool::Shared;
 use checkpoint::FileId;
 use common::event::{HEADER_FILE, HEADER_HOST, HEADER_OFFSET, HEADER_SCHEMA};
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
@@ -58,7 +74,20 @@ pub struct ShipConfig {
     /// Most bytes of messages handed to the producer and not yet
     /// acknowledged (bounds memory during a backlog or an outage).
     pub max_in_flight_bytes: usize,
+    /// Where messages refused for good go; `None`: retried forever.
+    pub dead_letter_topic: Option<String>,
+    /// How long a "missing topic/partition" refusal must last to be final.
+    pub dead_letter_after: Duration,
+    /// The bound of the read-back after a crash.
+    pub readback_timeout: Duration,
 }
+
+/// Room left in a message for headers, key and record overhead.
+pub const EVENT_HEADROOM: usize = 2048;
+/// Events are never cut below this, whatever a topic's limit says.
+const MIN_EVENT_BYTES: usize = 1024;
+/// How often a topic's `max.message.bytes` is read again.
+const TOPIC_LIMIT_TTL: Duration = Duration::from_secs(300);
 
 /// Our producer defaults; `kafka.producer` entries override them, except the
 /// pinned ones set last.
@@ -87,6 +116,28 @@ struct Track {
     seq: Seq,
     remaining: AtomicU32,
     sent: Instant,
+    /// When one of its messages was first refused.
+    refused_since: Mutex<Option<Instant>>,
+}
+
+impl Track {
+    fn new(seq: Seq) -> Self {
+        Self {
+            seq,
+            remaining: AtomicU32::new(u32::MAX),
+            sent: Instant::now(),
+            refused_since: Mutex::new(None),
+        }
+    }
+
+    /// When the first refusal of this record happened (now, if this is it).
+    fn refused_since(&self) -> Instant {
+        *self
+            .refused_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Instant::now)
+    }
 }
 
 struct Failed {
@@ -96,6 +147,7 @@ struct Failed {
     payload: Vec<u8>,
     headers: OwnedHeaders,
     timestamp: Option<i64>,
+    code: RDKafkaErrorCode,
     track: Arc<Track>,
 }
 
@@ -127,8 +179,9 @@ impl ProducerContext for Ctx {
             }
             Err((e, msg)) => {
                 self.metrics.delivery_errors.inc();
-                tracing::warn!(topic = msg.topic(), error = %e, seq = track.seq, "delivery failed; the message is sent again");
-                let failed = failed_from(msg, track);
+                tracing::debug!(topic = msg.topic(), error = %e, seq = track.seq, "delivery failed");
+                let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+                let failed = failed_from(msg, code, track);
                 self.failed
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -138,7 +191,7 @@ impl ProducerContext for Ctx {
     }
 }
 
-fn failed_from(msg: &BorrowedMessage<'_>, track: Arc<Track>) -> Failed {
+fn failed_from(msg: &BorrowedMessage<'_>, code: RDKafkaErrorCode, track: Arc<Track>) -> Failed {
     let owned = msg.detach();
     Failed {
         topic: owned.topic().to_string(),
@@ -147,6 +200,7 @@ fn failed_from(msg: &BorrowedMessage<'_>, track: Arc<Track>) -> Failed {
         payload: owned.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         headers: owned.headers().cloned().unwrap_or_default(),
         timestamp: owned.timestamp().to_millis(),
+        code,
         track,
     }
 }
@@ -274,6 +328,20 @@ struct Flags {
     finishing: Arc<AtomicBool>,
 }
 
+/// The user's settings that are not producer tuning (TLS, SASL…): for the
+/// read-back consumer and the admin client.
+fn base_config(cfg: &ShipConfig) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    let ours = default_settings();
+    for (k, v) in &cfg.settings {
+        if !ours.contains_key(k) {
+            cc.set(k, v);
+        }
+    }
+    cc.set("bootstrap.servers", &cfg.brokers);
+    cc
+}
+
 fn client_config(cfg: &ShipConfig) -> ClientConfig {
     let mut cc = ClientConfig::new();
     for (k, v) in &cfg.settings {
@@ -290,10 +358,29 @@ fn session(cfg: &ShipConfig, deps: &Shared, flags: &Flags) -> Result<(), String>
     let stop = &*flags.stop;
     let wal = &deps.wal;
     let start = wal.acked_seq() + 1;
-    let seen = loop {
-        match read_back(cfg, wal, start, stop) {
-            Ok(seen) => break seen,
+    let readback_upto = wal.last_seq();
+    let deadline = Instant::now() + cfg.readback_timeout;
+    let (seen, readback_complete) = loop {
+        match read_back(cfg, wal, start, stop, deadline) {
+            Ok(seen) => {
+                deps.metrics.resolved("readback");
+                break (seen, true);
+            }
             Err(e) if stop.load(Ordering::SeqCst) => return Err(format!("stopped: {e}")),
+            Err(e) if Instant::now() >= deadline => {
+                let records = (readback_upto + 1).saturating_sub(start);
+                tracing::warn!(
+                    error = %e,
+                    records,
+                    timeout_secs = cfg.readback_timeout.as_secs(),
+                    "the read-back of what Kafka already has gave up; the unacknowledged records are sent without the duplicate check (at-least-once: lines may arrive twice)"
+                );
+                deps.metrics.problem(
+                    "readback",
+                    format!("read-back gave up ({e}); {records} records sent without the duplicate check"),
+                );
+                break (HashSet::new(), false);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read back what Kafka already has; retrying before sending");
                 std::thread::sleep(Duration::from_secs(2));
@@ -309,12 +396,20 @@ fn session(cfg: &ShipConfig, deps: &Shared, flags: &Flags) -> Result<(), String>
     let producer: ThreadedProducer<Ctx> = client_config(cfg)
         .create_with_context(ctx)
         .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+    let admin: AdminClient<DefaultClientContext> = base_config(cfg)
+        .create()
+        .map_err(|e| format!("cannot create the Kafka admin client: {e}"))?;
     let mut s = Session {
         cfg,
         deps,
         producer,
         done_rx,
         seen,
+        readback_upto,
+        readback_complete,
+        admin,
+        limits: HashMap::new(),
+        refusals: HashMap::new(),
         reader: if cfg.include_unsynced {
             wal.reader_including_unsynced(start)
         } else {
@@ -337,7 +432,17 @@ struct Session<'a> {
     deps: &'a Shared,
     producer: ThreadedProducer<Ctx>,
     done_rx: Receiver<Seq>,
+    /// What Kafka already has of the records up to `readback_upto`.
     seen: HashSet<SeenKey>,
+    /// The last record that was unacknowledged when the session started.
+    readback_upto: Seq,
+    /// Whether `seen` is complete (the read-back did not give up).
+    readback_complete: bool,
+    admin: AdminClient<DefaultClientContext>,
+    /// Per topic: the largest event it takes, and when to read that again.
+    limits: HashMap<String, (usize, Instant)>,
+    /// Per topic: messages refused for good so far (for the log and /health).
+    refusals: HashMap<String, u64>,
     reader: wal::Reader,
     /// The seq the reader yields next.
     expect: Seq,
@@ -469,11 +574,14 @@ impl Session<'_> {
         let route = event::route(&self.cfg.identity, &spec, &batch.source.path);
         let ts = event::timestamp(batch.read_ms);
         let file = event::file_header(batch);
-        let track = Arc::new(Track {
-            seq,
-            remaining: AtomicU32::new(u32::MAX),
-            sent: Instant::now(),
-        });
+        let track = Arc::new(Track::new(seq));
+        let max_event_bytes = self.event_limit(&batch.topic);
+        if seq > self.readback_upto && self.seen.capacity() > 0 {
+            // Past the records the read-back was for: free its set.
+            self.seen = HashSet::new();
+        }
+        let unchecked =
+            seq <= self.readback_upto && (!self.readback_complete || batch.read_ms == 0);
         let mut sent: u32 = 0;
         let mut bytes = 0;
         let mut buf = std::mem::take(&mut self.buf);
@@ -484,7 +592,7 @@ impl Session<'_> {
                 batch,
                 &ts,
                 line,
-                self.cfg.max_event_bytes,
+                max_event_bytes,
                 &mut buf,
             );
             if !self.seen.is_empty()
@@ -542,7 +650,7 @@ impl Session<'_> {
                     }
                     Err((e, r)) => {
                         self.deps.metrics.delivery_errors.inc();
-                        tracing::warn!(topic = %batch.topic, error = %e, "cannot hand a message to the producer; retrying later");
+                        tracing::debug!(topic = %batch.topic, error = %e, "cannot hand a message to the producer");
                         self.ctx_failed(Failed {
                             topic: batch.topic.clone(),
                             partition: r.partition,
@@ -550,6 +658,7 @@ impl Session<'_> {
                             payload: buf.clone(),
                             headers: r.headers.unwrap_or_default(),
                             timestamp: r.timestamp,
+                            code: e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
                             track: Arc::clone(&track),
                         });
                         break;
@@ -574,6 +683,9 @@ impl Session<'_> {
         );
         self.in_flight_lines += sent as usize;
         self.in_flight_bytes += bytes;
+        if unchecked {
+            self.deps.metrics.lines_unchecked.inc_by(u64::from(sent));
+        }
         // Settle the count: deliveries so far subtracted from u32::MAX.
         let before = track.remaining.fetch_sub(u32::MAX - sent, Ordering::AcqRel);
         if before == u32::MAX - sent {
@@ -594,7 +706,8 @@ impl Session<'_> {
             .push(f);
     }
 
-    /// Sends failed messages again, at most once a second.
+    /// Sends failed messages again, at most once a second; those refused
+    /// for good go to the dead-letter topic instead (module docs).
     fn resend_failed(&mut self) -> bool {
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return false;
@@ -613,6 +726,16 @@ impl Session<'_> {
         }
         self.retry_at = Some(Instant::now() + Duration::from_secs(1));
         for f in failed {
+            let since = f.track.refused_since();
+            if refusal::is_final(f.code, since.elapsed(), self.cfg.dead_letter_after) {
+                match self.cfg.dead_letter_topic.clone() {
+                    Some(dlq) if dlq != f.topic => {
+                        self.dead_letter(f, &dlq);
+                        continue;
+                    }
+                    dlq => self.stuck(&f, dlq.as_deref()),
+                }
+            }
             let mut rec = BaseRecord::with_opaque_to(&f.topic, Arc::clone(&f.track))
                 .payload(&f.payload[..])
                 .headers(f.headers.clone());
@@ -627,10 +750,163 @@ impl Session<'_> {
             }
             if let Err((e, _)) = self.producer.send(rec) {
                 tracing::debug!(error = %e, "resend refused; trying again later");
-                self.ctx_failed(f);
+                let code = e.rdkafka_error_code().unwrap_or(f.code);
+                self.ctx_failed(Failed { code, ..f });
             }
         }
         true
+    }
+
+    /// Sends a message refused for good to the dead-letter topic, in place
+    /// of the original (it completes the same record).
+    fn dead_letter(&mut self, f: Failed, dlq: &str) {
+        let (payload, original_bytes) =
+            refusal::dead_letter_payload(&f.payload, self.cfg.max_event_bytes);
+        let partition = f.partition.map(|p| p.to_string()).unwrap_or_default();
+        let error = format!("{:?}", f.code);
+        let mut headers = f
+            .headers
+            .clone()
+            .insert(Header {
+                key: refusal::HEADER_DLQ_TOPIC,
+                value: Some(f.topic.as_str()),
+            })
+            .insert(Header {
+                key: refusal::HEADER_DLQ_PARTITION,
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: refusal::HEADER_DLQ_ERROR,
+                value: Some(error.as_str()),
+            });
+        if let Some(n) = original_bytes {
+            headers = headers.insert(Header {
+                key: refusal::HEADER_DLQ_ORIGINAL_BYTES,
+                value: Some(n.to_string().as_str()),
+            });
+        }
+        let mut rec = BaseRecord::with_opaque_to(dlq, Arc::clone(&f.track))
+            .payload(payload)
+            .headers(headers.clone());
+        if let Some(k) = &f.key {
+            rec = rec.key(&k[..]);
+        }
+        if let Some(t) = f.timestamp {
+            rec = rec.timestamp(t);
+        }
+        let m = &self.deps.metrics;
+        m.topic(&m.dead_letters, &f.topic).inc();
+        let n = {
+            let n = self.refusals.entry(f.topic.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        m.problem(
+            &format!("topic:{}", f.topic),
+            format!(
+                "Kafka refuses messages to `{}` for good ({error}); {n} sent to the dead-letter topic `{dlq}`",
+                f.topic
+            ),
+        );
+        if n.is_power_of_two() {
+            tracing::warn!(topic = %f.topic, error = %error, dead_letter_topic = dlq, count = n, "Kafka refuses messages for good; sent to the dead-letter topic");
+        }
+        if let Err((e, _)) = self.producer.send(rec) {
+            tracing::debug!(error = %e, "dead letter not taken yet; trying again later");
+            self.ctx_failed(Failed {
+                topic: dlq.to_string(),
+                partition: None,
+                key: f.key,
+                payload: payload.to_vec(),
+                headers,
+                timestamp: f.timestamp,
+                code: e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
+                track: f.track,
+            });
+        }
+    }
+
+    /// A message refused for good with nowhere else to go: it is retried
+    /// (nothing is dropped) and `/health` says why the WAL does not move.
+    fn stuck(&self, f: &Failed, dlq: Option<&str>) {
+        let why = match dlq {
+            None => "no dead-letter topic is configured".to_string(),
+            Some(d) => format!("the dead-letter topic `{d}` refuses it too"),
+        };
+        let key = format!("topic:{}", f.topic);
+        let fresh = !self
+            .deps
+            .metrics
+            .problems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&key);
+        self.deps.metrics.problem(
+            &key,
+            format!(
+                "Kafka refuses messages to `{}` for good ({:?}) and {why}: retried, the WAL cannot be acknowledged past them",
+                f.topic, f.code
+            ),
+        );
+        if fresh {
+            tracing::error!(topic = %f.topic, error = ?f.code, "Kafka refuses a message for good and {why}; it is retried and holds the WAL back");
+        }
+    }
+
+    /// The largest event `topic` takes: `kafka.max_message_bytes` less
+    /// headroom, or less if the topic's `max.message.bytes` is smaller (read
+    /// from the broker, again every few minutes).
+    fn event_limit(&mut self, topic: &str) -> usize {
+        let now = Instant::now();
+        if let Some((limit, until)) = self.limits.get(topic) {
+            if now < *until {
+                return *limit;
+            }
+        }
+        let configured = self.cfg.max_event_bytes;
+        let (limit, ttl) = match topic_max_message_bytes(&self.admin, topic) {
+            Ok(Some(b)) => (
+                configured.min(b.saturating_sub(EVENT_HEADROOM).max(MIN_EVENT_BYTES)),
+                TOPIC_LIMIT_TTL,
+            ),
+            // Not created yet (the broker's default applies), or Kafka is
+            // unreachable: the configured limit; ask again soon.
+            Ok(None) | Err(_) => (
+                self.limits.get(topic).map_or(configured, |l| l.0),
+                Duration::from_secs(30),
+            ),
+        };
+        let before = self.limits.insert(topic.to_string(), (limit, now + ttl));
+        if limit < configured && before.is_none_or(|b| b.0 != limit) {
+            tracing::warn!(
+                topic,
+                limit,
+                configured,
+                "the topic's max.message.bytes is below kafka.max_message_bytes: its events are cut to fit (flag truncated)"
+            );
+        }
+        limit
+    }
+}
+
+/// A topic's `max.message.bytes` as the broker reports it; `Ok(None)` when
+/// the topic does not exist.
+fn topic_max_message_bytes(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+) -> Result<Option<usize>, String> {
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let spec = [ResourceSpecifier::Topic(topic)];
+    let res = futures::executor::block_on(admin.describe_configs(&spec, &opts))
+        .map_err(|e| e.to_string())?;
+    match res.into_iter().next() {
+        Some(Ok(r)) => Ok(r
+            .get("max.message.bytes")
+            .and_then(|e| e.value.as_deref())
+            .and_then(|v| v.parse().ok())),
+        Some(Err(RDKafkaErrorCode::UnknownTopicOrPartition)) => Ok(None),
+        Some(Err(e)) => Err(format!("{e:?}")),
+        None => Err("no answer".into()),
     }
 }
 
@@ -641,6 +917,7 @@ fn read_back(
     wal: &Wal,
     from: Seq,
     stop: &AtomicBool,
+    deadline: Instant,
 ) -> Result<HashSet<SeenKey>, String> {
     let mut reader = if cfg.include_unsynced {
         wal.reader_including_unsynced(from)
@@ -651,7 +928,9 @@ fn read_back(
     let mut oldest = u64::MAX;
     while let Some(item) = reader.next_item().map_err(|e| e.to_string())? {
         if let ReadItem::Record { batch, .. } = item {
-            if !batch.lines.is_empty() {
+            // A record without a read time (format 1) would mean scanning
+            // the whole topic: it is sent unchecked instead.
+            if !batch.lines.is_empty() && batch.read_ms > 0 {
                 topics.insert(batch.topic.clone());
                 oldest = oldest.min(batch.read_ms);
             }
@@ -663,22 +942,15 @@ fn read_back(
     }
     let since = i64::try_from(oldest.saturating_sub(1000)).unwrap_or(0);
     let consumer: BaseConsumer = {
-        let mut cc = ClientConfig::new();
-        let ours = default_settings();
-        for (k, v) in &cfg.settings {
-            if !ours.contains_key(k) {
-                cc.set(k, v);
-            }
-        }
-        cc.set("bootstrap.servers", &cfg.brokers)
-            .set(
-                "group.id",
-                format!("logagent-readback-{}", cfg.identity.host_id),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("isolation.level", "read_uncommitted")
-            .set("log_level", "3");
+        let mut cc = base_config(cfg);
+        cc.set(
+            "group.id",
+            format!("logagent-readback-{}", cfg.identity.host_id),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_uncommitted")
+        .set("log_level", "3");
         cc.create().map_err(|e| e.to_string())?
     };
     let timeout = Duration::from_secs(10);
@@ -720,7 +992,6 @@ fn read_back(
         return Ok(seen);
     }
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(120);
     let mut scanned: u64 = 0;
     while !ends.is_empty() {
         if stop.load(Ordering::SeqCst) || Instant::now() > deadline {

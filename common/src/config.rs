@@ -36,6 +36,82 @@ pub enum ConfigError {
     },
 }
 
+/// Checks a Kafka `bootstrap.servers` list: comma-separated `host:port`,
+/// optionally `protocol://host:port` (plaintext, ssl, sasl_plaintext,
+/// sasl_ssl), an IPv6 host in brackets. The error names the entry at fault.
+///
+/// # Errors
+/// What is wrong with the first bad entry.
+pub fn check_brokers(list: &str) -> Result<(), String> {
+    let entries: Vec<&str> = list.split(',').map(str::trim).collect();
+    if entries.iter().all(|e| e.is_empty()) {
+        return Err("must list at least one host:port".into());
+    }
+    for e in entries {
+        let rest = match e.split_once("://") {
+            Some((proto, rest)) => {
+                let p = proto.to_ascii_lowercase();
+                if !matches!(
+                    p.as_str(),
+                    "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl"
+                ) {
+                    return Err(format!(
+                        "`{e}`: unknown protocol `{proto}` (plaintext, ssl, sasl_plaintext, sasl_ssl)"
+                    ));
+                }
+                rest
+            }
+            None => e,
+        };
+        check_host_port(rest).map_err(|m| format!("`{e}`: {m}"))?;
+    }
+    Ok(())
+}
+
+/// Checks an endpoint URL: `http://` or `https://`, a host and a port.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn check_endpoint_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!(
+            "`{url}` is not a URL (expected http://host:port or https://host:port)"
+        ));
+    };
+    if !matches!(scheme, "http" | "https") {
+        return Err(format!("`{url}`: scheme `{scheme}` is not http or https"));
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    check_host_port(host_port).map_err(|m| format!("`{url}`: {m}"))
+}
+
+fn check_host_port(s: &str) -> Result<(), String> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest
+            .split_once(']')
+            .ok_or_else(|| "unclosed `[` in an IPv6 address".to_string())?;
+        (
+            h,
+            p.strip_prefix(':')
+                .ok_or("expected `:port` after the address")?,
+        )
+    } else {
+        s.rsplit_once(':').ok_or("expected host:port")?
+    };
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+    {
+        return Err(format!("`{host}` is not a host name or address"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("`{port}` is not a port (1-65535)")),
+    }
+}
+
 /// Why interpolating one string failed (pure helper).
 #[derive(Debug, PartialEq, Eq)]
 pub enum InterpolateError {
@@ -182,6 +258,49 @@ pub fn load_config<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broker_lists_are_checked_entry_by_entry() {
+        for ok in [
+            "127.0.0.1:9092",
+            "k1:9092, k2:9093",
+            "SSL://kafka.example:9093",
+            "[::1]:9092",
+        ] {
+            assert_eq!(check_brokers(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "::not a broker::",
+            "",
+            "kafka",
+            "kafka:0",
+            "kafka:x",
+            "ftp://k:1",
+            "k:9092,bad host:1",
+        ] {
+            assert!(check_brokers(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn endpoint_urls_need_http_and_a_port() {
+        for ok in [
+            "http://127.0.0.1:2379",
+            "https://etcd.example:2379",
+            "http://u:p@h:1/x",
+        ] {
+            assert_eq!(check_endpoint_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "ftp://127.0.0.1:2379",
+            "127.0.0.1:2379",
+            "http://",
+            "http://h",
+            "http://h:99999",
+        ] {
+            assert!(check_endpoint_url(bad).is_err(), "{bad}");
+        }
+    }
     use serde::Deserialize;
 
     fn env(k: &str) -> Option<String> {

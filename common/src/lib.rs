@@ -9,7 +9,7 @@ pub mod config;
 pub mod event;
 pub mod http;
 
-pub use config::{load_config, ConfigError};
+pub use config::{check_brokers, check_endpoint_url, load_config, ConfigError};
 pub use event::{document_id, LogEvent};
 
 /// Installs the `tracing` subscriber used by both binaries: compact text on

@@ -53,13 +53,22 @@ impl Stack {
     }
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        self.create_topic_with(topic, partitions, &[]).await;
+    }
+
+    /// Creates `topic` with topic-level settings (`max.message.bytes`…).
+    pub async fn create_topic_with(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.kafka_brokers)
             .create()
             .expect("admin client");
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        for (k, v) in configs {
+            new = new.set(k, v);
+        }
         let res = admin
             .create_topics(
-                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                &[new],
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
             )
             .await
@@ -452,6 +461,18 @@ listen = "{metrics}"
             extra,
         );
         Fixture { tmp, logs, agent }
+    }
+
+    /// Appends `lines` (each with a newline) to the file at `path`.
+    pub fn append_lines(path: &Path, lines: &[String]) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open log");
+        for l in lines {
+            writeln!(f, "{l}").expect("write");
+        }
     }
 
     /// Puts `value` at `key` in etcd.

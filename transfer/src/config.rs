@@ -210,11 +210,8 @@ impl TransferConfig {
             key: key.to_string(),
             message,
         };
-        if self.kafka.brokers.trim().is_empty() {
-            return Err(bad(
-                "kafka.brokers",
-                "must list at least one host:port".into(),
-            ));
+        if let Err(m) = common::check_brokers(&self.kafka.brokers) {
+            return Err(bad("kafka.brokers", m));
         }
         if self.kafka.group_id.trim().is_empty() {
             return Err(bad("kafka.group_id", "must not be empty".into()));

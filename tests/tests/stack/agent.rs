@@ -2,13 +2,12 @@
 //! the outage tests 3 and 5 are in `tests/outage.rs`).
 
 use etcd_client::Client;
-use integration::agent_run::{etcd_put, fixture};
+use integration::agent_run::{append_lines as append, etcd_put, fixture};
 use integration::kafka_read::{read_topic, tally_numbered};
 use integration::{unique, Stack};
 use rand::{Rng, SeedableRng};
 use std::collections::HashSet;
 use std::io::Write;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 async fn etcd_delete(stack: &Stack, key: &str) {
@@ -16,17 +15,6 @@ async fn etcd_delete(stack: &Stack, key: &str) {
         .await
         .expect("etcd");
     c.delete(key, None).await.expect("delete");
-}
-
-fn append(path: &Path, lines: &[String]) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("open log");
-    for l in lines {
-        writeln!(f, "{l}").expect("write");
-    }
 }
 
 /// Test 1: two globbed files, two topics, every event field.

@@ -1,6 +1,8 @@
 //! Integration tests against the real services of `scripts/stack`.
 //!
 //! - `agent`: logagent end to end into Kafka (etcd-driven).
+//! - `agent_edges`: logagent at production edges (issue #12): refused
+//!   messages, a read-back that cannot complete.
 //! - `kafka`: produce with acks=all and idempotence, consume it back.
 //! - `elasticsearch`: index a document, find it with a search.
 //! - `etcd`: put a key, observe it through a watch.
@@ -8,6 +10,7 @@
 //! - `transfer`: logtransfer against Kafka and Elasticsearch.
 
 mod agent;
+mod agent_edges;
 mod elasticsearch;
 mod etcd;
 mod etcd_config;

@@ -1,0 +1,214 @@
+//! logagent at production edges (issue #12), against the real Kafka and etcd.
+//!
+//! - item 4: messages Kafka refuses for good go to the dead-letter topic, the
+//!   rest of the host keeps flowing, `/health` says degraded naming the topic;
+//!   a topic whose `max.message.bytes` is below ours gets events cut to fit.
+//! - item 5: a read-back that cannot complete gives up after its bound and the
+//!   records are sent (at-least-once), counted.
+
+use integration::agent_run::{append_lines as append, etcd_put, fixture, AgentSetup};
+use integration::kafka_read::{read_topic, tally_numbered};
+use integration::{stack_cmd, unique, Stack};
+use std::time::{Duration, Instant};
+
+/// Adds `kafka.*` keys to an agent's config (the fixture's `extra` comes
+/// after `[metrics]`).
+fn kafka_keys(a: &AgentSetup, keys: &str) {
+    let text = std::fs::read_to_string(&a.config).expect("config");
+    let text = text.replacen("linger_ms = 2\n", &format!("linger_ms = 2\n{keys}\n"), 1);
+    std::fs::write(&a.config, text).expect("config");
+}
+
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    f()
+}
+
+/// Item 4: a `{"fixed": 5}` partition on a one-partition topic is refused for
+/// good; its lines go to the dead-letter topic with their origin in headers,
+/// a healthy entry's lines all arrive, the WAL empties, and `/health` is
+/// degraded naming the topic. A line too large for its topic's own
+/// `max.message.bytes` is cut to fit instead of being refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_entry_goes_to_the_dead_letter_topic_and_the_rest_flows() {
+    let stack = Stack::from_env();
+    let fx = fixture(&stack, "");
+    let (logs, a) = (fx.logs.clone(), &fx.agent);
+    let good = unique("it-edge-good");
+    let bad = unique("it-edge-bad");
+    let small = unique("it-edge-small");
+    let dlq = unique("it-edge-dlq");
+    stack.create_topic(&good, 1).await;
+    stack.create_topic(&bad, 1).await;
+    stack
+        .create_topic_with(&small, 1, &[("max.message.bytes", "20000")])
+        .await;
+    stack.create_topic(&dlq, 1).await;
+    kafka_keys(
+        a,
+        &format!("dead_letter_topic = \"{dlq}\"\ndead_letter_after_secs = 3"),
+    );
+    let entries = format!(
+        r#"[{{"path":"{l}/good.log","topic":"{good}"}},
+            {{"path":"{l}/bad.log","topic":"{bad}","partition":{{"fixed":5}}}},
+            {{"path":"{l}/big.log","topic":"{small}"}}]"#,
+        l = logs.display()
+    );
+    etcd_put(&stack, &a.collect_key(), &entries).await;
+    let good_lines: Vec<String> = (0..200).map(|i| format!("seq {i} good")).collect();
+    let bad_lines: Vec<String> = (0..20).map(|i| format!("poison {i}")).collect();
+    append(&logs.join("good.log"), &good_lines[..100]);
+    append(&logs.join("bad.log"), &bad_lines);
+    append(&logs.join("big.log"), &["B".repeat(100_000)]);
+    let mut agent = a.start();
+    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
+    append(&logs.join("good.log"), &good_lines[100..]);
+
+    let brokers = stack.kafka_brokers.clone();
+    let g = good.clone();
+    let tally = tokio::task::spawn_blocking(move || {
+        tally_numbered(&brokers, &g, 200, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert!(tally.lost.is_empty(), "good lines lost: {:?}", tally.lost);
+    assert_eq!(tally.duplicated, 0);
+
+    let brokers = stack.kafka_brokers.clone();
+    let d = dlq.clone();
+    let dead =
+        tokio::task::spawn_blocking(move || read_topic(&brokers, &d, 20, Duration::from_secs(60)))
+            .await
+            .unwrap();
+    assert_eq!(dead.len(), 20, "dead letters: {}", a.log_text());
+    let mut msgs: Vec<String> = dead
+        .iter()
+        .map(|m| m.value["message"].as_str().unwrap_or_default().to_string())
+        .collect();
+    msgs.sort();
+    let mut want = bad_lines.clone();
+    want.sort();
+    assert_eq!(msgs, want, "the dead letters are the refused events");
+    for m in &dead {
+        assert_eq!(m.headers["logpipe-dlq-topic"], bad);
+        assert_eq!(m.headers["logpipe-dlq-partition"], "5");
+        assert_eq!(m.headers["logpipe-dlq-error"], "UnknownPartition");
+        assert_eq!(m.headers["logpipe-host"], a.host_id, "origin headers kept");
+    }
+
+    let brokers = stack.kafka_brokers.clone();
+    let s = small.clone();
+    let cut =
+        tokio::task::spawn_blocking(move || read_topic(&brokers, &s, 1, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert_eq!(cut.len(), 1, "the long line reached its small topic");
+    assert!(cut[0].raw.len() <= 20_000, "{} bytes", cut[0].raw.len());
+    let flags = cut[0].value["log"]["flags"].to_string();
+    assert!(flags.contains("truncated"), "{flags}");
+
+    // Nothing holds the WAL back: every record is acknowledged.
+    assert!(
+        wait_for(Duration::from_secs(30), || a
+            .metric("logagent_wal_unacked_records")
+            == 0.0),
+        "the WAL is not acknowledged past the refused records: {}",
+        a.log_text()
+    );
+    assert_eq!(a.metric("logagent_dead_letters_total"), 20.0);
+    let (code, body) = a.http_get("/health").expect("health");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("degraded") && body.contains(&bad) && body.contains("UnknownPartition"),
+        "{body}"
+    );
+    agent.terminate_ok(a);
+}
+
+/// Item 5: after a crash with unacknowledged records, a read-back that cannot
+/// finish (here: fetches the broker holds back longer than the bound) gives
+/// up after `readback_timeout_secs`; the records are sent anyway, counted as
+/// unchecked, and `/health` names the read-back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_back_that_cannot_finish_gives_up_and_ships() {
+    let stack = Stack::from_env();
+    let fx = fixture(&stack, "");
+    let (logs, a) = (fx.logs.clone(), &fx.agent);
+    let topic = unique("it-edge-readback");
+    stack.create_topic(&topic, 1).await;
+    etcd_put(
+        &stack,
+        &a.collect_key(),
+        &format!(
+            r#"[{{"path":"{}/app.log","topic":"{topic}"}}]"#,
+            logs.display()
+        ),
+    )
+    .await;
+    let lines: Vec<String> = (0..200).map(|i| format!("seq {i} readback")).collect();
+    let mut agent = a.start();
+    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
+    append(&logs.join("app.log"), &lines[..100]);
+    assert!(
+        wait_for(Duration::from_secs(60), || a
+            .metric("logagent_lines_acked_total")
+            >= 100.0),
+        "{}",
+        a.log_text()
+    );
+    // Kafka down: the next lines are spooled, unacknowledged; then kill -9.
+    assert!(stack_cmd(&["stop", "kafka"]), "stop kafka");
+    append(&logs.join("app.log"), &lines[100..]);
+    let spooled = wait_for(Duration::from_secs(30), || {
+        a.metric("logagent_lines_read_total") >= 200.0
+    });
+    agent.kill9();
+    assert!(stack_cmd(&["start", "kafka"]), "start kafka");
+    assert!(spooled, "{}", a.log_text());
+    // A message newer than the unacknowledged records: the read-back has to
+    // scan from there (as after a crash whose records Kafka partly took).
+    stack
+        .produce(&topic, 0, &["{\"message\":\"someone else\"}".to_string()])
+        .await;
+
+    // The read-back consumer's fetches wait for 100 MB that never come.
+    kafka_keys(
+        a,
+        "readback_timeout_secs = 3\n[kafka.producer]\n\"fetch.min.bytes\" = \"100000000\"\n\"fetch.wait.max.ms\" = \"30000\"",
+    );
+    let mut agent = a.start();
+    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
+    let brokers = stack.kafka_brokers.clone();
+    let t = topic.clone();
+    let tally = tokio::task::spawn_blocking(move || {
+        tally_numbered(&brokers, &t, 200, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert!(
+        tally.lost.is_empty(),
+        "lost: {:?} {}",
+        tally.lost,
+        a.log_text()
+    );
+    assert!(
+        a.metric("logagent_lines_unchecked_total") >= 100.0,
+        "unchecked lines are counted: {}",
+        a.log_text()
+    );
+    let log = a.log_text();
+    assert!(
+        log.contains("read-back") && log.contains("gave up"),
+        "{log}"
+    );
+    let (code, body) = a.http_get("/health").expect("health");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("readback"), "{body}");
+    agent.terminate_ok(a);
+}
