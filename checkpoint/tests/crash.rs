@@ -70,16 +70,23 @@ fn a_kill_mid_update_leaves_the_state_of_one_flush() {
             .spawn()
             .expect("spawn child");
         let out = c.stdout.take().expect("stdout");
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut last = 0u64;
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 if let Ok(g) = line.trim().parse::<u64>() {
+                    if last == 0 {
+                        let _ = first_tx.send(());
+                    }
                     last = g;
                 }
             }
             last
         });
-        std::thread::sleep(Duration::from_millis(300 + round * 137));
+        // The kill lands mid-update once the child is flushing (a loaded
+        // machine may take long to start it: wait for its first flush).
+        let _ = first_rx.recv_timeout(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(50 + round * 137));
         c.kill().expect("SIGKILL");
         let _ = c.wait();
         let flushed = reader.join().expect("reader");
