@@ -2,9 +2,22 @@
 //!
 //! Each line becomes one JSON event (schema in [`common::event`]) plus
 //! headers with its source coordinates. Everything the encoding depends on
-//! is in the WAL record: the lines, when they were read (`read_ms`) and the
-//! entry's output settings ([`ShipSpec`], kept in the record's `meta`), so a
-//! record sent again after a crash yields the same events.
+//! is in the WAL record: the lines, when they were read (`read_ms`), the
+//! entry's output settings ([`ShipSpec`]) and who read them ([`Identity`]:
+//! host id, name, ip, agent version), both kept in the record's `meta`. So a
+//! record sent again after a crash yields the same events, even when the
+//! agent restarted as a new version or the host's name or address changed.
+//!
+//! `meta` layout (frozen; a WAL may hold records of every version):
+//!
+//! ```text
+//! format 1: bincode(ShipSpec)                         (first byte < 0xFF)
+//! format 2: 0xFF, bincode(ShipSpec), bincode(Identity)
+//! ```
+//!
+//! bincode's variable-length integers never start with 0xFF, so the first
+//! byte tells the formats apart. A format-1 record ships with the current
+//! identity.
 //!
 //! Size: an event larger than `max_event_bytes` (the producer's
 //! `message.max.bytes` less headroom) has its `message` cut until it fits and
@@ -28,24 +41,56 @@ pub struct ShipSpec {
     pub partition: PartitionMode,
 }
 
-impl ShipSpec {
-    /// The bytes stored in a WAL record's `meta`.
-    pub fn to_meta(&self) -> Vec<u8> {
+/// The first byte of a format-2 `meta` (module docs).
+const META_V2: u8 = 0xFF;
+
+/// What a WAL record's `meta` holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordMeta {
+    pub spec: ShipSpec,
+    /// Who read the lines; `None` in a format-1 record.
+    pub identity: Option<Identity>,
+}
+
+impl RecordMeta {
+    /// The bytes stored in a WAL record's `meta` (format 2).
+    pub fn encode(spec: &ShipSpec, identity: &Identity) -> Vec<u8> {
+        let cfg = bincode::config::standard();
+        let mut out = vec![META_V2];
         // Encoding plain data into a Vec cannot fail.
-        bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
+        let _ = bincode::serde::encode_into_std_write(spec, &mut out, cfg);
+        let _ = bincode::serde::encode_into_std_write(identity, &mut out, cfg);
+        out
     }
 
-    /// Decodes a record's `meta`; empty or unreadable meta (a format-1
-    /// record) ships with the defaults.
-    pub fn from_meta(meta: &[u8]) -> Self {
-        bincode::serde::decode_from_slice(meta, bincode::config::standard())
-            .map(|(s, _)| s)
-            .unwrap_or_default()
+    /// Decodes a record's `meta` of either format; empty or unreadable
+    /// meta ships with the defaults.
+    pub fn decode(meta: &[u8]) -> Self {
+        let cfg = bincode::config::standard();
+        match meta.split_first() {
+            Some((&META_V2, rest)) => {
+                let Ok((spec, used)) = bincode::serde::decode_from_slice::<ShipSpec, _>(rest, cfg)
+                else {
+                    return Self::default();
+                };
+                let identity = bincode::serde::decode_from_slice(&rest[used..], cfg)
+                    .ok()
+                    .map(|(i, _)| i);
+                Self { spec, identity }
+            }
+            _ => Self {
+                spec: bincode::serde::decode_from_slice(meta, cfg)
+                    .map(|(s, _)| s)
+                    .unwrap_or_default(),
+                identity: None,
+            },
+        }
     }
 }
 
-/// Who is shipping: the same for every event of this agent.
-#[derive(Debug, Clone)]
+/// Who is shipping: the same for every event of this agent run, and
+/// stored in every WAL record it writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     pub host_id: String,
     pub host_name: String,
@@ -283,7 +328,7 @@ mod tests {
             topic: "app".into(),
             end_offset: 100,
             read_ms: 1_795_000_000_123,
-            meta: spec.to_meta(),
+            meta: RecordMeta::encode(spec, &ident()),
             lines,
         }
     }
@@ -298,7 +343,7 @@ mod tests {
 
     fn decode(spec: &ShipSpec, l: Line, max: usize) -> (LogEvent, usize) {
         let b = batch(vec![l], spec);
-        let spec = ShipSpec::from_meta(&b.meta);
+        let spec = RecordMeta::decode(&b.meta).spec;
         let mut out = Vec::new();
         encode(
             &ident(),
@@ -380,6 +425,29 @@ mod tests {
         assert_eq!(route(&id, &spec, "/a"), Route::Partition(3));
         spec.partition = PartitionMode::RoundRobin;
         assert_eq!(route(&id, &spec, "/a"), Route::Any);
-        assert_eq!(ShipSpec::from_meta(&[]), ShipSpec::default());
+        assert_eq!(RecordMeta::decode(&[]), RecordMeta::default());
+    }
+
+    /// Issue #12 item 6: a record carries who read it; format-1 metas (a
+    /// bare ShipSpec) still decode.
+    #[test]
+    fn record_meta_round_trips_and_reads_format_1() {
+        let spec = ShipSpec {
+            fields: [("env".to_string(), "prod".to_string())].into(),
+            json_key: Some("j".into()),
+            partition: PartitionMode::Key("k".into()),
+        };
+        let m = RecordMeta::decode(&RecordMeta::encode(&spec, &ident()));
+        assert_eq!(m.spec, spec);
+        assert_eq!(m.identity, Some(ident()));
+        let v1 = bincode::serde::encode_to_vec(&spec, bincode::config::standard()).unwrap();
+        assert_ne!(v1[0], META_V2);
+        assert_eq!(
+            RecordMeta::decode(&v1),
+            RecordMeta {
+                spec,
+                identity: None
+            }
+        );
     }
 }

@@ -27,7 +27,8 @@
 //! the topics those records went to, from the oldest such record's read
 //! time (message timestamps are the read time) to the end, and collects the
 //! messages this host produced: (`logpipe-file`, `logpipe-offset`, CRC of the
-//! value). Encoding is deterministic, so a line whose triple is already in
+//! value). Encoding is deterministic (the record carries the identity that
+//! read it, `event` module docs), so a line whose triple is already in
 //! Kafka is skipped, and a line with new content at an old offset (a
 //! copytruncated file) is not.
 //!
@@ -38,7 +39,7 @@
 //! Records without a read time (WAL format 1) are never scanned for (that
 //! would mean reading whole topics) and count as unchecked too.
 
-use crate::event::{self, encode, Identity, Route, ShipSpec};
+use crate::event::{self, encode, Identity, RecordMeta, Route};
 use crate::metrics::Metrics;
 use crate::refusal;
 use crate::spool::Shared;
@@ -570,8 +571,13 @@ impl Session<'_> {
     }
 
     fn send_record(&mut self, seq: Seq, batch: &Batch, stop: &AtomicBool) {
-        let spec = ShipSpec::from_meta(&batch.meta);
-        let route = event::route(&self.cfg.identity, &spec, &batch.source.path);
+        // Encoded as the agent that read the lines would (module docs).
+        let meta = RecordMeta::decode(&batch.meta);
+        let (spec, who) = (
+            &meta.spec,
+            meta.identity.as_ref().unwrap_or(&self.cfg.identity),
+        );
+        let route = event::route(who, spec, &batch.source.path);
         let ts = event::timestamp(batch.read_ms);
         let file = event::file_header(batch);
         let track = Arc::new(Track::new(seq));
@@ -586,15 +592,7 @@ impl Session<'_> {
         let mut bytes = 0;
         let mut buf = std::mem::take(&mut self.buf);
         for line in &batch.lines {
-            encode(
-                &self.cfg.identity,
-                &spec,
-                batch,
-                &ts,
-                line,
-                max_event_bytes,
-                &mut buf,
-            );
+            encode(who, spec, batch, &ts, line, max_event_bytes, &mut buf);
             if !self.seen.is_empty()
                 && self
                     .seen
@@ -607,7 +605,7 @@ impl Session<'_> {
             let headers = OwnedHeaders::new_with_capacity(4)
                 .insert(Header {
                     key: HEADER_HOST,
-                    value: Some(self.cfg.identity.host_id.as_str()),
+                    value: Some(who.host_id.as_str()),
                 })
                 .insert(Header {
                     key: HEADER_FILE,
@@ -925,6 +923,9 @@ fn read_back(
         wal.reader(from)
     };
     let mut topics: BTreeSet<String> = BTreeSet::new();
+    // Whose messages to look for: every identity that wrote these records
+    // (an agent restarted under a new name still recognises its own).
+    let mut hosts: HashSet<String> = HashSet::from([cfg.identity.host_id.clone()]);
     let mut oldest = u64::MAX;
     while let Some(item) = reader.next_item().map_err(|e| e.to_string())? {
         if let ReadItem::Record { batch, .. } = item {
@@ -933,6 +934,9 @@ fn read_back(
             if !batch.lines.is_empty() && batch.read_ms > 0 {
                 topics.insert(batch.topic.clone());
                 oldest = oldest.min(batch.read_ms);
+                if let Some(who) = RecordMeta::decode(&batch.meta).identity {
+                    hosts.insert(who.host_id);
+                }
             }
         }
     }
@@ -1023,7 +1027,7 @@ fn read_back(
                 if ends.get(&key).is_some_and(|h| m.offset() + 1 >= *h) {
                     ends.remove(&key);
                 }
-                if let Some(k) = seen_key(&m, &cfg.identity.host_id) {
+                if let Some(k) = seen_key(&m, &hosts) {
                     seen.insert(k);
                 }
             }
@@ -1038,7 +1042,7 @@ fn read_back(
     Ok(seen)
 }
 
-fn seen_key(m: &BorrowedMessage<'_>, host_id: &str) -> Option<SeenKey> {
+fn seen_key(m: &BorrowedMessage<'_>, hosts: &HashSet<String>) -> Option<SeenKey> {
     let headers = m.headers()?;
     let mut host = None;
     let mut file = None;
@@ -1052,7 +1056,7 @@ fn seen_key(m: &BorrowedMessage<'_>, host_id: &str) -> Option<SeenKey> {
             _ => {}
         }
     }
-    if host? != host_id {
+    if !hosts.contains(host?) {
         return None;
     }
     Some((

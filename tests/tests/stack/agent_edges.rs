@@ -212,3 +212,84 @@ async fn a_read_back_that_cannot_finish_gives_up_and_ships() {
     assert!(body.contains("readback"), "{body}");
     agent.terminate_ok(a);
 }
+
+/// Item 6: the read-back recognises lines that an earlier run under another
+/// host id (or version) sent: each record carries the identity that read it.
+/// kill -9 at random moments while a writer appends, and every restart comes
+/// up with a new `host_id` (the entry is in `_all`): every line arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_a_new_host_id_at_every_restart_duplicates_nothing() {
+    use rand::{Rng, SeedableRng};
+    let stack = Stack::from_env();
+    let fx = fixture(&stack, "");
+    let (logs, a) = (fx.logs.clone(), &fx.agent);
+    let topic = unique("it-edge-rehost");
+    stack.create_topic(&topic, 2).await;
+    etcd_put(
+        &stack,
+        &format!("{}/collect/_all", a.prefix),
+        &format!(
+            r#"[{{"path":"{}/app.log","topic":"{topic}"}}]"#,
+            logs.display()
+        ),
+    )
+    .await;
+    const N: u64 = 15_000;
+    let path = logs.join("app.log");
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::File::create(&path).unwrap();
+        for i in 0..N {
+            std::io::Write::write_all(&mut f, format!("seq {i} {}\n", "y".repeat(60)).as_bytes())
+                .unwrap();
+            if i % 30 == 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    });
+    let rename = |k: u32| {
+        let text = std::fs::read_to_string(&a.config).expect("config");
+        let text = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("host_id = ") {
+                    format!("host_id = \"{}-run{k}\"", a.host_id)
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&a.config, text).expect("config");
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let mut agent = a.start();
+    let mut kills = 0;
+    while !writer.is_finished() || kills < 8 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
+        agent.kill9();
+        kills += 1;
+        rename(kills);
+        agent = a.start();
+    }
+    writer.join().unwrap();
+    let brokers = stack.kafka_brokers.clone();
+    let t = topic.clone();
+    let tally = tokio::task::spawn_blocking(move || {
+        tally_numbered(&brokers, &t, N, Duration::from_secs(120))
+    })
+    .await
+    .unwrap();
+    println!(
+        "kill -9 ×{kills} with a new host id each time: written={N} in_kafka={} lost={} duplicated={}",
+        tally.in_kafka,
+        tally.lost.len(),
+        tally.duplicated
+    );
+    assert!(
+        tally.lost.is_empty(),
+        "lost {:?}",
+        &tally.lost[..tally.lost.len().min(10)]
+    );
+    assert_eq!(tally.duplicated, 0, "{}", a.log_text());
+    agent.terminate_ok(a);
+}
