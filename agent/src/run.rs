@@ -265,8 +265,12 @@ struct Supervisor {
     identity: Identity,
 }
 
-fn harvest_key(e: &CollectEntry) -> String {
-    serde_json::json!([e.path, e.exclude, e.multiline, e.max_line_bytes]).to_string()
+/// The globs of the entries before one: the files they collect are theirs
+/// (see [`HarvestConfig::shadowed_by`]).
+type Shadows = Vec<(Vec<String>, Vec<String>)>;
+
+fn harvest_key(e: &CollectEntry, shadows: &Shadows) -> String {
+    serde_json::json!([e.path, e.exclude, e.multiline, e.max_line_bytes, shadows]).to_string()
 }
 
 fn output_of(e: &CollectEntry, identity: &Identity) -> Output {
@@ -283,7 +287,7 @@ fn output_of(e: &CollectEntry, identity: &Identity) -> Output {
     }
 }
 
-fn harvest_config(e: &CollectEntry) -> Result<HarvestConfig, String> {
+fn harvest_config(e: &CollectEntry, shadows: &Shadows) -> Result<HarvestConfig, String> {
     let multiline = match &e.multiline {
         None => None,
         Some(m) => {
@@ -296,6 +300,7 @@ fn harvest_config(e: &CollectEntry) -> Result<HarvestConfig, String> {
     let mut hc = HarvestConfig {
         include: vec![e.path.clone()],
         exclude: e.exclude.clone(),
+        shadowed_by: shadows.clone(),
         multiline,
         ..HarvestConfig::default()
     };
@@ -306,15 +311,22 @@ fn harvest_config(e: &CollectEntry) -> Result<HarvestConfig, String> {
 }
 
 impl Supervisor {
+    /// Entries in merge order (the host's, `_all`'s, the static ones): a
+    /// file matched by several is collected by the first one only (one
+    /// checkpoint per file, never shared between entries).
     fn apply(&mut self, entries: &[CollectEntry]) {
-        let mut wanted: BTreeMap<String, &CollectEntry> = BTreeMap::new();
+        let mut wanted: BTreeMap<String, (&CollectEntry, Shadows)> = BTreeMap::new();
+        let mut shadows: Shadows = Vec::new();
         for e in entries {
-            let k = harvest_key(e);
-            if wanted.contains_key(&k) {
+            if shadows
+                .iter()
+                .any(|(inc, exc)| inc == std::slice::from_ref(&e.path) && exc == &e.exclude)
+            {
                 tracing::warn!(path = %e.path, topic = %e.topic, "the same path is collected by an earlier entry; this one is ignored");
                 continue;
             }
-            wanted.insert(k, e);
+            wanted.insert(harvest_key(e, &shadows), (e, shadows.clone()));
+            shadows.push((vec![e.path.clone()], e.exclude.clone()));
         }
         let gone: Vec<String> = self
             .running
@@ -334,7 +346,7 @@ impl Supervisor {
             // another harvester may open the same files.
             self.barrier();
         }
-        for (k, e) in wanted {
+        for (k, (e, shadows)) in wanted {
             let out = output_of(e, &self.identity);
             if let Some(r) = self.running.get(&k) {
                 let mut cur = r.output.write().unwrap_or_else(|p| p.into_inner());
@@ -344,7 +356,7 @@ impl Supervisor {
                 }
                 continue;
             }
-            match self.start(e, out) {
+            match self.start(e, &shadows, out) {
                 Ok(r) => {
                     tracing::info!(path = %e.path, topic = %e.topic, "harvesting");
                     self.running.insert(k, r);
@@ -356,8 +368,8 @@ impl Supervisor {
         }
     }
 
-    fn start(&self, e: &CollectEntry, out: Output) -> Result<Running, String> {
-        let h = Harvester::new(harvest_config(e)?).map_err(|x| x.to_string())?;
+    fn start(&self, e: &CollectEntry, shadows: &Shadows, out: Output) -> Result<Running, String> {
+        let h = Harvester::new(harvest_config(e, shadows)?).map_err(|x| x.to_string())?;
         let output = Arc::new(RwLock::new(out));
         let open = Arc::new(AtomicUsize::new(0));
         let tx = self.tx.clone();
@@ -942,8 +954,8 @@ endpoints = ["http://127.0.0.1:2379"]
         // Reading settings key a harvester; output settings do not.
         let mut other = e[0].clone();
         other.topic = "u".into();
-        assert_eq!(harvest_key(&e[0]), harvest_key(&other));
+        assert_eq!(harvest_key(&e[0], &vec![]), harvest_key(&other, &vec![]));
         other.exclude = vec!["/var/log/b.log".into()];
-        assert_ne!(harvest_key(&e[0]), harvest_key(&other));
+        assert_ne!(harvest_key(&e[0], &vec![]), harvest_key(&other, &vec![]));
     }
 }

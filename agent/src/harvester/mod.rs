@@ -68,6 +68,11 @@ pub struct HarvestConfig {
     pub close_idle_after: Duration,
     /// Join continuation lines into events (stack traces).
     pub multiline: Option<multiline::MultilineConfig>,
+    /// (include, exclude) globs of the collect entries before this one: a
+    /// file one of them collects is theirs, and this harvester leaves it
+    /// alone (logged once per path), so two entries never share a file's
+    /// checkpoint.
+    pub shadowed_by: Vec<(Vec<String>, Vec<String>)>,
 }
 
 impl Default for HarvestConfig {
@@ -84,6 +89,7 @@ impl Default for HarvestConfig {
             max_open_files: 1024,
             close_idle_after: Duration::from_secs(300),
             multiline: None,
+            shadowed_by: Vec::new(),
         }
     }
 }
@@ -146,6 +152,10 @@ pub struct Harvester {
     cfg: HarvestConfig,
     include: GlobSet,
     exclude: GlobSet,
+    /// Earlier entries' (include, exclude) sets.
+    shadows: Vec<(GlobSet, GlobSet)>,
+    /// Paths left to an earlier entry, logged once.
+    shadow_logged: std::collections::HashSet<PathBuf>,
     roots: Vec<PathBuf>,
     open: HashMap<(u64, u64), Tracked>,
     buf: Vec<u8>,
@@ -196,6 +206,11 @@ impl Harvester {
     pub fn new(cfg: HarvestConfig) -> Result<Self, HarvestError> {
         let include = build_set(&cfg.include)?;
         let exclude = build_set(&cfg.exclude)?;
+        let shadows = cfg
+            .shadowed_by
+            .iter()
+            .map(|(i, x)| Ok((build_set(i)?, build_set(x)?)))
+            .collect::<Result<Vec<_>, HarvestError>>()?;
         let mut roots: Vec<PathBuf> = cfg.include.iter().map(|g| glob_root(g)).collect();
         roots.sort();
         roots.dedup();
@@ -203,6 +218,8 @@ impl Harvester {
             cfg,
             include,
             exclude,
+            shadows,
+            shadow_logged: std::collections::HashSet::new(),
             roots,
             open: HashMap::new(),
             buf: Vec::new(),
@@ -213,9 +230,20 @@ impl Harvester {
         })
     }
 
-    /// Whether `path` is collected by this harvester's globs.
+    /// Whether `path` is collected by this harvester: its globs match and
+    /// no earlier entry's do.
     pub fn matches(&self, path: &Path) -> bool {
+        self.matches_own(path) && !self.shadowed(path)
+    }
+
+    fn matches_own(&self, path: &Path) -> bool {
         self.include.is_match(path) && !self.exclude.is_match(path)
+    }
+
+    fn shadowed(&self, path: &Path) -> bool {
+        self.shadows
+            .iter()
+            .any(|(i, x)| i.is_match(path) && !x.is_match(path))
     }
 
     /// The directories the globs are walked from.
@@ -260,6 +288,13 @@ impl Harvester {
                 continue;
             };
             let key = (md.dev(), md.ino());
+            if !matched
+                && self.shadow_logged.len() < 10_000
+                && self.matches_own(&path)
+                && self.shadow_logged.insert(path.clone())
+            {
+                tracing::warn!(path = %path.display(), globs = ?self.cfg.include, "also matched by an earlier collect entry, which collects it; this entry leaves it alone");
+            }
             if !matched {
                 // A parked (idle, closed) file renamed out of the globs that
                 // grew since: its rest must still be read.
@@ -361,8 +396,14 @@ impl Harvester {
         matched: &HashMap<(u64, u64), PathBuf>,
         now: Instant,
     ) {
-        let known: std::collections::HashSet<(u64, u64)> =
-            store.iter().map(|(id, _)| (id.device, id.inode)).collect();
+        // Only files this harvester collected (their checkpoint was last
+        // written at a path its globs match): another entry's files under
+        // the same roots, or a removed entry's, are not ours to read.
+        let known: std::collections::HashSet<(u64, u64)> = store
+            .iter()
+            .filter(|(_, s)| self.matches(Path::new(&s.path)))
+            .map(|(id, _)| (id.device, id.inode))
+            .collect();
         if known.is_empty() {
             return;
         }

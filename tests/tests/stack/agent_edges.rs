@@ -293,3 +293,181 @@ async fn kill_9_with_a_new_host_id_at_every_restart_duplicates_nothing() {
     assert_eq!(tally.duplicated, 0, "{}", a.log_text());
     agent.terminate_ok(a);
 }
+
+fn messages(brokers: &str, topic: &str, want: usize) -> Vec<String> {
+    read_topic(brokers, topic, want, Duration::from_secs(40))
+        .iter()
+        .map(|m| {
+            m.value["message"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Item 1: lines never leak between entries after a restart. `D/*.log` →
+/// topic a and `D/sub/*.jsonl` → topic b; lines appended to the jsonl file
+/// while the agent is stopped go to b only; once entry b is removed, its file
+/// stays unread (it is not "a file rotated while stopped" of entry a).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_never_leak_between_entries_after_a_restart() {
+    let stack = Stack::from_env();
+    let fx = fixture(&stack, "");
+    let (logs, a) = (fx.logs.clone(), &fx.agent);
+    std::fs::create_dir_all(logs.join("sub")).unwrap();
+    let (ta, tb) = (unique("it-leak-a"), unique("it-leak-b"));
+    stack.create_topic(&ta, 1).await;
+    stack.create_topic(&tb, 1).await;
+    let both = format!(
+        r#"[{{"path":"{l}/*.log","topic":"{ta}"}},
+            {{"path":"{l}/sub/*.jsonl","topic":"{tb}","json":true}}]"#,
+        l = logs.display()
+    );
+    etcd_put(&stack, &a.collect_key(), &both).await;
+    let json = |i: u32| format!(r#"{{"n":{i}}}"#);
+    let (log, jsonl) = (logs.join("app.log"), logs.join("sub/app.jsonl"));
+    append(
+        &log,
+        &(0..10).map(|i| format!("plain {i}")).collect::<Vec<_>>(),
+    );
+    append(&jsonl, &(0..10).map(json).collect::<Vec<_>>());
+    let mut agent = a.start();
+    let brokers = stack.kafka_brokers.clone();
+    let (b1, ta1, tb1) = (brokers.clone(), ta.clone(), tb.clone());
+    let (got_a, got_b) =
+        tokio::task::spawn_blocking(move || (messages(&b1, &ta1, 10), messages(&b1, &tb1, 10)))
+            .await
+            .unwrap();
+    assert_eq!((got_a.len(), got_b.len()), (10, 10), "{}", a.log_text());
+    agent.terminate_ok(a);
+
+    // Stopped: the jsonl file grows. Restarted: b gets it, a does not.
+    append(&jsonl, &(10..20).map(json).collect::<Vec<_>>());
+    let mut agent = a.start();
+    let (b2, ta2, tb2) = (brokers.clone(), ta.clone(), tb.clone());
+    let (got_a, got_b) =
+        tokio::task::spawn_blocking(move || (messages(&b2, &tb2, 20), messages(&b2, &ta2, 10)))
+            .await
+            .map(|(b, a)| (a, b))
+            .unwrap();
+    assert_eq!(got_b.len(), 20, "{}", a.log_text());
+    assert_eq!(got_a.len(), 10, "jsonl lines leaked into a: {got_a:?}");
+    agent.terminate_ok(a);
+
+    // Entry b removed: its file stays unread, also after a restart.
+    etcd_put(
+        &stack,
+        &a.collect_key(),
+        &format!(r#"[{{"path":"{}/*.log","topic":"{ta}"}}]"#, logs.display()),
+    )
+    .await;
+    append(&jsonl, &(20..30).map(json).collect::<Vec<_>>());
+    append(
+        &log,
+        &(10..20).map(|i| format!("plain {i}")).collect::<Vec<_>>(),
+    );
+    let mut agent = a.start();
+    let (b3, ta3) = (brokers.clone(), ta.clone());
+    let got_a = tokio::task::spawn_blocking(move || messages(&b3, &ta3, 20))
+        .await
+        .unwrap();
+    assert!(
+        got_a.iter().all(|m| m.starts_with("plain ")),
+        "a removed entry's file was read into a: {got_a:?}\n{}",
+        a.log_text()
+    );
+    assert_eq!(got_a.len(), 20);
+    agent.terminate_ok(a);
+}
+
+/// Item 2: overlapping entries never share a file. The host's entry
+/// `D/app/*.log` → x and `_all`'s `D/**/*.log` → y: a file both match is
+/// collected by the first (the host's) only, the others by `_all`, each line
+/// once, also across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_entries_never_share_a_file() {
+    let stack = Stack::from_env();
+    let fx = fixture(&stack, "");
+    let (logs, a) = (fx.logs.clone(), &fx.agent);
+    std::fs::create_dir_all(logs.join("app")).unwrap();
+    std::fs::create_dir_all(logs.join("other")).unwrap();
+    let (tx, ty) = (unique("it-overlap-x"), unique("it-overlap-y"));
+    stack.create_topic(&tx, 1).await;
+    stack.create_topic(&ty, 1).await;
+    etcd_put(
+        &stack,
+        &a.collect_key(),
+        &format!(
+            r#"[{{"path":"{}/app/*.log","topic":"{tx}"}}]"#,
+            logs.display()
+        ),
+    )
+    .await;
+    etcd_put(
+        &stack,
+        &format!("{}/collect/_all", a.prefix),
+        &format!(
+            r#"[{{"path":"{}/**/*.log","topic":"{ty}"}}]"#,
+            logs.display()
+        ),
+    )
+    .await;
+    let (app, other) = (logs.join("app/a.log"), logs.join("other/b.log"));
+    append(
+        &app,
+        &(0..50).map(|i| format!("seq {i} app")).collect::<Vec<_>>(),
+    );
+    append(
+        &other,
+        &(0..50)
+            .map(|i| format!("seq {i} other"))
+            .collect::<Vec<_>>(),
+    );
+    let mut agent = a.start();
+    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
+    append(
+        &app,
+        &(50..100)
+            .map(|i| format!("seq {i} app"))
+            .collect::<Vec<_>>(),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    agent.terminate_ok(a);
+    append(
+        &app,
+        &(100..150)
+            .map(|i| format!("seq {i} app"))
+            .collect::<Vec<_>>(),
+    );
+    append(
+        &other,
+        &(50..100)
+            .map(|i| format!("seq {i} other"))
+            .collect::<Vec<_>>(),
+    );
+    let mut agent = a.start();
+    let brokers = stack.kafka_brokers.clone();
+    let (x, y) = (tx.clone(), ty.clone());
+    let (got_x, got_y) = tokio::task::spawn_blocking(move || {
+        (
+            tally_numbered(&brokers, &x, 150, Duration::from_secs(60)),
+            messages(&brokers, &y, 100),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(got_x.lost.is_empty(), "x lost {:?}", got_x.lost);
+    assert_eq!(
+        (got_x.in_kafka, got_x.duplicated),
+        (150, 0),
+        "{}",
+        a.log_text()
+    );
+    assert_eq!(got_y.len(), 100, "y: {got_y:?}");
+    assert!(got_y.iter().all(|m| m.ends_with(" other")), "y: {got_y:?}");
+    assert!(a
+        .log_text()
+        .contains("also matched by an earlier collect entry"));
+    agent.terminate_ok(a);
+}
