@@ -14,7 +14,8 @@
 
 use crate::harvester::Emitted;
 use crate::metrics::Metrics;
-use checkpoint::{FileId, FileState, Store};
+use checkpoint::{FileId, FileState, Store, Tail};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -216,6 +217,12 @@ impl Writer {
         if progress.gave_up.load(Ordering::SeqCst) {
             return Ok(());
         }
+        // The content check of each (file, resume offset), for its checkpoint.
+        let tails: HashMap<(FileId, u64), Tail> = spooled
+            .iter()
+            .flat_map(|s| s.emitted.iter())
+            .filter_map(|e| Some(((e.id, e.resume_offset), e.tail?)))
+            .collect();
         let batches: Vec<Batch> = spooled
             .into_iter()
             .flat_map(|s| {
@@ -267,7 +274,7 @@ impl Writer {
             if self.wait_durable {
                 while !wal.wait_durable(*range.end(), Duration::from_secs(1))? {}
             }
-            checkpoint_batches(chunk, store);
+            checkpoint_batches(chunk, store, &tails);
             progress
                 .checkpointed
                 .fetch_max(*range.end(), Ordering::SeqCst);
@@ -305,7 +312,11 @@ fn spooled_bytes(s: &Spooled) -> usize {
 }
 
 /// Durable records' end offsets become their files' resume offsets.
-fn checkpoint_batches(batches: &[Batch], store: &Mutex<Store>) {
+fn checkpoint_batches(
+    batches: &[Batch],
+    store: &Mutex<Store>,
+    tails: &HashMap<(FileId, u64), Tail>,
+) {
     let now = checkpoint::now_ms();
     let mut st = store.lock().unwrap_or_else(|p| p.into_inner());
     for b in batches {
@@ -314,14 +325,19 @@ fn checkpoint_batches(batches: &[Batch], store: &Mutex<Store>) {
             inode: b.source.inode,
             fingerprint: b.source.fingerprint,
         };
+        let tail = tails.get(&(id, b.end_offset)).copied();
         let state = match st.get(&id) {
             Some(old) => FileState {
                 path: b.source.path.clone(),
                 durable_offset: b.end_offset,
                 last_seen_ms: now,
+                tail: tail.or(old.tail),
                 ..old.clone()
             },
-            None => FileState::durable_at(b.source.path.clone(), b.end_offset),
+            None => FileState {
+                tail,
+                ..FileState::durable_at(b.source.path.clone(), b.end_offset)
+            },
         };
         st.update(id, state);
     }
@@ -353,6 +369,7 @@ mod tests {
             path: "/var/log/a.log".into(),
             lines,
             resume_offset: off,
+            tail: None,
         }
     }
 
@@ -456,6 +473,7 @@ mod shutdown_tests {
                     })
                     .collect(),
                 resume_offset: (from + n) * 1000,
+                tail: None,
             }],
         }
     }

@@ -4,7 +4,9 @@
 //!
 //! Tree `files`: key = [`FileId`] (device, inode, fingerprint), 24 bytes
 //! big-endian; value = a bincode 2.x encoding of [`StoredState`], an enum
-//! whose variant is the schema version (today `V1(FileState)`).
+//! whose variant is the schema version: `V1(FileStateV1)` (read, never
+//! written any more) or `V2(FileState)`, which adds the [`Tail`] check of the
+//! resume point.
 //! Tree `meta`: `collect-config` = the last good collection config received
 //! from etcd (opaque bytes, so the agent can start when etcd is unreachable).
 //!
@@ -65,6 +67,54 @@ impl FileId {
     }
 }
 
+/// How many bytes before a resume offset its [`Tail`] check covers.
+pub const TAIL_BYTES: u64 = 256;
+
+/// A check of the content just before a resume offset: CRC-32 of the file's
+/// bytes `[offset - min(offset, TAIL_BYTES), offset)`. Identity (device,
+/// inode, first line) cannot tell a file rewritten with the same first line
+/// (a CSV header, `#Software:`) from the one read before; the bytes before
+/// the resume point can: when they differ, the file is read from 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tail {
+    pub offset: u64,
+    pub crc: u32,
+}
+
+impl Tail {
+    /// The check of `file` at `offset`; `None` at offset 0 or on a short read.
+    pub fn of(file: &std::fs::File, offset: u64) -> Option<Self> {
+        use std::os::unix::fs::FileExt;
+        let n = offset.min(TAIL_BYTES);
+        if n == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; n as usize];
+        file.read_exact_at(&mut buf, offset - n).ok()?;
+        Some(Self {
+            offset,
+            crc: crc32fast::hash(&buf),
+        })
+    }
+
+    /// Whether `file` still has this content before `self.offset`
+    /// (`false` when it is shorter).
+    pub fn matches(&self, file: &std::fs::File) -> bool {
+        Self::of(file, self.offset).is_some_and(|t| t.crc == self.crc)
+    }
+}
+
+/// Frozen: the schema of `StoredState::V1`. Never change it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStateV1 {
+    pub path: String,
+    pub durable_offset: u64,
+    pub acked_offset: u64,
+    pub size: u64,
+    pub mtime_ms: i64,
+    pub last_seen_ms: u64,
+}
+
 /// What is known about one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileState {
@@ -78,6 +128,9 @@ pub struct FileState {
     pub mtime_ms: i64,
     /// When the file was last seen at its path (Unix ms); drives GC.
     pub last_seen_ms: u64,
+    /// The check of the content before `durable_offset` (when its offset is
+    /// `durable_offset`; a check of another offset is not used).
+    pub tail: Option<Tail>,
 }
 
 impl FileState {
@@ -91,17 +144,24 @@ impl FileState {
             size: durable_offset,
             mtime_ms: 0,
             last_seen_ms: now_ms(),
+            tail: None,
         }
+    }
+
+    /// The tail check that applies to `durable_offset`, if any.
+    pub fn tail_at_resume(&self) -> Option<Tail> {
+        self.tail.filter(|t| t.offset == self.durable_offset)
     }
 }
 
 /// How long checkpoints of files that are gone are kept by default.
 pub const DEFAULT_GC_AGE: Duration = Duration::from_secs(24 * 3600);
 
-/// The versioned value encoding. Add variants; never change `V1`.
+/// The versioned value encoding. Add variants; never change an old one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoredState {
-    V1(FileState),
+    V1(FileStateV1),
+    V2(FileState),
 }
 
 /// Errors of the checkpoint store.
@@ -161,14 +221,25 @@ fn bincode_cfg() -> impl bincode::config::Config {
 fn encode(state: &FileState) -> Vec<u8> {
     #[derive(Serialize)]
     enum Ref<'a> {
-        V1(&'a FileState),
+        #[allow(dead_code)]
+        V1(&'a FileStateV1),
+        V2(&'a FileState),
     }
-    bincode::serde::encode_to_vec(Ref::V1(state), bincode::config::standard()).unwrap_or_default()
+    bincode::serde::encode_to_vec(Ref::V2(state), bincode::config::standard()).unwrap_or_default()
 }
 
 fn decode(bytes: &[u8]) -> Option<FileState> {
     match bincode::serde::decode_from_slice::<StoredState, _>(bytes, bincode_cfg()) {
-        Ok((StoredState::V1(s), used)) if used == bytes.len() => Some(s),
+        Ok((StoredState::V1(s), used)) if used == bytes.len() => Some(FileState {
+            path: s.path,
+            durable_offset: s.durable_offset,
+            acked_offset: s.acked_offset,
+            size: s.size,
+            mtime_ms: s.mtime_ms,
+            last_seen_ms: s.last_seen_ms,
+            tail: None,
+        }),
+        Ok((StoredState::V2(s), used)) if used == bytes.len() => Some(s),
         _ => None,
     }
 }
@@ -439,6 +510,32 @@ impl Store {
 mod tests {
     use super::*;
 
+    #[test]
+    fn v1_values_still_decode_and_v2_round_trips() {
+        let v1 = FileStateV1 {
+            path: "/var/log/a.log".into(),
+            durable_offset: 10,
+            acked_offset: 5,
+            size: 10,
+            mtime_ms: 1,
+            last_seen_ms: 2,
+        };
+        let bytes = bincode::serde::encode_to_vec(StoredState::V1(v1), bincode::config::standard())
+            .unwrap();
+        let s = decode(&bytes).unwrap();
+        assert_eq!((s.durable_offset, s.acked_offset, s.tail), (10, 5, None));
+        let mut v2 = s.clone();
+        v2.tail = Some(Tail { offset: 10, crc: 7 });
+        assert_eq!(decode(&encode(&v2)), Some(v2.clone()));
+        assert_eq!(v2.tail_at_resume(), Some(Tail { offset: 10, crc: 7 }));
+        v2.durable_offset = 11;
+        assert_eq!(
+            v2.tail_at_resume(),
+            None,
+            "a check of another offset is not used"
+        );
+    }
+
     fn st(path: &str, off: u64, seen: u64) -> FileState {
         FileState {
             path: path.into(),
@@ -447,6 +544,7 @@ mod tests {
             size: off,
             mtime_ms: 1,
             last_seen_ms: seen,
+            tail: None,
         }
     }
 

@@ -29,6 +29,7 @@ fn state(i: u64, generation: u64) -> FileState {
         size: generation * 1000 + i,
         mtime_ms: 0,
         last_seen_ms: generation,
+        tail: None,
     }
 }
 

@@ -26,13 +26,19 @@
 //! - deletion: the open handle is read to its end, then closed.
 //! - inode reuse: identities include the fingerprint of the first line, so a
 //!   new file on a reused inode has a new identity and is read from 0.
+//! - the same first line (a CSV header, W3C `#Software:`), new content: the
+//!   identity matches, so every resume point carries a [`Tail`] check (CRC of
+//!   the 256 bytes before it, stored with the checkpoint). When the bytes
+//!   before the position differ — a file truncated and rewritten past the old
+//!   offset while the agent was down or paused, or a new file on a reused
+//!   inode with the same header — it is read again from 0.
 
 pub mod fingerprint;
 pub mod lines;
 pub mod multiline;
 pub mod watch;
 
-use checkpoint::{FileId, Store};
+use checkpoint::{FileId, Store, Tail};
 use globset::{GlobSet, GlobSetBuilder};
 use lines::{LineSplitter, SplitLine};
 use std::collections::HashMap;
@@ -103,6 +109,8 @@ pub struct Emitted {
     /// Where reading resumes after these lines: checkpoint this once they
     /// are durable.
     pub resume_offset: u64,
+    /// The content check of `resume_offset`, stored with the checkpoint.
+    pub tail: Option<Tail>,
 }
 
 /// Counters of what the harvester saw.
@@ -145,6 +153,8 @@ struct Tracked {
     provisional: Option<u64>,
     /// Multiline joining state (unused without `multiline`).
     joiner: multiline::Joiner,
+    /// The content check of the last resume offset handed out.
+    tail: Option<Tail>,
 }
 
 /// A synchronous, poll-driven harvester over a set of globs.
@@ -458,14 +468,21 @@ impl Harvester {
         let parked = self.parked.remove(&key);
         let known = parked
             .into_iter()
+            .map(|(id, off)| (id, off, None))
             .chain(
                 store
                     .ids_on_inode(key.0, key.1)
-                    .map(|(id, s)| (*id, s.durable_offset)),
+                    .map(|(id, s)| (*id, s.durable_offset, s.tail_at_resume())),
             )
-            .find(|(id, _)| fingerprint::matches(&file, id.fingerprint).unwrap_or(false));
+            .find(|(id, _, _)| fingerprint::matches(&file, id.fingerprint).unwrap_or(false));
         let (id, mut offset) = match known {
-            Some(found) => found,
+            Some((id, _, Some(tail))) if !tail.matches(&file) => {
+                // Same first line, other content before the checkpoint.
+                self.stats.truncations += 1;
+                tracing::info!(path = %path.display(), offset = tail.offset, "the content before the checkpoint changed (rewritten with the same first line): reading from the start");
+                (id, 0)
+            }
+            Some((id, off, _)) => (id, off),
             // Outside the globs, only a file we were reading is ours (a new
             // file on a reused inode is not).
             None if only_known => return Ok(None),
@@ -508,6 +525,7 @@ impl Harvester {
             fingerprint_pending: false,
             provisional: None,
             joiner: multiline::Joiner::default(),
+            tail: None,
         }))
     }
 
@@ -526,12 +544,16 @@ impl Harvester {
         } else {
             Some(t.id.fingerprint)
         };
+        // So do other bytes before our position (the same first line,
+        // rewritten and grown past it while we were paused).
         let rewritten = t.splitter.position() > 0
             && size >= t.splitter.position()
-            && match expected {
+            && (match expected {
                 Some(fp) => !fingerprint::matches(&t.file, fp)?,
                 None => false,
-            };
+            } || (size > t.splitter.position()
+                && t.tail
+                    .is_some_and(|tl| tl.offset <= t.splitter.position() && !tl.matches(&t.file))));
         if t.fingerprint_pending && !rewritten {
             if let Some(fp) = fingerprint::fingerprint_file(&t.file, self.cfg.fingerprint_bytes)? {
                 t.id.fingerprint = fp;
@@ -547,6 +569,7 @@ impl Harvester {
             Self::flush_joiner(t, out);
             t.splitter = LineSplitter::new(0, self.cfg.max_line_bytes);
             t.provisional = None;
+            t.tail = None;
             match fingerprint::fingerprint_file(&t.file, self.cfg.fingerprint_bytes)? {
                 Some(fp) => {
                     t.id.fingerprint = fp;
@@ -602,14 +625,17 @@ impl Harvester {
                 .iter()
                 .filter(|l| l.flags & lines::TRUNCATED != 0)
                 .count() as u64;
+            let resume_offset = t
+                .joiner
+                .pending_offset()
+                .unwrap_or_else(|| t.splitter.resume_offset());
+            t.tail = Tail::of(&t.file, resume_offset);
             out.push(Emitted {
                 id: t.id,
                 path: t.path.clone(),
                 lines,
-                resume_offset: t
-                    .joiner
-                    .pending_offset()
-                    .unwrap_or_else(|| t.splitter.resume_offset()),
+                resume_offset,
+                tail: t.tail,
             });
         }
         Ok(grew)
@@ -620,11 +646,14 @@ impl Harvester {
         let mut events = Vec::new();
         t.joiner.flush(&mut events);
         if !events.is_empty() {
+            let resume_offset = t.splitter.resume_offset();
+            t.tail = Tail::of(&t.file, resume_offset);
             out.push(Emitted {
                 id: t.id,
                 path: t.path.clone(),
                 lines: events,
-                resume_offset: t.splitter.resume_offset(),
+                resume_offset,
+                tail: t.tail,
             });
         }
     }
@@ -677,6 +706,68 @@ mod tests {
         assert_eq!(
             texts(h.poll(&st)),
             vec!["S2 start\n at frame 2\n at frame 3"]
+        );
+    }
+
+    /// A temp dir with `logs/data.csv` (not written yet) and a config
+    /// collecting `logs/*.csv`.
+    fn csv_dir() -> (tempfile::TempDir, PathBuf, HarvestConfig) {
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = tmp.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let cfg = HarvestConfig {
+            include: vec![format!("{}/*.csv", logs.display())],
+            ..HarvestConfig::default()
+        };
+        (tmp, logs.join("data.csv"), cfg)
+    }
+
+    /// Issue #12 item 3: a file truncated and rewritten with the same first
+    /// line (a CSV header) that grew past the old offset while the agent was
+    /// down is read again from 0, not resumed at the old offset.
+    #[test]
+    fn a_repeated_header_does_not_hide_new_content_across_a_restart() {
+        let (tmp, f, cfg) = csv_dir();
+        let mut st = store(tmp.path());
+        let mut h = Harvester::new(cfg.clone()).unwrap();
+        std::fs::write(&f, b"id,name\n1,old-a\n2,old-b\n").unwrap();
+        let out = h.poll(&st);
+        for e in &out {
+            st.update(
+                e.id,
+                checkpoint::FileState {
+                    tail: e.tail,
+                    ..checkpoint::FileState::durable_at(
+                        e.path.display().to_string(),
+                        e.resume_offset,
+                    )
+                },
+            );
+        }
+        assert_eq!(texts(out), vec!["id,name", "1,old-a", "2,old-b"]);
+        drop(h);
+        // Down: rewritten in place (same inode, same header), longer than before.
+        std::fs::write(&f, b"id,name\n10,new-aaaa\n11,new-bbbb\n12,new-c\n").unwrap();
+        let mut h = Harvester::new(cfg).unwrap();
+        assert_eq!(
+            texts(h.poll(&st)),
+            vec!["id,name", "10,new-aaaa", "11,new-bbbb", "12,new-c"]
+        );
+    }
+
+    /// The same while running (paused between two polls): the bytes before
+    /// the position changed, so the file starts over.
+    #[test]
+    fn a_repeated_header_does_not_hide_new_content_between_polls() {
+        let (tmp, f, cfg) = csv_dir();
+        let st = store(tmp.path());
+        let mut h = Harvester::new(cfg).unwrap();
+        std::fs::write(&f, b"id,name\n1,old-a\n").unwrap();
+        assert_eq!(texts(h.poll(&st)), vec!["id,name", "1,old-a"]);
+        std::fs::write(&f, b"id,name\n10,new-aaaa\n11,new-b\n").unwrap();
+        assert_eq!(
+            texts(h.poll(&st)),
+            vec!["id,name", "10,new-aaaa", "11,new-b"]
         );
     }
 

@@ -2,12 +2,17 @@
 //! (through `notify`) reports a change under the glob roots, and every
 //! `rescan` interval regardless — the fallback for filesystems that deliver
 //! no events (NFS, some container overlays) and for events lost on overflow.
+//!
+//! Wake-ups are coalesced: the queue holds at most one pending wake, so an
+//! event storm during an outage costs no memory. A new directory makes the
+//! loop poll again [`NEW_DIR_REPOLL`] after the poll it caused: files created
+//! in it before its watch was added give no event of their own.
 
 use super::{Emitted, Harvester};
 use checkpoint::Store;
 use notify::{RecursiveMode, Watcher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,9 +20,12 @@ use std::time::Duration;
 /// A harvester running on its own thread; see [`spawn`].
 pub struct HarvestLoop {
     stop: Arc<AtomicBool>,
-    wake: mpsc::Sender<()>,
+    wake: SyncSender<()>,
     handle: Option<JoinHandle<Harvester>>,
 }
+
+/// How soon after a poll woken by a new directory the loop polls again.
+pub const NEW_DIR_REPOLL: Duration = Duration::from_millis(200);
 
 /// Whether inotify events wake the loop (`false`: rescans only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,10 +49,13 @@ pub fn spawn(
     mut sink: impl FnMut(Vec<Emitted>) + Send + 'static,
 ) -> std::io::Result<HarvestLoop> {
     let stop = Arc::new(AtomicBool::new(false));
-    let (wake, rx) = mpsc::channel::<()>();
+    // At most one pending wake: more would say nothing new.
+    let (wake, rx) = mpsc::sync_channel::<()>(1);
     // The first poll happens at once.
-    let _ = wake.send(());
+    let _ = wake.try_send(());
     let events = wake.clone();
+    let new_dir = Arc::new(AtomicBool::new(false));
+    let new_dir_seen = Arc::clone(&new_dir);
     let stop_flag = Arc::clone(&stop);
     let handle = std::thread::Builder::new()
         .name("harvester".into())
@@ -52,14 +63,12 @@ pub fn spawn(
             let mut h = harvester;
             // Kept alive for the loop's lifetime; dropped (unwatched) at exit.
             let _watcher = (discovery == Discovery::NotifyAndRescan)
-                .then(|| watch_roots(h.roots(), events))
+                .then(|| watch_roots(h.roots(), events, new_dir_seen))
                 .flatten();
             // After a poll that found lines, poll again at once: a file may
             // have more than one read chunk waiting.
-            let mut busy = false;
-            while let Ok(()) | Err(RecvTimeoutError::Timeout) =
-                rx.recv_timeout(if busy { Duration::ZERO } else { rescan })
-            {
+            let mut timeout = Duration::ZERO;
+            while let Ok(()) | Err(RecvTimeoutError::Timeout) = rx.recv_timeout(timeout) {
                 while rx.try_recv().is_ok() {}
                 if stop_flag.load(Ordering::SeqCst) {
                     break;
@@ -69,10 +78,17 @@ pub fn spawn(
                     h.poll(&store)
                 };
                 open_files.store(h.open_files(), Ordering::Relaxed);
-                busy = !out.is_empty();
+                let busy = !out.is_empty();
                 if busy {
                     sink(out);
                 }
+                timeout = if busy {
+                    Duration::ZERO
+                } else if new_dir.swap(false, Ordering::SeqCst) {
+                    NEW_DIR_REPOLL.min(rescan)
+                } else {
+                    rescan
+                };
             }
             h
         })?;
@@ -85,15 +101,23 @@ pub fn spawn(
 
 fn watch_roots(
     roots: &[std::path::PathBuf],
-    events: mpsc::Sender<()>,
+    events: SyncSender<()>,
+    new_dir: Arc<AtomicBool>,
 ) -> Option<notify::RecommendedWatcher> {
+    use notify::event::{CreateKind, EventKind};
     let mut watcher = match notify::recommended_watcher(
         move |res: notify::Result<notify::Event>| {
+            let Ok(e) = res else { return };
             // Our own reads (access, open, close-after-read) are events too;
             // waking on them would make every poll cause the next one.
-            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
-                let _ = events.send(());
+            if matches!(e.kind, EventKind::Access(_)) {
+                return;
             }
+            if matches!(e.kind, EventKind::Create(CreateKind::Folder)) {
+                new_dir.store(true, Ordering::SeqCst);
+            }
+            // Full: a wake is already pending.
+            let _ = events.try_send(());
         },
     ) {
         Ok(w) => w,
@@ -114,7 +138,7 @@ impl HarvestLoop {
     /// Stops the loop after its current poll and returns the harvester.
     pub fn stop(mut self) -> Option<Harvester> {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.wake.send(());
+        let _ = self.wake.try_send(());
         self.handle.take().and_then(|h| h.join().ok())
     }
 }
@@ -122,7 +146,7 @@ impl HarvestLoop {
 impl Drop for HarvestLoop {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.wake.send(());
+        let _ = self.wake.try_send(());
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
