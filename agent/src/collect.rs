@@ -86,6 +86,12 @@ pub struct CollectEntry {
     pub partition: PartitionMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_line_bytes: Option<usize>,
+    /// Follow symlinked files the globs match (Kubernetes'
+    /// `/var/log/containers/*.log`) when the target is a regular file inside
+    /// `allowed_roots`. Default off: symlinks are skipped, logged once and
+    /// counted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow_symlinks: bool,
 }
 
 /// Why a collect value was refused.
@@ -137,6 +143,72 @@ pub fn within_roots(glob: &str, roots: &[PathBuf]) -> bool {
     roots.iter().any(|root| dir.starts_with(root))
 }
 
+/// Checks one entry (from etcd or a static `[[collect]]` one): what is
+/// wrong with it, in words, or nothing.
+///
+/// # Errors
+/// The first problem found.
+pub fn validate(entry: &CollectEntry, allowed_roots: &[PathBuf]) -> Result<(), String> {
+    if entry.path.trim().is_empty() {
+        return Err("the path is empty".into());
+    }
+    if !entry.path.starts_with('/') {
+        return Err("the path is not absolute".into());
+    }
+    if !within_roots(&entry.path, allowed_roots) {
+        return Err(format!(
+            "outside allowed_roots {:?}; refused",
+            allowed_roots
+        ));
+    }
+    if let Err(e) = globset::Glob::new(&entry.path) {
+        return Err(format!("invalid glob: {e}"));
+    }
+    for x in &entry.exclude {
+        if !x.starts_with('/') {
+            return Err(format!("exclude `{x}` is not absolute"));
+        }
+        if let Err(e) = globset::Glob::new(x) {
+            return Err(format!("exclude `{x}`: invalid glob: {e}"));
+        }
+    }
+    if !crate::config::valid_topic(&entry.topic) {
+        return Err(format!("`{}` is not a valid Kafka topic name", entry.topic));
+    }
+    if let Some(m) = &entry.multiline {
+        if let Err(e) = regex::bytes::Regex::new(&m.start) {
+            return Err(format!("multiline.start: {e}"));
+        }
+        if m.max_lines == 0 {
+            return Err("multiline.max_lines must be at least 1".into());
+        }
+    }
+    if let Some(k) = &entry.json_key {
+        const TAKEN: &[&str] = &["@timestamp", "message", "host", "log", "agent", "fields"];
+        if k.is_empty() || TAKEN.contains(&k.as_str()) {
+            return Err(format!("json_key `{k}` is empty or an event field"));
+        }
+    }
+    if let PartitionMode::Fixed(p) = entry.partition {
+        if p < 0 {
+            return Err(format!("partition {{\"fixed\": {p}}} is negative"));
+        }
+    }
+    if entry.max_line_bytes == Some(0) {
+        return Err("max_line_bytes must be at least 1".into());
+    }
+    if entry
+        .max_line_bytes
+        .is_some_and(|n| n > MAX_LINE_BYTES_LIMIT)
+    {
+        return Err(format!(
+            "max_line_bytes must be at most {MAX_LINE_BYTES_LIMIT} (a WAL record holds at most {} bytes)",
+            wal::MAX_RECORD_BYTES
+        ));
+    }
+    Ok(())
+}
+
 /// Parses and validates one etcd value.
 ///
 /// # Errors
@@ -165,72 +237,12 @@ pub fn parse(
         message: e.to_string(),
     })?;
     for (index, entry) in entries.iter().enumerate() {
-        let bad = |message: String| CollectError::Invalid {
+        validate(entry, allowed_roots).map_err(|message| CollectError::Invalid {
             key: key.to_string(),
             index,
             path: entry.path.clone(),
             message,
-        };
-        if entry.path.trim().is_empty() {
-            return Err(bad("the path is empty".into()));
-        }
-        if !entry.path.starts_with('/') {
-            return Err(bad("the path is not absolute".into()));
-        }
-        if !within_roots(&entry.path, allowed_roots) {
-            return Err(bad(format!(
-                "outside allowed_roots {:?}; refused",
-                allowed_roots
-            )));
-        }
-        if let Err(e) = globset::Glob::new(&entry.path) {
-            return Err(bad(format!("invalid glob: {e}")));
-        }
-        for x in &entry.exclude {
-            if !x.starts_with('/') {
-                return Err(bad(format!("exclude `{x}` is not absolute")));
-            }
-            if let Err(e) = globset::Glob::new(x) {
-                return Err(bad(format!("exclude `{x}`: invalid glob: {e}")));
-            }
-        }
-        if !crate::config::valid_topic(&entry.topic) {
-            return Err(bad(format!(
-                "`{}` is not a valid Kafka topic name",
-                entry.topic
-            )));
-        }
-        if let Some(m) = &entry.multiline {
-            if let Err(e) = regex::bytes::Regex::new(&m.start) {
-                return Err(bad(format!("multiline.start: {e}")));
-            }
-            if m.max_lines == 0 {
-                return Err(bad("multiline.max_lines must be at least 1".into()));
-            }
-        }
-        if let Some(k) = &entry.json_key {
-            const TAKEN: &[&str] = &["@timestamp", "message", "host", "log", "agent", "fields"];
-            if k.is_empty() || TAKEN.contains(&k.as_str()) {
-                return Err(bad(format!("json_key `{k}` is empty or an event field")));
-            }
-        }
-        if let PartitionMode::Fixed(p) = entry.partition {
-            if p < 0 {
-                return Err(bad(format!("partition {{\"fixed\": {p}}} is negative")));
-            }
-        }
-        if entry.max_line_bytes == Some(0) {
-            return Err(bad("max_line_bytes must be at least 1".into()));
-        }
-        if entry
-            .max_line_bytes
-            .is_some_and(|n| n > MAX_LINE_BYTES_LIMIT)
-        {
-            return Err(bad(format!(
-                "max_line_bytes must be at most {MAX_LINE_BYTES_LIMIT} (a WAL record holds at most {} bytes)",
-                wal::MAX_RECORD_BYTES
-            )));
-        }
+        })?;
     }
     Ok(entries)
 }

@@ -312,18 +312,11 @@ impl AgentConfig {
                 ));
             }
         }
+        // Static entries are held to the same rules as etcd's, allowed_roots
+        // and `..` included.
         for (i, entry) in self.collect.iter().enumerate() {
-            if !entry.path.starts_with('/') {
-                return Err(bad(
-                    &format!("collect[{i}].path"),
-                    format!("`{}` is not an absolute path or glob", entry.path),
-                ));
-            }
-            if !valid_topic(&entry.topic) {
-                return Err(bad(
-                    &format!("collect[{i}].topic"),
-                    format!("`{}` is not a valid Kafka topic name", entry.topic),
-                ));
+            if let Err(message) = crate::collect::validate(entry, &self.allowed_roots) {
+                return Err(bad(&format!("collect[{i}]"), message));
             }
         }
         Ok(())
@@ -396,7 +389,32 @@ endpoints = ["http://127.0.0.1:2379"]
         ))
         .unwrap_err()
         .to_string();
-        assert!(err.contains("collect[0].topic"), "{err}");
+        assert!(err.contains("collect[0]") && err.contains("topic"), "{err}");
+    }
+
+    /// Issue #14 item 1: static entries obey allowed_roots and `..` too.
+    #[test]
+    fn static_entries_are_bound_by_allowed_roots() {
+        for path in [
+            "/etc/passwd",
+            "/var/log/../../etc/passwd",
+            "/var/logs-not/a.log",
+        ] {
+            let err = parse(&format!(
+                "{MINIMAL}[[collect]]\npath = \"{path}\"\ntopic = \"t\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("collect[0]") && err.contains("allowed_roots"),
+                "{path}: {err}"
+            );
+        }
+        let ok = parse(&format!(
+            "{MINIMAL}[[collect]]\npath = \"/var/log/containers/*.log\"\ntopic = \"t\"\nfollow_symlinks = true\n"
+        ))
+        .unwrap();
+        assert!(ok.collect[0].follow_symlinks);
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 /// Every metric logagent exports (prefix `logagent_`).
 pub struct Metrics {
     pub registry: Registry,
@@ -53,6 +58,7 @@ pub struct Metrics {
     pub paused: Gauge,
     pub config_reloads: Counter,
     pub config_rejections: Counter,
+    pub files_refused: Family<ReasonLabels, Counter>,
     pub etcd_connected: Gauge,
     pub draining: AtomicBool,
     pub wal_full: AtomicBool,
@@ -163,6 +169,12 @@ impl Metrics {
             "Collect values refused (bad JSON, unknown field, path outside allowed_roots…)",
             Counter::default(),
         );
+        let files_refused = reg(
+            &mut r,
+            "files_refused",
+            "Files under the globs not read, once per path and harvester: symlink, not_regular, outside_roots (real path outside allowed_roots), unverifiable, walk_error",
+            Family::default(),
+        );
         let etcd_connected = reg(
             &mut r,
             "etcd_connected",
@@ -186,6 +198,7 @@ impl Metrics {
             paused,
             config_reloads,
             config_rejections,
+            files_refused,
             etcd_connected,
             draining: AtomicBool::new(false),
             wal_full: AtomicBool::new(false),
@@ -278,5 +291,15 @@ impl Metrics {
             Arc::new(move || b.health()),
         )
         .await
+    }
+}
+
+impl crate::harvester::Observer for Metrics {
+    fn refused(&self, why: crate::harvester::Refusal) {
+        self.files_refused
+            .get_or_create(&ReasonLabels {
+                reason: why.label().to_string(),
+            })
+            .inc();
     }
 }

@@ -263,14 +263,26 @@ struct Supervisor {
     store: Arc<Mutex<Store>>,
     /// Stored in every record (`event` module docs).
     identity: Identity,
+    /// Every harvester's bound (`allowed_roots`); a change restarts them.
+    allowed_roots: Vec<PathBuf>,
+    metrics: Arc<Metrics>,
 }
 
 /// The globs of the entries before one: the files they collect are theirs
 /// (see [`HarvestConfig::shadowed_by`]).
 type Shadows = Vec<(Vec<String>, Vec<String>)>;
 
-fn harvest_key(e: &CollectEntry, shadows: &Shadows) -> String {
-    serde_json::json!([e.path, e.exclude, e.multiline, e.max_line_bytes, shadows]).to_string()
+fn harvest_key(e: &CollectEntry, shadows: &Shadows, roots: &[PathBuf]) -> String {
+    serde_json::json!([
+        e.path,
+        e.exclude,
+        e.multiline,
+        e.max_line_bytes,
+        e.follow_symlinks,
+        shadows,
+        roots
+    ])
+    .to_string()
 }
 
 fn output_of(e: &CollectEntry, identity: &Identity) -> Output {
@@ -287,7 +299,11 @@ fn output_of(e: &CollectEntry, identity: &Identity) -> Output {
     }
 }
 
-fn harvest_config(e: &CollectEntry, shadows: &Shadows) -> Result<HarvestConfig, String> {
+fn harvest_config(
+    e: &CollectEntry,
+    shadows: &Shadows,
+    roots: &[PathBuf],
+) -> Result<HarvestConfig, String> {
     let multiline = match &e.multiline {
         None => None,
         Some(m) => {
@@ -302,6 +318,8 @@ fn harvest_config(e: &CollectEntry, shadows: &Shadows) -> Result<HarvestConfig, 
         exclude: e.exclude.clone(),
         shadowed_by: shadows.clone(),
         multiline,
+        allowed_roots: roots.to_vec(),
+        follow_symlinks: e.follow_symlinks,
         ..HarvestConfig::default()
     };
     if let Some(n) = e.max_line_bytes {
@@ -325,7 +343,10 @@ impl Supervisor {
                 tracing::warn!(path = %e.path, topic = %e.topic, "the same path is collected by an earlier entry; this one is ignored");
                 continue;
             }
-            wanted.insert(harvest_key(e, &shadows), (e, shadows.clone()));
+            wanted.insert(
+                harvest_key(e, &shadows, &self.allowed_roots),
+                (e, shadows.clone()),
+            );
             shadows.push((vec![e.path.clone()], e.exclude.clone()));
         }
         let gone: Vec<String> = self
@@ -369,7 +390,9 @@ impl Supervisor {
     }
 
     fn start(&self, e: &CollectEntry, shadows: &Shadows, out: Output) -> Result<Running, String> {
-        let h = Harvester::new(harvest_config(e, shadows)?).map_err(|x| x.to_string())?;
+        let h = Harvester::new(harvest_config(e, shadows, &self.allowed_roots)?)
+            .map_err(|x| x.to_string())?
+            .with_observer(Arc::clone(&self.metrics) as Arc<dyn crate::harvester::Observer>);
         let output = Arc::new(RwLock::new(out));
         let open = Arc::new(AtomicUsize::new(0));
         let tx = self.tx.clone();
@@ -665,6 +688,8 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
         tx: spool.tx.clone(),
         store: Arc::clone(&store),
         identity: ident.clone(),
+        allowed_roots: cfg.allowed_roots.clone(),
+        metrics: Arc::clone(&metrics),
     };
 
     // Config: etcd, or the cache when etcd does not answer in time.
@@ -752,6 +777,9 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
                     Some(new) => {
                         watcher.abort();
                         watcher = tokio::spawn(etcd_config::run(watch_spec(&new, &ident.host_id, ca_pem.clone()), cfg_tx.clone()));
+                        // The watcher sends the entries again: harvesters
+                        // restart under the new bound.
+                        sup.allowed_roots = new.allowed_roots.clone();
                         cfg = new;
                         metrics.config_reloads.inc();
                     }
@@ -954,8 +982,14 @@ endpoints = ["http://127.0.0.1:2379"]
         // Reading settings key a harvester; output settings do not.
         let mut other = e[0].clone();
         other.topic = "u".into();
-        assert_eq!(harvest_key(&e[0], &vec![]), harvest_key(&other, &vec![]));
+        assert_eq!(
+            harvest_key(&e[0], &vec![], &[]),
+            harvest_key(&other, &vec![], &[])
+        );
         other.exclude = vec!["/var/log/b.log".into()];
-        assert_ne!(harvest_key(&e[0], &vec![]), harvest_key(&other, &vec![]));
+        assert_ne!(
+            harvest_key(&e[0], &vec![], &[]),
+            harvest_key(&other, &vec![], &[])
+        );
     }
 }

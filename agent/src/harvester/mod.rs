@@ -36,6 +36,7 @@
 pub mod fingerprint;
 pub mod lines;
 pub mod multiline;
+pub mod safe_open;
 pub mod watch;
 
 use checkpoint::{FileId, Store, Tail};
@@ -79,6 +80,16 @@ pub struct HarvestConfig {
     /// alone (logged once per path), so two entries never share a file's
     /// checkpoint.
     pub shadowed_by: Vec<(Vec<String>, Vec<String>)>,
+    /// Nothing whose real path lies outside these directories is read,
+    /// whatever symlinks lead there ([`safe_open`]). Empty: no bound (tests
+    /// and benches only; the agent always passes its `allowed_roots`).
+    pub allowed_roots: Vec<PathBuf>,
+    /// Follow symlinked *files* matched by the globs (Kubernetes'
+    /// `/var/log/containers/*.log`) when their target is a regular file
+    /// inside `allowed_roots`; identity and content are the target's, the
+    /// event's path is the link's. Off: symlinks are skipped (logged once,
+    /// counted). Symlinked directories are never walked into.
+    pub follow_symlinks: bool,
 }
 
 impl Default for HarvestConfig {
@@ -96,8 +107,44 @@ impl Default for HarvestConfig {
             close_idle_after: Duration::from_secs(300),
             multiline: None,
             shadowed_by: Vec::new(),
+            allowed_roots: Vec::new(),
+            follow_symlinks: false,
         }
     }
+}
+
+/// Why a file under the globs was not read: a label of
+/// `logagent_files_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Refusal {
+    /// A symlink, with `follow_symlinks` off or its target not acceptable.
+    Symlink,
+    /// A FIFO, socket or device.
+    NotRegular,
+    /// Its real path is outside `allowed_roots`.
+    OutsideRoots,
+    /// Its real path could not be checked.
+    Unverifiable,
+    /// A directory or file under a root could not be listed or stat'ed
+    /// (permissions): its files are not seen.
+    WalkError,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Symlink => "symlink",
+            Self::NotRegular => "not_regular",
+            Self::OutsideRoots => "outside_roots",
+            Self::Unverifiable => "unverifiable",
+            Self::WalkError => "walk_error",
+        }
+    }
+}
+
+/// Where the harvester reports what it refused (metrics in the agent).
+pub trait Observer: Send + Sync {
+    fn refused(&self, why: Refusal);
 }
 
 /// Lines read from one file in one poll.
@@ -126,6 +173,8 @@ pub struct HarvestStats {
     pub open_limit_hits: u64,
     /// Files fingerprinted on a short, incomplete first line after the wait.
     pub fingerprint_timeouts: u64,
+    /// Files not read by policy or for a walk error, by reason.
+    pub refused: std::collections::BTreeMap<Refusal, u64>,
 }
 
 /// Errors of the harvester setup (file I/O errors are per file and logged).
@@ -167,6 +216,11 @@ pub struct Harvester {
     /// Paths left to an earlier entry, logged once.
     shadow_logged: std::collections::HashSet<PathBuf>,
     roots: Vec<PathBuf>,
+    /// `allowed_roots` resolved when the harvester was made.
+    bounds: Vec<PathBuf>,
+    /// Paths whose refusal was logged (once each, bounded).
+    refusal_logged: std::collections::HashSet<PathBuf>,
+    observer: Option<std::sync::Arc<dyn Observer>>,
     open: HashMap<(u64, u64), Tracked>,
     buf: Vec<u8>,
     /// Not polled yet: look for rotated files the checkpoints know.
@@ -176,6 +230,16 @@ pub struct Harvester {
     /// Files seen too short to fingerprint, since when.
     unready: HashMap<(u64, u64), Instant>,
     pub stats: HarvestStats,
+}
+
+/// A file found by a walk.
+struct Found {
+    /// Where it was found (what events name).
+    path: PathBuf,
+    /// What to open: `path`, or a followed symlink's resolved target.
+    open: PathBuf,
+    /// Collected by this harvester.
+    matched: bool,
 }
 
 /// The directory before a glob's first metacharacter: where walking starts.
@@ -225,19 +289,41 @@ impl Harvester {
         roots.sort();
         roots.dedup();
         Ok(Self {
-            cfg,
             include,
             exclude,
             shadows,
             shadow_logged: std::collections::HashSet::new(),
             roots,
+            bounds: safe_open::resolve_roots(&cfg.allowed_roots),
+            refusal_logged: std::collections::HashSet::new(),
+            observer: None,
             open: HashMap::new(),
             buf: Vec::new(),
             first_poll: true,
             parked: HashMap::new(),
             unready: HashMap::new(),
             stats: HarvestStats::default(),
+            cfg,
         })
+    }
+
+    /// Reports refusals to `observer` too.
+    pub fn with_observer(mut self, observer: std::sync::Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Logs and counts a refusal, once per path.
+    fn refuse(&mut self, path: &Path, why: Refusal, detail: &dyn std::fmt::Display) {
+        // Once per path: a refused file is met again at every poll.
+        if self.refusal_logged.len() >= 10_000 || !self.refusal_logged.insert(path.to_path_buf()) {
+            return;
+        }
+        *self.stats.refused.entry(why).or_default() += 1;
+        if let Some(o) = &self.observer {
+            o.refused(why);
+        }
+        tracing::warn!(path = %path.display(), reason = why.label(), "not read: {detail}");
     }
 
     /// Whether `path` is collected by this harvester: its globs match and
@@ -266,22 +352,84 @@ impl Harvester {
         self.open.len()
     }
 
-    /// Regular files under the glob roots, each with whether it matches.
-    fn discover(&self) -> Vec<(PathBuf, bool)> {
+    /// Regular files under the glob roots, each with whether it matches;
+    /// matched symlinks to acceptable files when `follow_symlinks` is on.
+    /// Walk errors other than "gone meanwhile" are refused (logged, counted).
+    fn discover(&mut self) -> Vec<Found> {
         let mut out = Vec::new();
-        for root in &self.roots {
-            for entry in walkdir::WalkDir::new(root)
-                .follow_links(false)
-                .into_iter()
-                .filter_map(Result::ok)
-            {
-                if entry.file_type().is_file() {
+        for root in self.roots.clone() {
+            for entry in walkdir::WalkDir::new(&root).follow_links(false) {
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let gone = e
+                            .io_error()
+                            .is_some_and(|x| x.kind() == io::ErrorKind::NotFound);
+                        if !gone {
+                            let at = e.path().unwrap_or(&root).to_path_buf();
+                            self.refuse(&at, Refusal::WalkError, &e);
+                        }
+                        continue;
+                    }
+                };
+                let ft = entry.file_type();
+                if ft.is_file() {
                     let matched = self.matches(entry.path());
-                    out.push((entry.into_path(), matched));
+                    let path = entry.into_path();
+                    out.push(Found {
+                        open: path.clone(),
+                        path,
+                        matched,
+                    });
+                } else if ft.is_symlink() && entry.depth() > 0 && self.matches(entry.path()) {
+                    if let Some(target) = self.symlink_target(entry.path()) {
+                        out.push(Found {
+                            path: entry.into_path(),
+                            open: target,
+                            matched: true,
+                        });
+                    }
                 }
             }
         }
         out
+    }
+
+    /// The resolved target of a matched symlink, when it may be read.
+    fn symlink_target(&mut self, link: &Path) -> Option<PathBuf> {
+        if !self.cfg.follow_symlinks {
+            self.refuse(
+                link,
+                Refusal::Symlink,
+                &"a symlink (the entry's follow_symlinks is off)",
+            );
+            return None;
+        }
+        let target = match std::fs::canonicalize(link) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None, // dangling
+            Err(e) => {
+                self.refuse(link, Refusal::Unverifiable, &e);
+                return None;
+            }
+        };
+        if !safe_open::within(&target, &self.bounds) {
+            let why = format!("a symlink to {} outside allowed_roots", target.display());
+            self.refuse(link, Refusal::OutsideRoots, &why);
+            return None;
+        }
+        match std::fs::symlink_metadata(&target) {
+            Ok(md) if md.file_type().is_file() => Some(target),
+            Ok(_) => {
+                self.refuse(
+                    link,
+                    Refusal::NotRegular,
+                    &"a symlink to a non-regular file",
+                );
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// One round: discover, check, read. `store` gives the resume offsets
@@ -293,8 +441,15 @@ impl Harvester {
         // Which (device, inode) each matching path leads to now.
         let mut at_path: HashMap<(u64, u64), PathBuf> = HashMap::new();
         let mut renamed_parked = Vec::new();
-        for (path, matched) in self.discover() {
-            let Ok(md) = std::fs::metadata(&path) else {
+        for Found {
+            path,
+            open,
+            matched,
+        } in self.discover()
+        {
+            // Not following symlinks: a file swapped for one since the walk
+            // is refused at open (O_NOFOLLOW).
+            let Ok(md) = std::fs::symlink_metadata(&open) else {
                 continue;
             };
             let key = (md.dev(), md.ino());
@@ -313,7 +468,7 @@ impl Harvester {
                     .get(&key)
                     .is_some_and(|(_, off)| md.len() != *off)
                 {
-                    renamed_parked.push((path, key));
+                    renamed_parked.push((path, open, key));
                 }
                 continue;
             }
@@ -330,7 +485,7 @@ impl Harvester {
                 self.stats.open_limit_hits += 1;
                 continue;
             }
-            match self.open_file(&path, key, store, now, false) {
+            match self.open_file(&path, &open, key, store, now, false) {
                 Ok(Some(t)) => {
                     self.stats.files_opened += 1;
                     self.unready.remove(&key);
@@ -342,8 +497,8 @@ impl Harvester {
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot open file"),
             }
         }
-        for (path, key) in renamed_parked {
-            if let Ok(Some(mut t)) = self.open_file(&path, key, store, now, true) {
+        for (path, open, key) in renamed_parked {
+            if let Ok(Some(mut t)) = self.open_file(&path, &open, key, store, now, true) {
                 t.detached_at = Some(now);
                 self.stats.files_opened += 1;
                 self.open.insert(key, t);
@@ -434,7 +589,9 @@ impl Harvester {
                 {
                     continue;
                 }
-                if let Ok(Some(mut t)) = self.open_file(entry.path(), key, store, now, true) {
+                if let Ok(Some(mut t)) =
+                    self.open_file(entry.path(), entry.path(), key, store, now, true)
+                {
                     if store
                         .get(&t.id)
                         .is_some_and(|s| s.durable_offset < md.len())
@@ -449,15 +606,32 @@ impl Harvester {
         }
     }
 
+    /// Opens the file at `open` (`path` itself, or a followed symlink's
+    /// target) through [`safe_open`]; `path` is what events name. A refusal
+    /// is logged and counted and gives `Ok(None)`.
     fn open_file(
         &mut self,
         path: &Path,
+        open: &Path,
         key: (u64, u64),
         store: &Store,
         now: Instant,
         only_known: bool,
     ) -> io::Result<Option<Tracked>> {
-        let file = File::open(path)?;
+        let file = match safe_open::open_beneath(open, &self.bounds) {
+            Ok(f) => f,
+            Err(safe_open::OpenError::Io(e)) => return Err(e),
+            Err(e) => {
+                let why = match e {
+                    safe_open::OpenError::Symlink => Refusal::Symlink,
+                    safe_open::OpenError::NotRegular => Refusal::NotRegular,
+                    safe_open::OpenError::OutsideRoots(_) => Refusal::OutsideRoots,
+                    _ => Refusal::Unverifiable,
+                };
+                self.refuse(path, why, &e);
+                return Ok(None);
+            }
+        };
         let md = file.metadata()?;
         if (md.dev(), md.ino()) != key {
             return Ok(None); // replaced between stat and open: next poll
@@ -837,5 +1011,154 @@ mod tests {
             }),
             Err(HarvestError::Glob { .. })
         ));
+    }
+}
+
+/// Issue #14: nothing outside `allowed_roots` is read, whatever symlinks
+/// lead there; symlinked files are followed only when asked and only to
+/// targets inside the roots.
+#[cfg(test)]
+mod symlink_tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    struct Dirs {
+        _tmp: tempfile::TempDir,
+        root: PathBuf,
+        outside: PathBuf,
+        store: Store,
+    }
+
+    /// `root/` (the allowed root, with `root/app.log`) and `outside/secret`
+    /// holding a line no test may ever see.
+    fn dirs() -> Dirs {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), b"SECRET root:x:0:0\n").unwrap();
+        std::fs::write(root.join("app.log"), b"inside\n").unwrap();
+        let store = Store::open(tmp.path().join("cp"), Duration::from_secs(60))
+            .unwrap()
+            .0;
+        Dirs {
+            _tmp: tmp,
+            root,
+            outside,
+            store,
+        }
+    }
+
+    fn harvester(d: &Dirs, glob: &str, follow: bool) -> Harvester {
+        Harvester::new(HarvestConfig {
+            include: vec![format!("{}/{glob}", d.root.display())],
+            allowed_roots: vec![d.root.clone()],
+            follow_symlinks: follow,
+            ..HarvestConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn lines(out: &[Emitted]) -> Vec<(String, String)> {
+        out.iter()
+            .flat_map(|e| {
+                e.lines.iter().map(|l| {
+                    (
+                        e.path.display().to_string(),
+                        String::from_utf8_lossy(&l.bytes).into_owned(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_symlinked_directory_in_the_glob_reads_nothing_outside() {
+        let d = dirs();
+        symlink(&d.outside, d.root.join("etcdir")).unwrap();
+        // The issue's etcd entry: `<root>/etcdir/secret`, textually inside.
+        for glob in ["etcdir/secret", "etcdir/*", "**/*"] {
+            let mut h = harvester(&d, glob, true);
+            let got = lines(&h.poll(&d.store));
+            assert!(
+                got.iter().all(|(_, l)| !l.contains("SECRET")),
+                "{glob}: {got:?}"
+            );
+        }
+        let mut h = harvester(&d, "etcdir/secret", false);
+        h.poll(&d.store);
+        assert_eq!(h.stats.refused.get(&Refusal::OutsideRoots), Some(&1));
+    }
+
+    #[test]
+    fn symlinked_files_are_skipped_unless_followed_and_inside() {
+        let d = dirs();
+        std::fs::create_dir_all(d.root.join("pods")).unwrap();
+        std::fs::write(d.root.join("pods/c1.log"), b"from the pod\n").unwrap();
+        std::fs::create_dir_all(d.root.join("containers")).unwrap();
+        symlink(d.root.join("pods/c1.log"), d.root.join("containers/c1.log")).unwrap();
+        symlink(d.outside.join("secret"), d.root.join("containers/evil.log")).unwrap();
+
+        let mut off = harvester(&d, "containers/*.log", false);
+        assert!(off.poll(&d.store).is_empty());
+        assert_eq!(off.stats.refused.get(&Refusal::Symlink), Some(&2));
+        off.poll(&d.store);
+        assert_eq!(
+            off.stats.refused.get(&Refusal::Symlink),
+            Some(&2),
+            "counted once per path"
+        );
+
+        let mut on = harvester(&d, "containers/*.log", true);
+        let got = lines(&on.poll(&d.store));
+        let link = d.root.join("containers/c1.log").display().to_string();
+        assert_eq!(got, vec![(link, "from the pod".to_string())]);
+        assert_eq!(on.stats.refused.get(&Refusal::OutsideRoots), Some(&1));
+    }
+
+    /// A local user swaps a collected file for a symlink to a secret and
+    /// back, as fast as they can, while the harvester polls: not one byte of
+    /// the secret is read. `SWAP_RACE_SECS` (default 3) sets the duration.
+    #[test]
+    fn a_file_swapped_for_a_symlink_in_a_race_reads_nothing_outside() {
+        let d = dirs();
+        let secs = std::env::var("SWAP_RACE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (root, outside, stop) = (d.root.clone(), d.outside.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let target = root.join("app.log");
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let f = root.join(".f");
+                    std::fs::write(&f, format!("inside {n}\n")).unwrap();
+                    std::fs::rename(&f, &target).unwrap();
+                    let l = root.join(".l");
+                    let _ = std::fs::remove_file(&l);
+                    symlink(outside.join("secret"), &l).unwrap();
+                    std::fs::rename(&l, &target).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
+        let mut h = harvester(&d, "*.log", false);
+        let until = Instant::now() + Duration::from_secs(secs);
+        let (mut polls, mut inside) = (0u64, 0usize);
+        while Instant::now() < until {
+            for (_, l) in lines(&h.poll(&d.store)) {
+                assert!(!l.contains("SECRET"), "read through a swapped symlink");
+                inside += 1;
+            }
+            polls += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let swaps = swapper.join().unwrap();
+        assert!(swaps > 100 && polls > 100, "swaps {swaps}, polls {polls}");
+        assert!(inside > 0, "the regular files were read ({polls} polls)");
     }
 }

@@ -7,6 +7,7 @@
 //! - `elasticsearch`: index a document, find it with a search.
 //! - `etcd`: put a key, observe it through a watch.
 //! - `etcd_config`: logagent's collect entries followed in etcd.
+//! - `security`: nothing outside allowed_roots is shipped (issue #14).
 //! - `transfer`: logtransfer against Kafka and Elasticsearch.
 
 mod agent;
@@ -15,4 +16,5 @@ mod elasticsearch;
 mod etcd;
 mod etcd_config;
 mod kafka;
+mod security;
 mod transfer;
