@@ -6,7 +6,6 @@
 
 use common::ConfigError;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -83,7 +82,7 @@ pub struct KafkaConfig {
     /// Extra librdkafka producer settings passed through as they are
     /// (TLS: `security.protocol`, `ssl.ca.location`…; SASL: `sasl.mechanism`…).
     #[serde(default)]
-    pub producer: BTreeMap<String, String>,
+    pub producer: common::secret::Settings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,10 +93,15 @@ pub struct EtcdConfig {
     pub prefix: String,
     #[serde(default)]
     pub username: Option<String>,
+    /// Never printed (`common::Secret`).
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<common::Secret>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Send `username`/`password` over `http://` endpoints anyway (they
+    /// cross the network in clear text). Default false: refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plaintext_credentials: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,6 +283,16 @@ impl AgentConfig {
             if let Err(m) = common::check_endpoint_url(e) {
                 return Err(bad(&format!("etcd.endpoints[{i}]"), m));
             }
+            let creds = self.etcd.username.is_some() || self.etcd.password.is_some();
+            if creds && e.starts_with("http://") && !self.etcd.allow_plaintext_credentials {
+                return Err(bad(
+                    &format!("etcd.endpoints[{i}]"),
+                    format!(
+                        "`{}` is plain http: etcd.username/password would cross the network in clear text; use https:// (with etcd.ca_file) or set etcd.allow_plaintext_credentials = true",
+                        common::secret::redact_url(e)
+                    ),
+                ));
+            }
         }
         if !self.etcd.prefix.starts_with('/') {
             return Err(bad("etcd.prefix", "must start with '/'".into()));
@@ -324,14 +338,14 @@ impl AgentConfig {
 
     /// The effective config as TOML, with secrets replaced by `***`.
     pub fn to_redacted_toml(&self) -> String {
+        // Passwords are `Secret`s (shown as ***); pass-through settings are
+        // shown only for keys known to hold no secret; URL credentials are
+        // masked everywhere.
         let mut shown = self.clone();
-        if shown.etcd.password.is_some() {
-            shown.etcd.password = Some("***".into());
-        }
-        for (k, v) in shown.kafka.producer.iter_mut() {
-            if k.contains("password") || k.contains("secret") {
-                *v = "***".into();
-            }
+        shown.kafka.brokers = common::secret::redact_url(&shown.kafka.brokers);
+        shown.kafka.producer = shown.kafka.producer.redacted();
+        for e in &mut shown.etcd.endpoints {
+            *e = common::secret::redact_url(e);
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
@@ -417,13 +431,51 @@ endpoints = ["http://127.0.0.1:2379"]
         assert!(ok.collect[0].follow_symlinks);
     }
 
+    /// Issue #14 item 4.
+    #[test]
+    fn etcd_credentials_over_plain_http_are_refused_unless_allowed() {
+        let creds = format!("{MINIMAL}username = \"agent\"\npassword = \"pw\"\n");
+        let err = parse(&creds).unwrap_err().to_string();
+        assert!(
+            err.contains("etcd.endpoints[0]") && err.contains("allow_plaintext_credentials"),
+            "{err}"
+        );
+        assert!(!err.contains("pw\""), "{err}");
+        parse(&format!("{creds}allow_plaintext_credentials = true\n")).unwrap();
+        parse(&creds.replace("http://", "https://")).unwrap();
+    }
+
+    /// Issue #14 item 4: every secret-carrying place is masked in the
+    /// printed config and in `Debug`.
+    #[test]
+    fn no_planted_secret_is_printed() {
+        let text = format!(
+            "{}username = \"agent\"\npassword = \"PLANTED1\"\n[kafka.producer]\n\"sasl.password\" = \"PLANTED2\"\n\"ssl.key.pem\" = \"PLANTED3\"\n\"sasl.oauthbearer.config\" = \"x=PLANTED4\"\n\"security.protocol\" = \"SASL_SSL\"\n",
+            MINIMAL.replace("http://", "https://")
+        );
+        let cfg = parse(&text).unwrap();
+        for shown in [cfg.to_redacted_toml(), format!("{cfg:?}")] {
+            assert!(!shown.contains("PLANTED1"), "{shown}");
+            assert!(shown.contains("SASL_SSL"), "{shown}");
+            for p in ["PLANTED2", "PLANTED3", "PLANTED4"] {
+                assert!(!shown.contains(p), "{shown}");
+            }
+        }
+    }
+
     #[test]
     fn redacted_output_hides_password_and_reparses() {
-        let cfg = parse(&format!("{MINIMAL}password = \"hunter2\"\n")).unwrap();
+        let cfg = parse(&format!(
+            "{MINIMAL}password = \"hunter2\"\nallow_plaintext_credentials = true\n"
+        ))
+        .unwrap();
         let shown = cfg.to_redacted_toml();
         assert!(!shown.contains("hunter2"));
         let again: AgentConfig = toml::from_str(&shown).unwrap();
-        assert_eq!(again.etcd.password.as_deref(), Some("***"));
+        assert_eq!(
+            again.etcd.password.as_ref().map(|p| p.expose().to_string()),
+            Some("***".into())
+        );
     }
 
     /// Issue #12 item 10: `--check-config` used to accept these.

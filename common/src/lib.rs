@@ -4,13 +4,17 @@
 //! - [`config`]: loading a TOML config file with `${ENV}` interpolation and
 //!   errors that name the file and the offending key.
 //! - [`http`]: the `/metrics` and `/health` endpoints.
+//! - [`secret`]: secrets that are never printed; masking of client settings
+//!   and URL credentials.
 
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod secret;
 
 pub use config::{check_brokers, check_endpoint_url, load_config, ConfigError};
 pub use event::{document_id, LogEvent};
+pub use secret::Secret;
 
 /// Installs the `tracing` subscriber used by both binaries: compact text on
 /// stderr, filtered by `RUST_LOG` (default `info`).

@@ -463,6 +463,26 @@ listen = "{metrics}"
         Fixture { tmp, logs, agent }
     }
 
+    /// Adds `kafka.*` keys to an agent's config (the fixture's `extra` comes
+    /// after `[metrics]`).
+    pub fn kafka_keys(a: &AgentSetup, keys: &str) {
+        let text = std::fs::read_to_string(&a.config).expect("config");
+        let text = text.replacen("linger_ms = 2\n", &format!("linger_ms = 2\n{keys}\n"), 1);
+        std::fs::write(&a.config, text).expect("config");
+    }
+
+    /// Polls `f` every 250 ms until it holds or `limit` passed; its last answer.
+    pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        f()
+    }
+
     /// Appends `lines` (each with a newline) to the file at `path`.
     pub fn append_lines(path: &Path, lines: &[String]) {
         let mut f = std::fs::OpenOptions::new()
@@ -496,6 +516,11 @@ listen = "{metrics}"
 
         /// Starts `logagent --config …`, its stderr appended to `log`.
         pub fn start(&self) -> Agent {
+            self.start_logging("info,rdkafka=warn")
+        }
+
+        /// Starts the agent with `RUST_LOG` = `filter`.
+        pub fn start_logging(&self, filter: &str) -> Agent {
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -506,7 +531,7 @@ listen = "{metrics}"
                 .arg(&self.config)
                 .arg("--shutdown-grace")
                 .arg("10")
-                .env("RUST_LOG", "info,rdkafka=warn")
+                .env("RUST_LOG", filter)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

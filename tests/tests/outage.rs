@@ -2,11 +2,12 @@
 //! of a transfer (issue #6, test 3); etcd restarted under logagent's
 //! collect-entry watcher; logagent started while etcd is down (issue #5,
 //! test 3); the Kafka broker stopped for 60 s under logagent (issue #5,
-//! test 5). Its own test binary: these stop services the other
+//! test 5); a crash read-back that cannot finish while Kafka was stopped
+//! (issue #12 item 5). Its own test binary: these stop services the other
 //! integration tests use (cargo runs test binaries one after another), and
 //! they take a lock so they run one at a time here too.
 
-use integration::agent_run::{etcd_put, fixture};
+use integration::agent_run::{append_lines as append, etcd_put, fixture, kafka_keys, wait_for};
 use integration::kafka_read::{read_topic, tally_numbered};
 use integration::transfer_run::{config, start};
 use integration::{unique, Stack};
@@ -352,5 +353,88 @@ async fn kafka_down_for_60_s_with_rotations_loses_nothing() {
     );
     assert_eq!(a.metric("logagent_paused"), 0.0);
     assert_eq!(a.http_get("/health").map(|h| h.0), Some(200));
+    agent.terminate_ok(a);
+}
+
+/// Issue #12 item 5: after a crash with unacknowledged records, a read-back that cannot
+/// finish (here: fetches the broker holds back longer than the bound) gives
+/// up after `readback_timeout_secs`; the records are sent anyway, counted as
+/// unchecked, and `/health` names the read-back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_back_that_cannot_finish_gives_up_and_ships() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env();
+    let fx = fixture(&stack, "");
+    let (logs, a) = (fx.logs.clone(), &fx.agent);
+    let topic = unique("it-edge-readback");
+    stack.create_topic(&topic, 1).await;
+    etcd_put(
+        &stack,
+        &a.collect_key(),
+        &format!(
+            r#"[{{"path":"{}/app.log","topic":"{topic}"}}]"#,
+            logs.display()
+        ),
+    )
+    .await;
+    let lines: Vec<String> = (0..200).map(|i| format!("seq {i} readback")).collect();
+    let mut agent = a.start();
+    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
+    append(&logs.join("app.log"), &lines[..100]);
+    assert!(
+        wait_for(Duration::from_secs(60), || a
+            .metric("logagent_lines_acked_total")
+            >= 100.0),
+        "{}",
+        a.log_text()
+    );
+    // Kafka down: the next lines are spooled, unacknowledged; then kill -9.
+    stack_cmd(&["stop", "kafka"]);
+    append(&logs.join("app.log"), &lines[100..]);
+    let spooled = wait_for(Duration::from_secs(30), || {
+        a.metric("logagent_lines_read_total") >= 200.0
+    });
+    agent.kill9();
+    stack_cmd(&["start", "kafka"]);
+    assert!(spooled, "{}", a.log_text());
+    // A message newer than the unacknowledged records: the read-back has to
+    // scan from there (as after a crash whose records Kafka partly took).
+    stack
+        .produce(&topic, 0, &["{\"message\":\"someone else\"}".to_string()])
+        .await;
+
+    // The read-back consumer's fetches wait for 100 MB that never come.
+    kafka_keys(
+        a,
+        "readback_timeout_secs = 3\n[kafka.producer]\n\"fetch.min.bytes\" = \"100000000\"\n\"fetch.wait.max.ms\" = \"30000\"",
+    );
+    let mut agent = a.start();
+    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
+    let brokers = stack.kafka_brokers.clone();
+    let t = topic.clone();
+    let tally = tokio::task::spawn_blocking(move || {
+        tally_numbered(&brokers, &t, 200, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert!(
+        tally.lost.is_empty(),
+        "lost: {:?} {}",
+        tally.lost,
+        a.log_text()
+    );
+    assert!(
+        a.metric("logagent_lines_unchecked_total") >= 100.0,
+        "unchecked lines are counted: {}",
+        a.log_text()
+    );
+    let log = a.log_text();
+    assert!(
+        log.contains("read-back") && log.contains("gave up"),
+        "{log}"
+    );
+    let (code, body) = a.http_get("/health").expect("health");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("readback"), "{body}");
     agent.terminate_ok(a);
 }

@@ -3,32 +3,13 @@
 //! - item 4: messages Kafka refuses for good go to the dead-letter topic, the
 //!   rest of the host keeps flowing, `/health` says degraded naming the topic;
 //!   a topic whose `max.message.bytes` is below ours gets events cut to fit.
-//! - item 5: a read-back that cannot complete gives up after its bound and the
-//!   records are sent (at-least-once), counted.
+//! - item 5 (a read-back that cannot complete) stops Kafka: it is in
+//!   `tests/outage.rs`.
 
-use integration::agent_run::{append_lines as append, etcd_put, fixture, AgentSetup};
+use integration::agent_run::{append_lines as append, etcd_put, fixture, kafka_keys, wait_for};
 use integration::kafka_read::{read_topic, tally_numbered};
-use integration::{stack_cmd, unique, Stack};
-use std::time::{Duration, Instant};
-
-/// Adds `kafka.*` keys to an agent's config (the fixture's `extra` comes
-/// after `[metrics]`).
-fn kafka_keys(a: &AgentSetup, keys: &str) {
-    let text = std::fs::read_to_string(&a.config).expect("config");
-    let text = text.replacen("linger_ms = 2\n", &format!("linger_ms = 2\n{keys}\n"), 1);
-    std::fs::write(&a.config, text).expect("config");
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    f()
-}
+use integration::{unique, Stack};
+use std::time::Duration;
 
 /// Item 4: a `{"fixed": 5}` partition on a one-partition topic is refused for
 /// good; its lines go to the dead-letter topic with their origin in headers,
@@ -128,88 +109,6 @@ async fn a_refused_entry_goes_to_the_dead_letter_topic_and_the_rest_flows() {
         body.contains("degraded") && body.contains(&bad) && body.contains("UnknownPartition"),
         "{body}"
     );
-    agent.terminate_ok(a);
-}
-
-/// Item 5: after a crash with unacknowledged records, a read-back that cannot
-/// finish (here: fetches the broker holds back longer than the bound) gives
-/// up after `readback_timeout_secs`; the records are sent anyway, counted as
-/// unchecked, and `/health` names the read-back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_back_that_cannot_finish_gives_up_and_ships() {
-    let stack = Stack::from_env();
-    let fx = fixture(&stack, "");
-    let (logs, a) = (fx.logs.clone(), &fx.agent);
-    let topic = unique("it-edge-readback");
-    stack.create_topic(&topic, 1).await;
-    etcd_put(
-        &stack,
-        &a.collect_key(),
-        &format!(
-            r#"[{{"path":"{}/app.log","topic":"{topic}"}}]"#,
-            logs.display()
-        ),
-    )
-    .await;
-    let lines: Vec<String> = (0..200).map(|i| format!("seq {i} readback")).collect();
-    let mut agent = a.start();
-    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
-    append(&logs.join("app.log"), &lines[..100]);
-    assert!(
-        wait_for(Duration::from_secs(60), || a
-            .metric("logagent_lines_acked_total")
-            >= 100.0),
-        "{}",
-        a.log_text()
-    );
-    // Kafka down: the next lines are spooled, unacknowledged; then kill -9.
-    assert!(stack_cmd(&["stop", "kafka"]), "stop kafka");
-    append(&logs.join("app.log"), &lines[100..]);
-    let spooled = wait_for(Duration::from_secs(30), || {
-        a.metric("logagent_lines_read_total") >= 200.0
-    });
-    agent.kill9();
-    assert!(stack_cmd(&["start", "kafka"]), "start kafka");
-    assert!(spooled, "{}", a.log_text());
-    // A message newer than the unacknowledged records: the read-back has to
-    // scan from there (as after a crash whose records Kafka partly took).
-    stack
-        .produce(&topic, 0, &["{\"message\":\"someone else\"}".to_string()])
-        .await;
-
-    // The read-back consumer's fetches wait for 100 MB that never come.
-    kafka_keys(
-        a,
-        "readback_timeout_secs = 3\n[kafka.producer]\n\"fetch.min.bytes\" = \"100000000\"\n\"fetch.wait.max.ms\" = \"30000\"",
-    );
-    let mut agent = a.start();
-    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
-    let brokers = stack.kafka_brokers.clone();
-    let t = topic.clone();
-    let tally = tokio::task::spawn_blocking(move || {
-        tally_numbered(&brokers, &t, 200, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
-    assert!(
-        tally.lost.is_empty(),
-        "lost: {:?} {}",
-        tally.lost,
-        a.log_text()
-    );
-    assert!(
-        a.metric("logagent_lines_unchecked_total") >= 100.0,
-        "unchecked lines are counted: {}",
-        a.log_text()
-    );
-    let log = a.log_text();
-    assert!(
-        log.contains("read-back") && log.contains("gave up"),
-        "{log}"
-    );
-    let (code, body) = a.http_get("/health").expect("health");
-    assert_eq!(code, 503, "{body}");
-    assert!(body.contains("readback"), "{body}");
     agent.terminate_ok(a);
 }
 

@@ -139,3 +139,46 @@ fn a_static_entry_outside_the_roots_is_refused() {
         }
     }
 }
+
+/// Item 4: secrets planted in every secret-carrying setting (the etcd
+/// password, librdkafka settings the allow-list does not know) appear in no
+/// output: not in `--check-config`, not in the agent's log at debug level
+/// while it runs and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_secrets_appear_in_no_output() {
+    let stack = Stack::from_env();
+    let fx = fixture(&stack, "");
+    let a = &fx.agent;
+    let text = std::fs::read_to_string(&a.config).unwrap();
+    let text = text
+        .replacen(
+            "[etcd]\n",
+            "[kafka.producer]\n\"sasl.password\" = \"PLANTED-A\"\n\"ssl.key.password\" = \"PLANTED-B\"\n\"sasl.oauthbearer.config\" = \"k=PLANTED-C\"\n[etcd]\nallow_plaintext_credentials = true\nusername = \"\"\npassword = \"PLANTED-D\"\n",
+            1,
+        );
+    std::fs::write(&a.config, text).unwrap();
+    let check = std::process::Command::new(workspace_bin("logagent"))
+        .arg("--config")
+        .arg(&a.config)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(check.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("sasl.password"), "{shown}");
+    let mut agent = a.start_logging("debug");
+    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    agent.terminate(Duration::from_secs(30));
+    let log = a.log_text();
+    assert!(log.contains("DEBUG"), "ran at debug level");
+    for out in [&shown, &log] {
+        for p in ["PLANTED-A", "PLANTED-B", "PLANTED-C", "PLANTED-D"] {
+            assert!(!out.contains(p), "{p} printed:\n{out}");
+        }
+    }
+}
