@@ -246,6 +246,12 @@ impl Metrics {
 
     /// The problems seen within [`PROBLEM_MEMORY`]: (key, reason, seconds
     /// since it started).
+    /// Ends a problem at once (its cause is gone).
+    pub fn clear_problem(&self, key: &str) {
+        let mut p = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        p.remove(key);
+    }
+
     pub fn current_problems(&self) -> Vec<(String, String, u64)> {
         let mut p = self.problems.lock().unwrap_or_else(|p| p.into_inner());
         p.retain(|_, e| e.last_seen.elapsed() < PROBLEM_MEMORY);

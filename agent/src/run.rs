@@ -631,7 +631,7 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
     let (mut store, report) =
         Store::open(cfg.data_dir.join("checkpoints"), Duration::from_secs(1))?;
     if let Some(aside) = &report.moved_aside {
-        tracing::error!(moved_to = %aside.display(), error = ?report.open_error, "the checkpoint store could not be opened and was set aside; positions come from the WAL");
+        tracing::error!(moved_to = %aside.display(), error = ?report.open_error, restored = report.from_snapshot, "the checkpoint store could not be opened and was set aside; positions come from its snapshot and the WAL");
     }
     let (wal, rec) = Wal::open(cfg.data_dir.join("wal"), wal_options(&cfg))?;
     if !rec.is_clean() {
@@ -792,11 +792,24 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
                 if ticks.is_multiple_of(10) {
                     release_free_memory();
                 }
+                {
+                    // The checkpoint snapshot (fsync) off the async workers.
+                    let st = Arc::clone(&store);
+                    tokio::task::spawn_blocking(move || {
+                        st.lock().unwrap_or_else(|p| p.into_inner()).maybe_snapshot();
+                    });
+                }
                 let open = sup.open_files();
                 metrics.files_open.set(i64::try_from(open).unwrap_or(i64::MAX));
                 reg_info.lock().unwrap_or_else(|p| p.into_inner()).files_harvested = open;
                 if spool.is_finished() {
                     failed = Some("the spool writer stopped");
+                    break;
+                }
+                if shipper.is_finished() {
+                    // Only a panic ends it: exit non-zero so the service
+                    // manager restarts the agent (the WAL keeps every line).
+                    failed = Some("the shipper thread stopped");
                     break;
                 }
             }
@@ -816,6 +829,9 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
     {
         let mut st = store.lock().unwrap_or_else(|p| p.into_inner());
         st.flush()?;
+        if let Err(e) = st.snapshot() {
+            tracing::warn!(error = %e, "cannot write the checkpoint snapshot");
+        }
     }
     if let Ok(w) = Arc::try_unwrap(wal) {
         w.close()?;

@@ -265,7 +265,12 @@ struct InFlight {
     topic: String,
     lines: u64,
     bytes: usize,
+    sent: Instant,
 }
+
+/// Records waiting this long for Kafka with no acknowledgement meanwhile
+/// make `/health` degraded (problem `kafka`) until acks flow again.
+pub const STALL_AFTER: Duration = Duration::from_secs(30);
 
 /// The running shipper thread.
 pub struct Shipper {
@@ -304,6 +309,11 @@ impl Shipper {
             finishing,
             handle,
         })
+    }
+
+    /// Whether the thread ended (by a panic: it only returns when asked).
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
     }
 
     /// Asks the shipper to finish: it sends what the WAL holds (the writer
@@ -422,6 +432,9 @@ fn session(cfg: &ShipConfig, deps: &Shared, flags: &Flags) -> Result<(), String>
         in_flight_lines: 0,
         in_flight_bytes: 0,
         last_ack: Instant::now(),
+        last_done: Instant::now(),
+        stall_checked: Instant::now(),
+        stall_reported: false,
         buf: Vec::new(),
         retry_at: None,
     };
@@ -452,6 +465,11 @@ struct Session<'a> {
     in_flight_lines: usize,
     in_flight_bytes: usize,
     last_ack: Instant,
+    /// When Kafka last completed a record.
+    last_done: Instant,
+    stall_checked: Instant,
+    /// Whether the `kafka` problem is raised.
+    stall_reported: bool,
     buf: Vec<u8>,
     retry_at: Option<Instant>,
 }
@@ -469,6 +487,7 @@ impl Session<'_> {
                 self.ack(false);
             }
             progressed |= self.resend_failed();
+            self.check_stall();
             if stop.load(Ordering::SeqCst) {
                 self.ack(true);
                 return Ok(());
@@ -501,7 +520,10 @@ impl Session<'_> {
             }
             if !progressed {
                 match self.done_rx.recv_timeout(Duration::from_millis(2)) {
-                    Ok(seq) => self.window.done(seq, seq),
+                    Ok(seq) => {
+                        self.window.done(seq, seq);
+                        self.last_done = Instant::now();
+                    }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
                         return Err("the delivery channel closed".into())
@@ -525,7 +547,48 @@ impl Session<'_> {
             self.window.done(seq, seq);
             any = true;
         }
+        if any {
+            self.last_done = Instant::now();
+        }
         any
+    }
+
+    /// Once a second: records sent [`STALL_AFTER`] ago or longer and no
+    /// acknowledgement since then (no broker reachable, no leader, not
+    /// enough replicas) raise the `kafka` problem; acks clear it at once.
+    /// An idle agent with Kafka down risks nothing and stays healthy.
+    fn check_stall(&mut self) {
+        if self.stall_checked.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.stall_checked = Instant::now();
+        let oldest = self.in_flight.values().next().map(|r| r.sent.elapsed());
+        let stalled =
+            oldest.is_some_and(|age| age >= STALL_AFTER && self.last_done.elapsed() >= STALL_AFTER);
+        let m = &self.deps.metrics;
+        if stalled {
+            let quiet = self.last_done.elapsed().min(oldest.unwrap_or_default());
+            m.problem(
+                "kafka",
+                format!(
+                    "no acknowledgement from Kafka for {}s; {} records ({} lines) wait in the WAL",
+                    quiet.as_secs(),
+                    self.in_flight.len(),
+                    self.in_flight_lines
+                ),
+            );
+            if !self.stall_reported {
+                tracing::warn!(
+                    records = self.in_flight.len(),
+                    "Kafka acknowledges nothing; /health is degraded until it does"
+                );
+            }
+            self.stall_reported = true;
+        } else if self.stall_reported {
+            m.clear_problem("kafka");
+            self.stall_reported = false;
+            tracing::info!("Kafka acknowledges again");
+        }
     }
 
     /// Advances the done prefix; with `now` (or every 100 ms) records it.
@@ -677,6 +740,7 @@ impl Session<'_> {
                 topic: batch.topic.clone(),
                 lines: u64::from(sent),
                 bytes,
+                sent: Instant::now(),
             },
         );
         self.in_flight_lines += sent as usize;

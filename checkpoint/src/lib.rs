@@ -18,14 +18,37 @@
 //! Unchanged entries are never rewritten. The agent flushes at a bounded
 //! interval ([`Store::maybe_flush`]) and on shutdown.
 //!
+//! # The snapshot
+//!
+//! Beside the sled directory, `<dir>.snapshot` holds a compact copy of every
+//! entry and the config cache, so a store lost to corruption does not send
+//! every file again from 0. Layout (little-endian):
+//!
+//! ```text
+//! magic "LPCS" | version u32 = 1 | crc32 u32 (of the body) | len u64 | body
+//! body = bincode 2.x of Snapshot { entries: Vec<([u8; 24] key, value bytes)>,
+//!                                  config: Option<Vec<u8>> }
+//! ```
+//!
+//! Values are the same [`StoredState`] encoding as in sled. It is written
+//! to `<dir>.snapshot.tmp`, fsync'ed, renamed over the old one and the
+//! directory fsync'ed, by [`Store::flush`] when something changed and
+//! [`SNAPSHOT_EVERY`] has passed since the last one, and by
+//! [`Store::snapshot`] (the agent calls it at shutdown). A snapshot that
+//! fails its CRC is ignored.
+//!
 //! # Failure handling
 //!
 //! A store that cannot be opened (corrupt or unreadable sled directory) is
-//! moved aside to `<dir>.corrupt-<unix time>` and a fresh one is created; the
-//! [`OpenReport`] says so and the agent rebuilds positions from its WAL. A
-//! store locked by another process is never moved aside: opening waits up
-//! to 10 s for the lock (a closing process releases it shortly), then fails
-//! with [`Error::Locked`].
+//! moved aside to `<dir>.corrupt-<unix time>` and a fresh one is created,
+//! filled from the snapshot: positions at most [`SNAPSHOT_EVERY`] old, so
+//! at most that much of each file is read and sent again (duplicates, never
+//! loss: an older position only re-reads). The same restore happens when
+//! sled opens but values are undecodable or the store is empty while the
+//! snapshot is not. The [`OpenReport`] says what happened; the agent then
+//! makes positions agree with its WAL. A store locked by another process is
+//! never moved aside: opening waits up to 10 s for the lock (a closing
+//! process releases it shortly), then fails with [`Error::Locked`].
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -197,9 +220,69 @@ pub struct OpenReport {
     pub moved_aside: Option<PathBuf>,
     /// Why it could not be opened.
     pub open_error: Option<String>,
+    /// Entries restored from the snapshot (a lost or damaged store).
+    pub from_snapshot: usize,
 }
 
 const CONFIG_KEY: &[u8] = b"collect-config";
+
+/// How old the snapshot may get while entries change (see the module docs).
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
+
+const SNAPSHOT_MAGIC: &[u8; 4] = b"LPCS";
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// Frozen: the snapshot body, version 1. Never change it.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    entries: Vec<([u8; 24], Vec<u8>)>,
+    config: Option<Vec<u8>>,
+}
+
+fn snapshot_path(store: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.snapshot", store.display()))
+}
+
+/// Reads a snapshot; `None` when absent, torn or failing its CRC.
+fn read_snapshot(path: &Path) -> Option<Snapshot> {
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.len() < 20 || &bytes[..4] != SNAPSHOT_MAGIC {
+        return None;
+    }
+    let word = |r: std::ops::Range<usize>| bytes.get(r).map(|b| b.to_vec());
+    let version = u32::from_le_bytes(word(4..8)?.try_into().ok()?);
+    let crc = u32::from_le_bytes(word(8..12)?.try_into().ok()?);
+    let len = u64::from_le_bytes(word(12..20)?.try_into().ok()?);
+    let body = bytes.get(20..20usize.checked_add(usize::try_from(len).ok()?)?)?;
+    if version != SNAPSHOT_VERSION || crc32fast::hash(body) != crc {
+        return None;
+    }
+    let cfg = bincode::config::standard().with_limit::<{ 1 << 30 }>();
+    bincode::serde::decode_from_slice::<Snapshot, _>(body, cfg)
+        .ok()
+        .map(|(s, _)| s)
+}
+
+fn write_snapshot(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    use std::io::Write;
+    let body = bincode::serde::encode_to_vec(snap, bincode::config::standard())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(SNAPSHOT_MAGIC)?;
+        f.write_all(&SNAPSHOT_VERSION.to_le_bytes())?;
+        f.write_all(&crc32fast::hash(&body).to_le_bytes())?;
+        f.write_all(&(body.len() as u64).to_le_bytes())?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
 
 /// The checkpoint store.
 pub struct Store {
@@ -212,6 +295,10 @@ pub struct Store {
     removed: HashSet<FileId>,
     last_flush: Instant,
     flush_every: Duration,
+    /// When the snapshot was last written (`None`: not by this process).
+    last_snapshot: Option<Instant>,
+    /// Flushed changes the snapshot does not have yet.
+    snapshot_stale: bool,
 }
 
 fn bincode_cfg() -> impl bincode::config::Config {
@@ -353,21 +440,89 @@ impl Store {
                 _ => report.undecodable += 1,
             }
         }
-        report.entries = view.len();
-        Ok((
-            Self {
-                path,
-                db,
-                files,
-                meta,
-                view,
-                dirty: HashSet::new(),
-                removed: HashSet::new(),
-                last_flush: Instant::now(),
-                flush_every,
-            },
-            report,
-        ))
+        let mut store = Self {
+            path,
+            db,
+            files,
+            meta,
+            view,
+            dirty: HashSet::new(),
+            removed: HashSet::new(),
+            last_flush: Instant::now(),
+            flush_every,
+            last_snapshot: None,
+            snapshot_stale: false,
+        };
+        if report.moved_aside.is_some() || report.undecodable > 0 || store.view.is_empty() {
+            report.from_snapshot = store.restore_snapshot()?;
+        }
+        report.entries = store.view.len();
+        Ok((store, report))
+    }
+
+    /// Fills in entries (and the config cache) the snapshot has and the
+    /// store lacks; returns how many entries.
+    fn restore_snapshot(&mut self) -> Result<usize> {
+        let Some(snap) = read_snapshot(&snapshot_path(&self.path)) else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for (k, v) in &snap.entries {
+            if let (Some(id), Some(state)) = (FileId::from_key(k), decode(v)) {
+                if let std::collections::btree_map::Entry::Vacant(e) = self.view.entry(id) {
+                    e.insert(state);
+                    self.dirty.insert(id);
+                    n += 1;
+                }
+            }
+        }
+        if let Some(cfg) = &snap.config {
+            if self.load_config().is_none() {
+                self.save_config(cfg)?;
+            }
+        }
+        if n > 0 {
+            tracing::warn!(store = %self.path.display(), entries = n, "checkpoints restored from the snapshot (at most a few seconds old: those lines may be sent again)");
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    /// Writes the snapshot when flushed changes are missing from it and
+    /// [`SNAPSHOT_EVERY`] has passed since the last one. Call it
+    /// periodically (the agent: every second): changes flushed just after a
+    /// snapshot reach the next one even when nothing changes afterwards. A
+    /// failure is logged (the store itself is unaffected).
+    pub fn maybe_snapshot(&mut self) {
+        if self.snapshot_stale
+            && self
+                .last_snapshot
+                .is_none_or(|t| t.elapsed() >= SNAPSHOT_EVERY)
+        {
+            if let Err(e) = self.snapshot() {
+                tracing::warn!(error = %e, "cannot write the checkpoint snapshot; the store itself is flushed");
+            }
+        }
+    }
+
+    /// Writes the snapshot now (see the module docs).
+    ///
+    /// # Errors
+    /// The snapshot file cannot be written; the store itself is unaffected.
+    pub fn snapshot(&mut self) -> Result<()> {
+        let snap = Snapshot {
+            entries: self
+                .view
+                .iter()
+                .map(|(id, s)| (id.key(), encode(s)))
+                .collect(),
+            config: self.load_config(),
+        };
+        let path = snapshot_path(&self.path);
+        write_snapshot(&path, &snap).map_err(|source| Error::Io { path, source })?;
+        self.last_snapshot = Some(Instant::now());
+        self.snapshot_stale = false;
+        Ok(())
     }
 
     pub fn get(&self, id: &FileId) -> Option<&FileState> {
@@ -455,6 +610,8 @@ impl Store {
         let n = self.dirty.len() + self.removed.len();
         self.dirty.clear();
         self.removed.clear();
+        self.snapshot_stale = true;
+        self.maybe_snapshot();
         Ok(n)
     }
 
@@ -509,6 +666,72 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue #12 item 7: a store garbled on disk (every sled file
+    /// overwritten) after 100 files were checkpointed comes back with all
+    /// 100 positions and the config cache from the snapshot — not empty
+    /// (which re-ships every file from 0).
+    #[test]
+    fn a_garbled_store_comes_back_from_the_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cp");
+        let id = |i: u64| FileId {
+            device: 1,
+            inode: i,
+            fingerprint: 7,
+        };
+        {
+            let (mut st, _) = Store::open(&dir, Duration::from_secs(1)).unwrap();
+            for i in 0..100 {
+                st.update(
+                    id(i),
+                    FileState::durable_at(format!("/l/{i}.log"), 1000 + i),
+                );
+            }
+            st.save_config(b"[cfg]").unwrap();
+            st.flush().unwrap();
+            st.snapshot().unwrap();
+        }
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let p = f.unwrap().path();
+            if p.is_file() {
+                let len = std::fs::metadata(&p).unwrap().len().max(64) as usize;
+                std::fs::write(&p, vec![0xA5u8; len]).unwrap();
+            }
+        }
+        let (st, report) = Store::open(&dir, Duration::from_secs(1)).unwrap();
+        assert_eq!(report.from_snapshot, 100, "{report:?}");
+        assert_eq!(st.len(), 100);
+        for i in 0..100 {
+            assert_eq!(st.get(&id(i)).unwrap().durable_offset, 1000 + i);
+        }
+        assert_eq!(st.load_config().as_deref(), Some(&b"[cfg]"[..]));
+    }
+
+    #[test]
+    fn a_torn_snapshot_is_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cp");
+        {
+            let (mut st, _) = Store::open(&dir, Duration::from_secs(1)).unwrap();
+            st.update(
+                FileId {
+                    device: 1,
+                    inode: 1,
+                    fingerprint: 1,
+                },
+                FileState::durable_at("/l/a.log", 5),
+            );
+            st.flush().unwrap();
+        }
+        let snap = snapshot_path(&dir);
+        let bytes = std::fs::read(&snap).unwrap();
+        std::fs::write(&snap, &bytes[..bytes.len() - 3]).unwrap();
+        assert!(read_snapshot(&snap).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (st, report) = Store::open(&dir, Duration::from_secs(1)).unwrap();
+        assert_eq!((st.len(), report.from_snapshot), (0, 0));
+    }
 
     #[test]
     fn v1_values_still_decode_and_v2_round_trips() {

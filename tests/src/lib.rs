@@ -690,6 +690,14 @@ pub mod kafka_read {
         }
     }
 
+    /// [`tally_numbered`] off the async runtime's workers.
+    pub async fn tally_in(brokers: &str, topic: &str, n: u64, limit: Duration) -> Tally {
+        let (b, t) = (brokers.to_string(), topic.to_string());
+        tokio::task::spawn_blocking(move || tally_numbered(&b, &t, n, limit))
+            .await
+            .expect("tally task")
+    }
+
     /// Every message of `topic` from the beginning, reading until `want`
     /// messages were seen and none arrived for `settle`, or `limit` passed.
     pub fn read_topic(brokers: &str, topic: &str, want: usize, limit: Duration) -> Vec<Msg> {

@@ -8,7 +8,7 @@
 //! they take a lock so they run one at a time here too.
 
 use integration::agent_run::{append_lines as append, etcd_put, fixture, kafka_keys, wait_for};
-use integration::kafka_read::{read_topic, tally_numbered};
+use integration::kafka_read::{read_topic, tally_in, tally_numbered};
 use integration::transfer_run::{config, start};
 use integration::{unique, Stack};
 use rdkafka::config::ClientConfig;
@@ -436,5 +436,57 @@ async fn a_read_back_that_cannot_finish_gives_up_and_ships() {
     let (code, body) = a.http_get("/health").expect("health");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("readback"), "{body}");
+    agent.terminate_ok(a);
+}
+
+/// Issue #12 item 10: with no broker reachable and lines waiting, `/health`
+/// turns degraded naming Kafka (503) within about `STALL_AFTER` (30 s) —
+/// before, it stayed 200 while the WAL had room — and healthy again once
+/// Kafka acknowledges; every line arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_names_kafka_while_nothing_is_acknowledged() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env();
+    let fx = fixture(&stack, "");
+    let a = &fx.agent;
+    let topic = unique("it-agent-stall");
+    stack.create_topic(&topic, 1).await;
+    let entries = format!(
+        r#"[{{"path":"{}/app.log","topic":"{topic}"}}]"#,
+        fx.logs.display()
+    );
+    etcd_put(&stack, &a.collect_key(), &entries).await;
+    let mut agent = a.start();
+    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
+    let path = fx.logs.join("app.log");
+    let lines: Vec<String> = (0..20).map(|i| format!("seq {i} stall")).collect();
+    append(&path, &lines[..10]);
+    assert!(wait_for(Duration::from_secs(60), || a
+        .metric("logagent_lines_acked_total")
+        >= 10.0));
+    assert_eq!(a.http_get("/health").map(|h| h.0), Some(200));
+
+    stack_cmd(&["stop", "kafka"]);
+    append(&path, &lines[10..]);
+    let degraded = wait_for(Duration::from_secs(60), || {
+        a.http_get("/health")
+            .is_some_and(|(code, body)| code == 503 && body.contains("kafka"))
+    });
+    let body = a.http_get("/health").map(|h| h.1).unwrap_or_default();
+    stack_cmd(&["start", "kafka"]);
+    assert!(
+        degraded,
+        "health while Kafka is down: {body}\n{}",
+        a.log_text()
+    );
+    assert!(
+        wait_for(Duration::from_secs(90), || a
+            .http_get("/health")
+            .is_some_and(|(code, _)| code == 200)),
+        "healthy again once Kafka acks: {}",
+        a.log_text()
+    );
+    let tally = tally_in(&stack.kafka_brokers, &topic, 20, Duration::from_secs(60)).await;
+    assert!(tally.lost.is_empty(), "lost {:?}", tally.lost);
     agent.terminate_ok(a);
 }
