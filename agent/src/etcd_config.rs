@@ -24,6 +24,15 @@ pub enum ConfigEvent {
     Unreachable { error: String },
     /// A get succeeded; the watch follows (sent before that get's `Applied`).
     Connected,
+    /// One of the two keys was read at `revision` (its `mod_revision`; 0:
+    /// absent): applied, or refused with `error`. Sent before the
+    /// `Applied`/`Rejected` it leads to; the agent reports it in its
+    /// registration so `logctl collect put --wait` can tell.
+    KeySeen {
+        key: String,
+        revision: i64,
+        error: Option<String>,
+    },
 }
 
 /// Where and what to watch.
@@ -48,7 +57,13 @@ struct State {
 
 impl State {
     /// Applies a value (None = deleted) of one of the two keys.
-    fn apply(&mut self, spec: &WatchSpec, key: &str, value: Option<&[u8]>) -> Vec<ConfigEvent> {
+    fn apply(
+        &mut self,
+        spec: &WatchSpec,
+        key: &str,
+        value: Option<&[u8]>,
+        revision: i64,
+    ) -> Vec<ConfigEvent> {
         let mut events = Vec::new();
         let parsed = match value {
             None => Ok(Vec::new()),
@@ -61,9 +76,19 @@ impl State {
                 } else {
                     self.all = entries;
                 }
+                events.push(ConfigEvent::KeySeen {
+                    key: key.to_string(),
+                    revision,
+                    error: None,
+                });
             }
             Err(e) => {
                 tracing::error!(key, error = %e, "collect entries refused; keeping the previous ones");
+                events.push(ConfigEvent::KeySeen {
+                    key: key.to_string(),
+                    revision,
+                    error: Some(e.to_string()),
+                });
                 events.push(ConfigEvent::Rejected {
                     key: key.to_string(),
                     error: e.to_string(),
@@ -169,12 +194,10 @@ async fn follow(
         return Ok(());
     }
     for key in keys {
-        let value = resp
-            .kvs()
-            .iter()
-            .find(|kv| kv.key() == key.as_bytes())
-            .map(|kv| kv.value().to_vec());
-        for ev in state.apply(spec, key, value.as_deref()) {
+        let kv = resp.kvs().iter().find(|kv| kv.key() == key.as_bytes());
+        let value = kv.map(|kv| kv.value().to_vec());
+        let rev = kv.map_or(0, |kv| kv.mod_revision());
+        for ev in state.apply(spec, key, value.as_deref(), rev) {
             if tx.send(ev).await.is_err() {
                 return Ok(());
             }
@@ -209,11 +232,11 @@ async fn follow(
             let Some(key) = keys.iter().find(|k| k.as_bytes() == kv.key()) else {
                 continue;
             };
-            let value = match ev.event_type() {
-                EventType::Put => Some(kv.value().to_vec()),
-                EventType::Delete => None,
+            let (value, rev) = match ev.event_type() {
+                EventType::Put => (Some(kv.value().to_vec()), kv.mod_revision()),
+                EventType::Delete => (None, kv.mod_revision()),
             };
-            for e in state.apply(spec, key, value.as_deref()) {
+            for e in state.apply(spec, key, value.as_deref(), rev) {
                 if tx.send(e).await.is_err() {
                     return Ok(());
                 }

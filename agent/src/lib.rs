@@ -18,6 +18,7 @@ pub mod event;
 pub mod harvester;
 pub mod metrics;
 pub mod refusal;
+pub mod report;
 pub mod run;
 pub mod ship;
 pub mod spool;

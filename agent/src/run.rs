@@ -24,6 +24,7 @@ use crate::ship::{self, ShipConfig, Shipper};
 use crate::spool::{Limits, Progress, Shared, Spool, SpoolMsg, Spooled};
 use crate::Error;
 use checkpoint::{FileId, FileState, Store};
+use common::agent_state::{AgentState, KeyState, ProblemState};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -266,6 +267,8 @@ struct Supervisor {
     /// Every harvester's bound (`allowed_roots`); a change restarts them.
     allowed_roots: Vec<PathBuf>,
     metrics: Arc<Metrics>,
+    /// Per collect key: the revisions seen and applied (published).
+    key_states: BTreeMap<String, KeyState>,
 }
 
 /// The globs of the entries before one: the files they collect are theirs
@@ -406,28 +409,26 @@ impl Supervisor {
             Discovery::NotifyAndRescan,
             Arc::clone(&open),
             move |emitted| {
+                // Lines not handed over (writer gone, or this harvester
+                // cancelled) are not checkpointed: they are read again later.
+                // Once cancelled, nothing more is handed over — lines after
+                // given-up ones must not be checkpointed past them.
+                if cancelled.load(Ordering::SeqCst) {
+                    return None;
+                }
                 let out = o.read().unwrap_or_else(|p| p.into_inner()).clone();
-                let mut msg = SpoolMsg::Data(Spooled {
+                let msg = SpoolMsg::Data(Spooled {
                     topic: out.topic,
                     meta: out.meta,
                     read_ms: checkpoint::now_ms(),
                     emitted,
                 });
-                // Lines not handed over (writer gone, or this harvester
-                // cancelled) are not checkpointed: they are read again later.
-                // Once cancelled, nothing more is handed over — lines after
-                // given-up ones must not be checkpointed past them.
-                loop {
-                    if cancelled.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    match tx.try_send(msg) {
-                        Ok(()) | Err(TrySendError::Disconnected(_)) => return,
-                        Err(TrySendError::Full(m)) => {
-                            msg = m;
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                    }
+                match tx.try_send(msg) {
+                    Ok(()) | Err(TrySendError::Disconnected(_)) => None,
+                    // Full: the loop offers them again (and opens new files
+                    // meanwhile).
+                    Err(TrySendError::Full(SpoolMsg::Data(s))) => Some(s.emitted),
+                    Err(TrySendError::Full(_)) => None,
                 }
             },
         )
@@ -530,20 +531,8 @@ fn watch_spec(cfg: &AgentConfig, host_id: &str, ca_pem: Option<Vec<u8>>) -> Watc
     }
 }
 
-/// What the agent publishes at `<prefix>/agents/<host_id>`.
-#[derive(Clone, serde::Serialize)]
-struct Registration {
-    hostname: String,
-    ip: String,
-    version: String,
-    started_at: String,
-    metrics: String,
-    files_harvested: usize,
-    globs: Vec<String>,
-}
-
 /// Keeps the registration key alive with a lease until the task is aborted.
-async fn register(spec: WatchSpec, key: String, info: Arc<Mutex<Registration>>) {
+async fn register(spec: WatchSpec, key: String, info: Arc<Mutex<AgentState>>) {
     use etcd_client::PutOptions;
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -619,7 +608,9 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
         path: cfg.data_dir.clone(),
         source: e,
     })?;
-    let ident = identity(&cfg)?;
+    // Start-up work blocks (DNS, fsync, a whole WAL scan): off the async
+    // workers, like the barrier waits and store flushes later.
+    let ident = tokio::task::block_in_place(|| identity(&cfg))?;
     let ca_pem = match &cfg.etcd.ca_file {
         None => None,
         Some(p) => Some(std::fs::read(p).map_err(|e| Error::Io {
@@ -628,17 +619,19 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
         })?),
     };
     tracing::info!(host_id = %ident.host_id, ip = %ident.host_ip, "logagent starting");
-    let (mut store, report) =
-        Store::open(cfg.data_dir.join("checkpoints"), Duration::from_secs(1))?;
+    let (mut store, report) = tokio::task::block_in_place(|| {
+        Store::open(cfg.data_dir.join("checkpoints"), Duration::from_secs(1))
+    })?;
     if let Some(aside) = &report.moved_aside {
         tracing::error!(moved_to = %aside.display(), error = ?report.open_error, restored = report.from_snapshot, "the checkpoint store could not be opened and was set aside; positions come from its snapshot and the WAL");
     }
-    let (wal, rec) = Wal::open(cfg.data_dir.join("wal"), wal_options(&cfg))?;
+    let (wal, rec) =
+        tokio::task::block_in_place(|| Wal::open(cfg.data_dir.join("wal"), wal_options(&cfg)))?;
     if !rec.is_clean() {
         tracing::warn!(?rec, "WAL recovery found damage");
     }
     let include_unsynced = cfg.wal.sync == "none";
-    let replayed = reconcile(&wal, &mut store, include_unsynced)?;
+    let replayed = tokio::task::block_in_place(|| reconcile(&wal, &mut store, include_unsynced))?;
     for (kind, n) in [
         ("truncated_bytes", rec.bytes_truncated),
         ("skipped_records", rec.records_skipped),
@@ -689,6 +682,7 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
         identity: ident.clone(),
         allowed_roots: cfg.allowed_roots.clone(),
         metrics: Arc::clone(&metrics),
+        key_states: BTreeMap::new(),
     };
 
     // Config: etcd, or the cache when etcd does not answer in time.
@@ -732,15 +726,23 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
     }
 
     // Registration.
-    let reg_info = Arc::new(Mutex::new(Registration {
+    // What it publishes (`common::agent_state`), refreshed every few seconds.
+    let reg_info = Arc::new(Mutex::new(AgentState {
+        schema: common::agent_state::SCHEMA,
+        host_id: ident.host_id.clone(),
         hostname: ident.host_name.clone(),
         ip: ident.host_ip.clone(),
         version: ident.version.clone(),
         started_at: crate::event::timestamp(checkpoint::now_ms()),
+        updated_at: crate::event::timestamp(checkpoint::now_ms()),
         metrics: cfg.metrics.listen.clone(),
-        files_harvested: 0,
+        allowed_roots: roots_text(&cfg.allowed_roots),
         globs: sup.globs(),
+        collect: sup.key_states.clone(),
+        kafka: "ok".into(),
+        ..AgentState::default()
     }));
+    let mut paused_since: Option<u64> = None;
     let reg_key = format!(
         "{}/agents/{}",
         cfg.etcd.prefix.trim_end_matches('/'),
@@ -767,7 +769,9 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
         tokio::select! {
             Some(ev) = cfg_rx.recv() => {
                 tokio::task::block_in_place(|| handle_event(ev, &mut sup, &store, &metrics));
-                reg_info.lock().unwrap_or_else(|p| p.into_inner()).globs = sup.globs();
+                let mut r = reg_info.lock().unwrap_or_else(|p| p.into_inner());
+                r.globs = sup.globs();
+                r.collect = sup.key_states.clone();
             }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -801,7 +805,22 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
                 }
                 let open = sup.open_files();
                 metrics.files_open.set(i64::try_from(open).unwrap_or(i64::MAX));
-                reg_info.lock().unwrap_or_else(|p| p.into_inner()).files_harvested = open;
+                let paused = metrics.wal_full.load(Ordering::Relaxed);
+                paused_since = if paused { paused_since.or(Some(checkpoint::now_ms())) } else { None };
+                {
+                    let mut r = reg_info.lock().unwrap_or_else(|p| p.into_inner());
+                    r.files_harvested = open;
+                    r.globs = sup.globs();
+                    r.collect = sup.key_states.clone();
+                    r.allowed_roots = roots_text(&cfg.allowed_roots);
+                    r.paused = paused;
+                    r.paused_since = paused_since.map(crate::event::timestamp);
+                }
+                if ticks.is_multiple_of(common::agent_state::REFRESH_SECS) {
+                    let (st, w, r, m) = (Arc::clone(&store), Arc::clone(&wal), Arc::clone(&reg_info), Arc::clone(&metrics));
+                    let max = cfg.wal.max_bytes;
+                    tokio::task::spawn_blocking(move || refresh_state(&st, &w, max, &m, &r));
+                }
                 if spool.is_finished() {
                     failed = Some("the spool writer stopped");
                     break;
@@ -882,7 +901,65 @@ fn handle_event(
             metrics.etcd_connected.set(1);
             false
         }
+        ConfigEvent::KeySeen {
+            key,
+            revision,
+            error,
+        } => {
+            let k = sup.key_states.entry(key).or_default();
+            k.revision = revision;
+            match error {
+                None => {
+                    k.applied_revision = revision;
+                    k.error = None;
+                }
+                Some(e) => k.error = Some(e),
+            }
+            false
+        }
     }
+}
+
+/// `allowed_roots` as published.
+fn roots_text(roots: &[PathBuf]) -> Vec<String> {
+    roots.iter().map(|r| r.display().to_string()).collect()
+}
+
+/// The slower parts of the published state: files (a stat each), the WAL,
+/// problems (a blocking thread, every `REFRESH_SECS`).
+fn refresh_state(
+    store: &Mutex<Store>,
+    wal: &Wal,
+    max_bytes: u64,
+    metrics: &Metrics,
+    reg: &Mutex<AgentState>,
+) {
+    let files = {
+        let st = store.lock().unwrap_or_else(|p| p.into_inner());
+        crate::report::files(&st)
+    };
+    let files = common::agent_state::files_state(files);
+    let wal_state = crate::report::wal_state(wal, max_bytes, checkpoint::now_ms());
+    let problems: Vec<ProblemState> = metrics
+        .current_problems()
+        .into_iter()
+        .map(|(key, reason, for_secs)| ProblemState {
+            key,
+            reason,
+            for_secs,
+        })
+        .collect();
+    let mut r = reg.lock().unwrap_or_else(|p| p.into_inner());
+    r.kafka = if problems.iter().any(|p| p.key == "kafka") {
+        "stalled".into()
+    } else {
+        "ok".into()
+    };
+    r.etcd_connected = metrics.etcd_connected.get() == 1;
+    r.problems = problems;
+    r.files = files;
+    r.wal = wal_state;
+    r.updated_at = crate::event::timestamp(checkpoint::now_ms());
 }
 
 /// SIGHUP: the local config file again. Static entries, allowed roots and

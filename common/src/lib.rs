@@ -1,5 +1,6 @@
 //! Pieces shared by `logagent` and `logtransfer`.
 //!
+//! - [`agent_state`]: what an agent publishes about itself in etcd.
 //! - [`event`]: the JSON event the agent produces to Kafka and the transfer indexes.
 //! - [`config`]: loading a TOML config file with `${ENV}` interpolation and
 //!   errors that name the file and the offending key.
@@ -7,6 +8,7 @@
 //! - [`secret`]: secrets that are never printed; masking of client settings
 //!   and URL credentials.
 
+pub mod agent_state;
 pub mod config;
 pub mod event;
 pub mod http;

@@ -437,8 +437,62 @@ impl Harvester {
     pub fn poll(&mut self, store: &Store) -> Vec<Emitted> {
         let now = Instant::now();
         let mut emitted = Vec::new();
+        let at_path = self.discover_and_open(store, now);
 
-        // Which (device, inode) each matching path leads to now.
+        if std::mem::take(&mut self.first_poll) {
+            self.reopen_rotated(store, &at_path, now);
+        }
+
+        let keys: Vec<(u64, u64)> = self.open.keys().copied().collect();
+        for key in keys {
+            let Some(mut t) = self.open.remove(&key) else {
+                continue;
+            };
+            match at_path.get(&key) {
+                Some(p) => {
+                    t.path = p.clone();
+                    t.detached_at = None;
+                }
+                None => {
+                    t.detached_at.get_or_insert(now);
+                }
+            }
+            let grew = match self.read_file(&mut t, now, &mut emitted) {
+                Ok(grew) => grew,
+                Err(e) => {
+                    tracing::warn!(path = %t.path.display(), error = %e, "read failed; closing the file");
+                    self.stats.files_closed += 1;
+                    continue;
+                }
+            };
+            let idle = now.duration_since(t.last_growth);
+            let done = t.detached_at.is_some() && !grew && idle >= self.cfg.rotate_grace;
+            if done {
+                self.stats.files_closed += 1;
+                Self::flush_joiner(&mut t, &mut emitted);
+            } else if !grew && idle >= self.cfg.close_idle_after {
+                // Still at its path: close it, remember where we were.
+                self.stats.files_closed += 1;
+                Self::flush_joiner(&mut t, &mut emitted);
+                self.parked.insert(key, (t.id, t.splitter.resume_offset()));
+            } else {
+                self.open.insert(key, t);
+            }
+        }
+        emitted
+    }
+
+    /// While the lines of the last poll wait (the WAL is full): open the
+    /// files that appeared since, reading nothing, so a file rotated and
+    /// deleted meanwhile is still held open (up to `max_open_files`) and
+    /// its lines are read once reading resumes.
+    pub fn open_new(&mut self, store: &Store) {
+        self.discover_and_open(store, Instant::now());
+    }
+
+    /// The first half of a poll: walk, open what is new; which (device,
+    /// inode) each matching path leads to now.
+    fn discover_and_open(&mut self, store: &Store, now: Instant) -> HashMap<(u64, u64), PathBuf> {
         let mut at_path: HashMap<(u64, u64), PathBuf> = HashMap::new();
         let mut renamed_parked = Vec::new();
         for Found {
@@ -507,48 +561,7 @@ impl Harvester {
         // Forget what is gone from the globs.
         self.parked.retain(|k, _| at_path.contains_key(k));
         self.unready.retain(|k, _| at_path.contains_key(k));
-
-        if std::mem::take(&mut self.first_poll) {
-            self.reopen_rotated(store, &at_path, now);
-        }
-
-        let keys: Vec<(u64, u64)> = self.open.keys().copied().collect();
-        for key in keys {
-            let Some(mut t) = self.open.remove(&key) else {
-                continue;
-            };
-            match at_path.get(&key) {
-                Some(p) => {
-                    t.path = p.clone();
-                    t.detached_at = None;
-                }
-                None => {
-                    t.detached_at.get_or_insert(now);
-                }
-            }
-            let grew = match self.read_file(&mut t, now, &mut emitted) {
-                Ok(grew) => grew,
-                Err(e) => {
-                    tracing::warn!(path = %t.path.display(), error = %e, "read failed; closing the file");
-                    self.stats.files_closed += 1;
-                    continue;
-                }
-            };
-            let idle = now.duration_since(t.last_growth);
-            let done = t.detached_at.is_some() && !grew && idle >= self.cfg.rotate_grace;
-            if done {
-                self.stats.files_closed += 1;
-                Self::flush_joiner(&mut t, &mut emitted);
-            } else if !grew && idle >= self.cfg.close_idle_after {
-                // Still at its path: close it, remember where we were.
-                self.stats.files_closed += 1;
-                Self::flush_joiner(&mut t, &mut emitted);
-                self.parked.insert(key, (t.id, t.splitter.resume_offset()));
-            } else {
-                self.open.insert(key, t);
-            }
-        }
-        emitted
+        at_path
     }
 
     /// After a restart: files renamed out of the globs while the agent was
@@ -1160,5 +1173,43 @@ mod symlink_tests {
         let swaps = swapper.join().unwrap();
         assert!(swaps > 100 && polls > 100, "swaps {swaps}, polls {polls}");
         assert!(inside > 0, "the regular files were read ({polls} polls)");
+    }
+}
+
+/// Issue #12 item 9: while reading pauses (the WAL is full), files that
+/// appear are opened without being read, so one rotated and deleted before
+/// reading resumes is still read through its handle.
+#[cfg(test)]
+mod paused_tests {
+    use super::*;
+
+    #[test]
+    fn a_file_made_and_deleted_while_paused_is_read_after() {
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = tmp.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let st = Store::open(tmp.path().join("cp"), Duration::from_secs(60))
+            .unwrap()
+            .0;
+        let mut h = Harvester::new(HarvestConfig {
+            include: vec![format!("{}/app.log*", logs.display())],
+            ..HarvestConfig::default()
+        })
+        .unwrap();
+        assert!(h.poll(&st).is_empty());
+        // Paused: the loop only calls open_new. A file appears, is rotated
+        // (renamed) and the rotated name deleted, all before reading resumes.
+        let f = logs.join("app.log");
+        std::fs::write(&f, b"made while paused\n").unwrap();
+        h.open_new(&st);
+        let rotated = logs.join("app.log.1");
+        std::fs::rename(&f, &rotated).unwrap();
+        std::fs::remove_file(&rotated).unwrap();
+        let got: Vec<Vec<u8>> = h
+            .poll(&st)
+            .into_iter()
+            .flat_map(|e| e.lines.into_iter().map(|l| l.bytes))
+            .collect();
+        assert_eq!(got, vec![b"made while paused".to_vec()]);
     }
 }

@@ -34,9 +34,17 @@ pub enum Discovery {
     RescanOnly,
 }
 
+/// How often a loop whose sink is full opens new files meanwhile.
+pub const PAUSED_OPEN_EVERY: Duration = Duration::from_secs(1);
+
 /// Starts polling `harvester` on a thread; every non-empty poll result goes
-/// to `sink`. The store is read (locked) during each poll. After each poll
-/// the number of open files is stored in `open_files`.
+/// to `sink`, which gives the lines back (`Some`) when it cannot take them
+/// now (the WAL is full): the loop offers them again every 5 ms and
+/// meanwhile, every [`PAUSED_OPEN_EVERY`], opens new files without reading
+/// them ([`Harvester::open_new`]), so files rotated and deleted during the
+/// pause stay readable through their handles. The store is read (locked)
+/// during each poll. After each poll the number of open files is stored in
+/// `open_files`.
 ///
 /// # Errors
 /// The thread cannot be spawned.
@@ -46,7 +54,7 @@ pub fn spawn(
     rescan: Duration,
     discovery: Discovery,
     open_files: Arc<AtomicUsize>,
-    mut sink: impl FnMut(Vec<Emitted>) + Send + 'static,
+    mut sink: impl FnMut(Vec<Emitted>) -> Option<Vec<Emitted>> + Send + 'static,
 ) -> std::io::Result<HarvestLoop> {
     let stop = Arc::new(AtomicBool::new(false));
     // At most one pending wake: more would say nothing new.
@@ -79,8 +87,21 @@ pub fn spawn(
                 };
                 open_files.store(h.open_files(), Ordering::Relaxed);
                 let busy = !out.is_empty();
-                if busy {
-                    sink(out);
+                let mut pending = busy.then_some(out);
+                let mut opened_at = std::time::Instant::now();
+                while let Some(batch) = pending.take() {
+                    let Some(back) = sink(batch) else { break };
+                    if stop_flag.load(Ordering::SeqCst) {
+                        break; // given up: not checkpointed, read again later
+                    }
+                    if opened_at.elapsed() >= PAUSED_OPEN_EVERY {
+                        let store = store.lock().unwrap_or_else(|p| p.into_inner());
+                        h.open_new(&store);
+                        open_files.store(h.open_files(), Ordering::Relaxed);
+                        opened_at = std::time::Instant::now();
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                    pending = Some(back);
                 }
                 timeout = if busy {
                     Duration::ZERO
@@ -182,6 +203,7 @@ mod tests {
                         let _ = tx.send(l.bytes);
                     }
                 }
+                None
             },
         )
         .unwrap();

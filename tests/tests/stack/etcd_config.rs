@@ -10,11 +10,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// The next event other than `KeySeen` (its revisions are checked apart).
 async fn next(rx: &mut mpsc::Receiver<ConfigEvent>) -> ConfigEvent {
-    tokio::time::timeout(Duration::from_secs(15), rx.recv())
-        .await
-        .expect("an event within 15 s")
-        .expect("watcher running")
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+            .await
+            .expect("an event within 15 s")
+            .expect("watcher running");
+        if !matches!(ev, ConfigEvent::KeySeen { .. }) {
+            return ev;
+        }
+    }
 }
 
 async fn next_applied(rx: &mut mpsc::Receiver<ConfigEvent>) -> Vec<CollectEntry> {

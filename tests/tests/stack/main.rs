@@ -8,6 +8,7 @@
 //! - `etcd`: put a key, observe it through a watch.
 //! - `etcd_config`: logagent's collect entries followed in etcd.
 //! - `security`: nothing outside allowed_roots is shipped (issue #14).
+//! - `state`: what an agent publishes about itself in etcd (issue #15).
 //! - `transfer`: logtransfer against Kafka and Elasticsearch.
 
 mod agent;
@@ -17,4 +18,5 @@ mod etcd;
 mod etcd_config;
 mod kafka;
 mod security;
+mod state;
 mod transfer;

@@ -1,0 +1,127 @@
+//! What an agent publishes about itself at `<prefix>/agents/<host_id>`
+//! (issue #15 item 1), against the real agent and etcd.
+
+use common::agent_state::AgentState;
+use integration::agent_run::{append_lines as append, etcd_put, fixture};
+use integration::{unique, Stack};
+use std::time::{Duration, Instant};
+
+async fn state(stack: &Stack, key: &str) -> Option<AgentState> {
+    let mut c = etcd_client::Client::connect(&stack.etcd_endpoints, None)
+        .await
+        .ok()?;
+    let r = c.get(key, None).await.ok()?;
+    serde_json::from_slice(r.kvs().first()?.value()).ok()
+}
+
+async fn put_rev(stack: &Stack, key: &str, value: &str) -> i64 {
+    let mut c = etcd_client::Client::connect(&stack.etcd_endpoints, None)
+        .await
+        .expect("etcd");
+    c.put(key, value, None)
+        .await
+        .expect("put")
+        .header()
+        .map_or(0, |h| h.revision())
+}
+
+/// Waits until the published state satisfies `f`, for at most `limit`.
+async fn wait_state(
+    stack: &Stack,
+    key: &str,
+    limit: Duration,
+    f: impl Fn(&AgentState) -> bool,
+) -> Option<AgentState> {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < limit {
+        last = state(stack, key).await;
+        if last.as_ref().is_some_and(&f) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    last
+}
+
+/// The revision of a good value is reported applied; a refused one is
+/// reported with its reason while the applied revision stays; files and the
+/// WAL are reported; the key goes once the agent is killed -9 (lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reports_revisions_files_and_wal_and_vanishes_when_killed() {
+    let stack = Stack::from_env();
+    let fx = fixture(&stack, "");
+    let (logs, a) = (fx.logs.clone(), &fx.agent);
+    let topic = unique("it-state");
+    stack.create_topic(&topic, 1).await;
+    let good = format!(
+        r#"[{{"path":"{}/*.log","topic":"{topic}"}}]"#,
+        logs.display()
+    );
+    let rev = put_rev(&stack, &a.collect_key(), &good).await;
+    append(
+        &logs.join("app.log"),
+        &["seq 0 state".into(), "seq 1 state".into()],
+    );
+    let mut agent = a.start();
+    let key = format!("{}/agents/{}", a.prefix, a.host_id);
+    let ck = a.collect_key();
+    let st = wait_state(&stack, &key, Duration::from_secs(30), |s| {
+        s.collect
+            .get(&ck)
+            .is_some_and(|k| k.applied_revision == rev)
+            && s.files.total == 1
+            && s.files
+                .shown
+                .first()
+                .is_some_and(|f| f.acked_offset == f.size)
+    })
+    .await;
+    let st = st.unwrap_or_else(|| panic!("no state\n{}", a.log_text()));
+    assert_eq!(st.schema, common::agent_state::SCHEMA);
+    assert!(st.collect[&ck].applied_revision == rev, "{st:?}");
+    assert_eq!(st.files.shown[0].size, 24, "{st:?}");
+    assert_eq!(st.allowed_roots, vec![logs.display().to_string()]);
+    assert!(
+        !st.paused && st.etcd_connected && st.kafka == "ok",
+        "{st:?}"
+    );
+    assert!(st.wal.max_bytes > 0);
+
+    // Refused: reported with its reason, the applied revision stays.
+    let bad = put_rev(
+        &stack,
+        &a.collect_key(),
+        r#"[{"path":"/etc/shadow","topic":"t"}]"#,
+    )
+    .await;
+    let st = wait_state(&stack, &key, Duration::from_secs(20), |s| {
+        s.collect.get(&ck).is_some_and(|k| k.revision == bad)
+    })
+    .await
+    .expect("state");
+    let k = &st.collect[&ck];
+    assert_eq!(k.applied_revision, rev, "{k:?}");
+    assert!(
+        k.error
+            .as_deref()
+            .is_some_and(|e| e.contains("allowed_roots")),
+        "{k:?}"
+    );
+    etcd_put(&stack, &a.collect_key(), &good).await;
+
+    agent.kill9();
+    let gone = Instant::now();
+    while state(&stack, &key).await.is_some() && gone.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let after = gone.elapsed();
+    assert!(
+        state(&stack, &key).await.is_none(),
+        "still registered after {after:?}"
+    );
+    assert!(
+        after <= Duration::from_secs(15),
+        "gone after {after:?} (lease TTL 10 s)"
+    );
+}
