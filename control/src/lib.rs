@@ -1,0 +1,126 @@
+//! The control library of logpipe: what `logctl` and the web console do,
+//! written once.
+//!
+//! - [`config`]: where etcd, Kafka and Elasticsearch are (TOML, `${ENV}`).
+//! - [`collect`]: collect entries in etcd — read, validate with exactly
+//!   the agent's parser and the target host's `allowed_roots`, write with
+//!   compare-and-swap on `mod_revision`, history and rollback from etcd's
+//!   revisions, waiting until the agent reports a revision applied.
+//! - [`agents`]: the agents' published state (`common::agent_state`) and
+//!   liveness (the lease-kept key exists).
+//! - [`check`]: are etcd, Kafka and Elasticsearch reachable.
+//!
+//! Every fallible call returns [`Error`]; [`Error::exit_code`] maps it to
+//! logctl's exit codes (1: refused, conflict, not found; 2: config/usage).
+
+pub mod agents;
+pub mod check;
+pub mod collect;
+pub mod config;
+
+use std::time::Duration;
+
+/// Errors of the control library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] common::ConfigError),
+    #[error("etcd ({endpoints}): {source}")]
+    Etcd {
+        endpoints: String,
+        source: etcd_client::Error,
+    },
+    /// The value would be refused by the agent (nothing was written).
+    #[error("{0}")]
+    Invalid(String),
+    /// Someone else changed the key since it was read (nothing written).
+    #[error("conflict: {key} changed since it was read (at revision {expected}, now {actual}); read it again and retry")]
+    Conflict {
+        key: String,
+        expected: i64,
+        actual: i64,
+    },
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The agent refused the value once written (its reason).
+    #[error("the agent refused revision {revision} of {key}: {reason}")]
+    Refused {
+        key: String,
+        revision: i64,
+        reason: String,
+    },
+    #[error("timed out after {waited:?}: {what}")]
+    Timeout { what: String, waited: Duration },
+    #[error("{what}: {message}")]
+    Io { what: String, message: String },
+}
+
+impl Error {
+    /// logctl's exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A connection to the control plane (etcd) with the prefix in use.
+pub struct Control {
+    pub(crate) etcd: etcd_client::Client,
+    pub(crate) prefix: String,
+    pub(crate) endpoints: String,
+}
+
+impl Control {
+    /// Connects to etcd as configured.
+    ///
+    /// # Errors
+    /// No etcd endpoint answers, or the CA file cannot be read.
+    pub async fn connect(cfg: &config::ControlConfig) -> Result<Self> {
+        let endpoints = cfg.etcd.endpoints.join(",");
+        let ca = match &cfg.etcd.ca_file {
+            Some(p) => Some(std::fs::read(p).map_err(|e| Error::Io {
+                what: format!("etcd.ca_file {}", p.display()),
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
+        let user = cfg.etcd.username.as_ref().map(|u| {
+            (
+                u.clone(),
+                cfg.etcd
+                    .password
+                    .as_ref()
+                    .map(|p| p.expose().to_string())
+                    .unwrap_or_default(),
+            )
+        });
+        let etcd =
+            agent::etcd_config::connect_to(&cfg.etcd.endpoints, user.as_ref(), ca.as_deref())
+                .await
+                .map_err(|source| Error::Etcd {
+                    endpoints: endpoints.clone(),
+                    source,
+                })?;
+        Ok(Self {
+            etcd,
+            prefix: cfg.etcd.prefix.trim_end_matches('/').to_string(),
+            endpoints,
+        })
+    }
+
+    pub(crate) fn etcd_err(&self, source: etcd_client::Error) -> Error {
+        Error::Etcd {
+            endpoints: self.endpoints.clone(),
+            source,
+        }
+    }
+
+    /// The etcd prefix (`/logagent`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
