@@ -10,7 +10,7 @@ pub mod event;
 pub mod http;
 
 pub use config::{check_brokers, check_endpoint_url, load_config, ConfigError};
-pub use event::{document_id, LogEvent};
+pub use event::{distinct_document_id, document_id, LogEvent};
 
 /// Installs the `tracing` subscriber used by both binaries: compact text on
 /// stderr, filtered by `RUST_LOG` (default `info`).

@@ -8,6 +8,8 @@
 //! - `etcd`: put a key, observe it through a watch.
 //! - `etcd_config`: logagent's collect entries followed in etcd.
 //! - `transfer`: logtransfer against Kafka and Elasticsearch.
+//! - `transfer_edges`: logtransfer at production edges (issue #13): recreated
+//!   topics, refused dead letters, 413s, write blocks, honest `/health`.
 
 mod agent;
 mod agent_edges;
@@ -16,3 +18,4 @@ mod etcd;
 mod etcd_config;
 mod kafka;
 mod transfer;
+mod transfer_edges;
