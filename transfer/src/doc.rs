@@ -403,6 +403,71 @@ mod tests {
         assert!(v["original"].as_str().unwrap().contains("\"x\":1"));
     }
 
+    #[test]
+    fn index_names_follow_elasticsearch_rules() {
+        assert!(check_index_name("web_log-2026.11.21").is_ok());
+        for bad in ["", ".", "_x", "-x", "+x", "a b", "a,b", "a#b", "a*", "A"] {
+            assert!(check_index_name(bad).is_err(), "{bad}");
+        }
+        assert!(check_index_name(&"a".repeat(255)).is_ok());
+        assert!(check_index_name(&"a".repeat(256))
+            .unwrap_err()
+            .contains("256"));
+        assert!(pat().check_topic("web_log", "-deadletter").is_ok());
+        assert!(pat().check_topic("_x", "-deadletter").is_err());
+        let long = "a".repeat(240);
+        let e = pat().check_topic(&long, "-deadletter").unwrap_err();
+        assert!(e.contains("-deadletter"), "{e}");
+    }
+
+    #[test]
+    fn a_replay_is_the_same_document_another_incarnation_is_not() {
+        let p = br#"{"@timestamp":"2026-01-01T00:00:00Z","seq":1}"#;
+        let d = make_doc("t", 0, 5, Some(p), None, &pat());
+        let stored: Value = serde_json::from_slice(p).unwrap();
+        assert!(same_document(&d, &stored));
+        let other: Value = serde_json::json!({"@timestamp": "2026-01-01T00:00:00Z", "seq": 2});
+        assert!(!same_document(&d, &other));
+        // A dead letter is the same by what it stands in for, whatever its time.
+        let err = serde_json::json!({"type": "x", "reason": "y"});
+        let dl = dead_letter(&d, 400, &err, "-deadletter");
+        let mut stored_dl: Value = serde_json::from_slice(&dl.source).unwrap();
+        stored_dl["@timestamp"] = "2020-01-01T00:00:00Z".into();
+        assert!(same_document(&dl, &stored_dl));
+        stored_dl["original"] = "something else".into();
+        assert!(!same_document(&dl, &stored_dl));
+
+        let mut moved = d.clone();
+        assert!(!moved.has_distinct_id());
+        moved.use_distinct_id();
+        assert!(moved.has_distinct_id());
+        assert!(moved.id.starts_with("t-0-5-"), "{}", moved.id);
+        let mut again = d.clone();
+        again.use_distinct_id();
+        assert_eq!(moved.id, again.id, "a replay gets the same distinct id");
+        let mut dl2 = dl.clone();
+        dl2.use_distinct_id();
+        assert_eq!(
+            dl2.id, moved.id,
+            "a dead letter's distinct id is its original's"
+        );
+    }
+
+    #[test]
+    fn dead_letters_of_huge_documents_are_cut_on_a_char_boundary() {
+        let big = format!("{{\"m\":\"{}\"}}", "é".repeat(DEAD_LETTER_ORIGINAL_MAX));
+        let d = make_doc("t", 0, 1, Some(big.as_bytes()), Some(0), &pat());
+        let dl = dead_letter(&d, 413, &serde_json::json!({}), "-deadletter");
+        let v: Value = serde_json::from_slice(&dl.source).unwrap();
+        let original = v["original"].as_str().unwrap();
+        assert!(
+            original.len() <= DEAD_LETTER_ORIGINAL_MAX
+                && original.len() > DEAD_LETTER_ORIGINAL_MAX - 4
+        );
+        assert_eq!(v["original_truncated"], true);
+        assert_eq!(v["original_bytes"], d.source.len());
+    }
+
     proptest::proptest! {
         #[test]
         fn any_payload_makes_a_json_object(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200), ts in proptest::option::of(proptest::num::i64::ANY)) {

@@ -755,3 +755,140 @@ pub async fn run(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! `write_batch` over a fake sink (pure logic: splitting, dead letters,
+    //! abandoning at shutdown); delivery itself is tested against the real
+    //! stack in `tests/tests/stack/transfer_edges.rs`.
+    use super::*;
+
+    /// Answers 413 to any request above `limit` bytes of sources; refuses
+    /// (400) documents in indices starting with `bad` and everything in
+    /// `bad…-deadletter` too; records the size of every request.
+    struct FakeSink {
+        limit: usize,
+        requests: Mutex<Vec<usize>>,
+    }
+
+    impl Sink for FakeSink {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn write<'a>(&'a self, docs: &'a [Doc]) -> BoxFuture<'a, Result<Vec<Outcome>, Error>> {
+            Box::pin(async move {
+                let bytes: usize = docs.iter().map(|d| d.source.len()).sum();
+                self.requests
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(docs.len());
+                if bytes > self.limit {
+                    return Err(Error::TooLarge { bytes });
+                }
+                Ok(docs
+                    .iter()
+                    .map(|d| {
+                        if d.index.starts_with("bad") {
+                            Outcome::Refused {
+                                status: 400,
+                                error: serde_json::json!({"type": "invalid_index_name_exception", "reason": "bad"}),
+                            }
+                        } else {
+                            Outcome::Written
+                        }
+                    })
+                    .collect())
+            })
+        }
+    }
+
+    fn ctx(metrics: &Arc<Metrics>) -> (watch::Sender<bool>, WriteCtx) {
+        let (tx, rx) = watch::channel(false);
+        let w = WriteCtx {
+            metrics: Arc::clone(metrics),
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(50),
+            dead_letter_suffix: "-deadletter".into(),
+            max_bytes: 100_000,
+            stop: rx,
+            failing: Arc::default(),
+        };
+        (tx, w)
+    }
+
+    fn doc(index: &str, offset: i64, size: usize) -> Doc {
+        Doc {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            index: index.into(),
+            id: common::document_id("t", 0, offset),
+            source: vec![b'x'; size],
+            dead_letter: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_413_halves_the_request_until_it_fits_and_a_lone_misfit_is_dead_lettered() {
+        let metrics = Metrics::new();
+        let (_tx, w) = ctx(&metrics);
+        let sink = Arc::new(FakeSink {
+            limit: 40_000,
+            requests: Mutex::default(),
+        });
+        // 8 documents of 9000 bytes (72000: too large), one of 50000 (too
+        // large alone; its dead letter keeps 32 KiB and fits).
+        let mut docs: Vec<Doc> = (0..8).map(|o| doc("ok", o, 9_000)).collect();
+        docs.push(doc("ok", 8, 50_000));
+        let sink_dyn: Arc<dyn Sink> = sink.clone();
+        assert!(write_batch(sink_dyn, docs, w).await);
+        let requests = sink.requests.lock().unwrap().clone();
+        // 9 → 413; 4 + 4 (36000 each) fit; the big one alone → 413 → its
+        // dead letter (1) is written.
+        assert_eq!(requests, vec![9, 4, 4, 1, 1]);
+        assert_eq!(metrics.dead_lettered.get(), 1, "{requests:?}");
+        assert_eq!(
+            metrics
+                .docs_written
+                .get_or_create(&SinkLabels {
+                    sink: "fake".into()
+                })
+                .get(),
+            9
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_dead_letter_stops_the_partition_until_shutdown_abandons_it() {
+        let metrics = Metrics::new();
+        let (tx, w) = ctx(&metrics);
+        let sink: Arc<dyn Sink> = Arc::new(FakeSink {
+            limit: usize::MAX,
+            requests: Mutex::default(),
+        });
+        let task = tokio::spawn(write_batch(
+            sink,
+            vec![doc("ok", 0, 10), doc("bad", 1, 10)],
+            w,
+        ));
+        let m = Arc::clone(&metrics);
+        let mut named = false;
+        for _ in 0..200 {
+            if m.health().is_err_and(|b| b.contains("stopped:t/0")) {
+                named = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(named, "{:?}", m.health());
+        assert_eq!(m.stopped_partitions.get(), 1);
+        let _ = tx.send(true);
+        let complete = tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("abandoned at once")
+            .expect("task");
+        assert!(!complete, "an abandoned batch is not committed");
+        assert_eq!(m.stopped_partitions.get(), 0);
+        assert_eq!(m.health(), Ok("ok\n".into()));
+    }
+}

@@ -168,6 +168,7 @@ async fn issue13_2_a_refused_dead_letter_stops_its_partition_loudly_and_briefly(
     let t = Instant::now();
     running.stop().await;
     let stop_took = t.elapsed();
+    eprintln!("stop took {stop_took:?}; /health: {body}");
     assert_eq!(got, 3, "the other topic flows");
     assert!(named, "/health names the stopped partition: {body}");
     let v: Value = serde_json::from_str(&body).expect("health is JSON");
