@@ -89,13 +89,35 @@ pub struct Agent {
     pub id: String,
 }
 
-/// The Elasticsearch `_id` of the document made from a Kafka message.
+/// The Elasticsearch `_id` of the document made from a Kafka message (the one
+/// place ids are made, with [`distinct_document_id`]).
 ///
 /// Deterministic in (topic, partition, offset), so consuming the same message
 /// again after a crash targets the same document and a `create` answers 409
 /// instead of making a duplicate.
 pub fn document_id(topic: &str, partition: i32, offset: i64) -> String {
     format!("{topic}-{partition}-{offset}")
+}
+
+/// The `_id` of a message whose [`document_id`] is already taken by a
+/// *different* document: another incarnation of the topic (deleted and
+/// recreated, a rebuilt cluster, two clusters writing to one Elasticsearch)
+/// reused the offset. `{topic}-{partition}-{offset}-{hash}`, where `hash` is
+/// the FNV-1a 64 of `content` (the document's source) in 16 hex digits, so
+/// consuming the same message again targets the same document.
+pub fn distinct_document_id(topic: &str, partition: i32, offset: i64, content: &[u8]) -> String {
+    format!(
+        "{}-{:016x}",
+        document_id(topic, partition, offset),
+        fnv1a64(content)
+    )
+}
+
+/// FNV-1a, 64 bits: stable across releases and platforms (ids are stored).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -105,6 +127,19 @@ mod tests {
     #[test]
     fn document_id_is_topic_partition_offset() {
         assert_eq!(document_id("web_log", 3, 42), "web_log-3-42");
+    }
+
+    #[test]
+    fn distinct_ids_depend_on_the_content_only() {
+        // FNV-1a 64 reference value of "a".
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let a = distinct_document_id("t", 0, 5, b"{\"m\":1}");
+        assert_eq!(a, distinct_document_id("t", 0, 5, b"{\"m\":1}"));
+        assert_ne!(a, distinct_document_id("t", 0, 5, b"{\"m\":2}"));
+        assert!(
+            a.starts_with("t-0-5-") && a.len() == "t-0-5-".len() + 16,
+            "{a}"
+        );
     }
 
     #[test]

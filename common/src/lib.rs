@@ -15,7 +15,7 @@ pub mod http;
 pub mod secret;
 
 pub use config::{check_brokers, check_endpoint_url, load_config, ConfigError};
-pub use event::{document_id, LogEvent};
+pub use event::{distinct_document_id, document_id, LogEvent};
 pub use secret::Secret;
 
 /// Installs the `tracing` subscriber used by both binaries: compact text on

@@ -160,6 +160,21 @@ impl Stack {
         }
     }
 
+    /// The answer of a GET of document `id` in `index` (`found`, `_source`).
+    ///
+    /// # Panics
+    /// When the request fails or the answer is not JSON.
+    pub async fn get_doc(&self, index: &str, id: &str) -> Value {
+        self.es()
+            .get(elasticsearch::GetParts::IndexId(index, id))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("get body")
+    }
+
     /// Runs a search on `index` (a name or pattern) and returns its answer.
     ///
     /// # Panics

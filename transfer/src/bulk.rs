@@ -8,11 +8,17 @@ use serde_json::Value;
 /// What became of one document of a bulk request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Created now (201), or already there from an earlier attempt (409).
+    /// Created now (2xx).
     Written,
-    /// Worth retrying: 429, 5xx, or no answer for this item.
+    /// The `_id` is taken (409): an earlier attempt at this very message, or
+    /// a different message that reused the offset (a recreated topic). The
+    /// caller compares the stored document to tell them apart.
+    Exists,
+    /// Worth retrying: 429, 5xx, a write block (403 `cluster_block_exception`),
+    /// a missing index with auto-creation off (404 `index_not_found_exception`),
+    /// or no answer for this item.
     Retry,
-    /// Refused for good (a 4xx other than 409 and 429): dead-letter it.
+    /// Refused for good (any other 4xx): dead-letter it.
     Refused { status: u16, error: Value },
 }
 
@@ -45,10 +51,20 @@ struct Item {
 
 /// Classifies a status code of one item.
 pub fn classify(status: u16, error: Option<Value>) -> Outcome {
-    match status {
-        200..=299 | 409 => Outcome::Written,
-        429 | 500..=599 => Outcome::Retry,
-        400..=499 => Outcome::Refused {
+    let kind = error
+        .as_ref()
+        .and_then(|e| e.get("type"))
+        .and_then(Value::as_str);
+    match (status, kind) {
+        (200..=299, _) => Outcome::Written,
+        (409, _) => Outcome::Exists,
+        (429 | 500..=599, _) => Outcome::Retry,
+        // An operator's (or the disk watermark's) write block, or an index
+        // that auto-creation may not make: the documents are fine, wait.
+        (403, Some("cluster_block_exception")) | (404, Some("index_not_found_exception")) => {
+            Outcome::Retry
+        }
+        (400..=499, _) => Outcome::Refused {
             status,
             error: error.unwrap_or(Value::Null),
         },
@@ -108,6 +124,23 @@ mod tests {
     }
 
     #[test]
+    fn write_blocks_and_missing_indices_are_transient() {
+        let block = serde_json::json!({"type": "cluster_block_exception", "reason": "index [x] blocked by: [FORBIDDEN/8/index write (api)];"});
+        assert_eq!(classify(403, Some(block)), Outcome::Retry);
+        let missing = serde_json::json!({"type": "index_not_found_exception"});
+        assert_eq!(classify(404, Some(missing)), Outcome::Retry);
+        let denied = serde_json::json!({"type": "security_exception"});
+        assert!(matches!(
+            classify(403, Some(denied)),
+            Outcome::Refused { status: 403, .. }
+        ));
+        assert!(matches!(
+            classify(400, None),
+            Outcome::Refused { status: 400, .. }
+        ));
+    }
+
+    #[test]
     fn items_are_classified_in_order() {
         let body = br#"{"took":3,"errors":true,"items":[
             {"create":{"_id":"a","status":201}},
@@ -117,7 +150,7 @@ mod tests {
             {"create":{"_id":"e","status":503}}]}"#;
         let out = parse_response(body, 6);
         assert_eq!(out[0], Outcome::Written);
-        assert_eq!(out[1], Outcome::Written);
+        assert_eq!(out[1], Outcome::Exists);
         assert_eq!(out[2], Outcome::Retry);
         assert!(
             matches!(&out[3], Outcome::Refused { status: 400, error } if error["type"] == "mapper_parsing_exception")

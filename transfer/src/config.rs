@@ -32,6 +32,26 @@ pub struct TransferConfig {
     pub route: Vec<Route>,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// `/health` answers 503 naming a partition that has lag and has not
+    /// advanced for this long, or a sink that has failed every write for
+    /// this long. Default 120.
+    #[serde(default = "default_stuck_after")]
+    pub stuck_after_secs: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            stuck_after_secs: default_stuck_after(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,6 +172,9 @@ impl Default for MetricsConfig {
     }
 }
 
+fn default_stuck_after() -> u64 {
+    120
+}
 fn default_group() -> String {
     "logtransfer".into()
 }
@@ -234,14 +257,32 @@ impl TransferConfig {
                 format!("`{url}` must start with http:// or https://"),
             ));
         }
-        if let Err(e) = crate::doc::IndexPattern::new(&self.elasticsearch.index_pattern) {
-            return Err(bad("elasticsearch.index_pattern", e));
-        }
+        let pattern = crate::doc::IndexPattern::new(&self.elasticsearch.index_pattern)
+            .map_err(|e| bad("elasticsearch.index_pattern", e))?;
         if self.elasticsearch.dead_letter_suffix.is_empty() {
             return Err(bad(
                 "elasticsearch.dead_letter_suffix",
                 "must not be empty (dead letters would mix with documents)".into(),
             ));
+        }
+        // Explicit topics that go to Elasticsearch must make index names it
+        // takes, dead-letter indices included: otherwise even their dead
+        // letters would be refused. (Regex topics are checked as they come:
+        // such a partition stops, named on /health.)
+        for (i, topic) in self.kafka.topics.iter().enumerate() {
+            let to_file = self
+                .route
+                .iter()
+                .any(|r| r.sink == SinkKind::File && r.topics.contains(topic));
+            if topic.starts_with('^') || to_file {
+                continue;
+            }
+            if let Err(e) = pattern.check_topic(topic, &self.elasticsearch.dead_letter_suffix) {
+                return Err(bad(
+                    &format!("kafka.topics[{i}]"),
+                    format!("the topic `{topic}` {e}"),
+                ));
+            }
         }
         if self.elasticsearch.password.is_some() && self.elasticsearch.username.is_none() {
             return Err(bad(
@@ -285,6 +326,9 @@ impl TransferConfig {
                     "must list a topic".into(),
                 ));
             }
+        }
+        if self.health.stuck_after_secs == 0 {
+            return Err(bad("health.stuck_after_secs", "must be at least 1".into()));
         }
         if self.metrics.listen.parse::<SocketAddr>().is_err() {
             return Err(bad(
@@ -389,6 +433,39 @@ url = "http://127.0.0.1:9200"
             err.contains("route[0].sink") || err.contains("route"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn topics_that_make_illegal_indices_are_named() {
+        // Issue #13 item 2: such a topic's dead letters were refused too and
+        // its partition looped forever.
+        let err = parse(&MINIMAL.replace("[\"web_log\"]", "[\"ok_log\", \"_hidden\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("kafka.topics[1]") && err.contains("_hidden"),
+            "{err}"
+        );
+        // 240 bytes: the index (251) fits, its dead-letter index (262) does not.
+        let long = "a".repeat(240);
+        let err = parse(&MINIMAL.replace("web_log", &long))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("kafka.topics[0]") && err.contains("-deadletter") && err.contains("255"),
+            "{err}"
+        );
+        // Regexes are checked as topics come; file-routed topics make no index.
+        parse(&MINIMAL.replace("[\"web_log\"]", "[\"^_.*\"]")).unwrap();
+        parse(&format!(
+            "{}[file_sink]\ndir = \"/tmp/x\"\n[[route]]\ntopics = [\"_audit\"]\nsink = \"file\"\n",
+            MINIMAL.replace("[\"web_log\"]", "[\"_audit\"]")
+        ))
+        .unwrap();
+        let err = parse(&format!("{MINIMAL}[health]\nstuck_after_secs = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("health.stuck_after_secs"), "{err}");
     }
 
     #[test]

@@ -45,23 +45,33 @@ impl IndexPattern {
         if StrftimeItems::new(pattern).any(|i| matches!(i, Item::Error)) {
             return Err(format!("`{pattern}` has an invalid strftime field"));
         }
-        let probe = Self {
+        let made = Self {
             pattern: pattern.to_string(),
-        }
-        .render(
-            "topic",
-            Utc.timestamp_opt(0, 0).single().unwrap_or_default(),
-        );
-        if probe.starts_with(['-', '_', '+', '.'])
-            || probe.contains(['\\', '/', '*', '?', '"', '<', '>', '|', ' ', ',', '#', ':'])
-        {
+        };
+        let probe = made.render("topic", probe_time());
+        if probe.starts_with('.') {
             return Err(format!(
-                "`{pattern}` gives `{probe}`, not a valid index name"
+                "`{pattern}` gives `{probe}`, not a valid index name: starts with `.`"
             ));
         }
-        Ok(Self {
-            pattern: pattern.to_string(),
-        })
+        check_index_name(&probe)
+            .map_err(|e| format!("`{pattern}` gives `{probe}`, not a valid index name: {e}"))?;
+        Ok(made)
+    }
+
+    /// Whether the indices `topic` makes, and their dead-letter indices
+    /// (`suffix`), are names Elasticsearch takes.
+    ///
+    /// # Errors
+    /// The index name at fault and the rule it breaks.
+    pub fn check_topic(&self, topic: &str, suffix: &str) -> Result<(), String> {
+        let index = self.render(topic, probe_time());
+        for name in [index.clone(), format!("{index}{suffix}")] {
+            check_index_name(&name).map_err(|e| {
+                format!("makes the index `{name}`, which Elasticsearch refuses: {e}")
+            })?;
+        }
+        Ok(())
     }
 
     /// The index for `topic` at `ts`.
@@ -97,6 +107,83 @@ impl IndexPattern {
             p = p.replace("**", "*");
         }
         vec![p]
+    }
+}
+
+/// The longest month and weekday names, so a probe's length is an upper bound.
+fn probe_time() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2000, 9, 27, 23, 59, 59)
+        .single()
+        .unwrap_or_default()
+}
+
+/// Elasticsearch's rules for an index name: lowercase, not empty, `.` or
+/// `..`, not starting with `_`, `-` or `+`, at most 255 bytes, none of
+/// `\ / * ? " < > | , # :` or a space.
+///
+/// # Errors
+/// The rule `name` breaks.
+pub fn check_index_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err("empty, `.` or `..`".into());
+    }
+    if name.starts_with(['_', '-', '+']) {
+        return Err("starts with `_`, `-` or `+`".into());
+    }
+    if name.len() > 255 {
+        return Err(format!("{} bytes long, more than 255", name.len()));
+    }
+    if name.chars().any(char::is_uppercase) {
+        return Err("has upper-case letters".into());
+    }
+    if let Some(c) = name.chars().find(|c| {
+        matches!(
+            c,
+            '\\' | '/' | '*' | '?' | '"' | '<' | '>' | '|' | ' ' | ',' | '#' | ':'
+        )
+    }) {
+        return Err(format!("contains `{c}`"));
+    }
+    Ok(())
+}
+
+/// Whether `stored` (the source Elasticsearch holds at `doc`'s index and
+/// `_id`) is `doc` itself: a replay of the same message. A document is
+/// compared as JSON; a dead letter (whose time and error text are its own)
+/// by the message it stands in for, its `original` and `kafka` fields.
+pub fn same_document(doc: &Doc, stored: &serde_json::Value) -> bool {
+    let Ok(ours) = serde_json::from_slice::<serde_json::Value>(&doc.source) else {
+        return false;
+    };
+    if doc.dead_letter {
+        ours.get("original") == stored.get("original") && ours.get("kafka") == stored.get("kafka")
+    } else {
+        ours == *stored
+    }
+}
+
+impl Doc {
+    /// Whether the `_id` is the one [`common::distinct_document_id`] gives.
+    pub fn has_distinct_id(&self) -> bool {
+        self.id != common::document_id(&self.topic, self.partition, self.offset)
+    }
+
+    /// Moves the document to the `_id` of its content, for when its plain
+    /// `_id` holds a different document (another topic incarnation).
+    pub fn use_distinct_id(&mut self) {
+        let content = if self.dead_letter {
+            serde_json::from_slice::<serde_json::Value>(&self.source)
+                .ok()
+                .and_then(|v| {
+                    v.get("original")
+                        .and_then(|o| o.as_str())
+                        .map(|o| o.as_bytes().to_vec())
+                })
+                .unwrap_or_else(|| self.source.clone())
+        } else {
+            self.source.clone()
+        };
+        self.id = common::distinct_document_id(&self.topic, self.partition, self.offset, &content);
     }
 }
 
@@ -182,11 +269,22 @@ fn with_timestamp(object: &[u8], ts: DateTime<Utc>) -> Vec<u8> {
     out
 }
 
+/// A dead letter keeps at most this much of the refused document, so that
+/// one too large for Elasticsearch still has a dead letter it takes.
+pub const DEAD_LETTER_ORIGINAL_MAX: usize = 32 << 10;
+
 /// The dead letter standing in for `doc`, which Elasticsearch refused with
-/// `error` (the item's error object) and `status`.
+/// `error` (the item's error object) and `status`. Its `original` is the
+/// document as text, cut to [`DEAD_LETTER_ORIGINAL_MAX`] bytes (then
+/// `original_truncated` is true and `original_bytes` the full size).
 pub fn dead_letter(doc: &Doc, status: u16, error: &serde_json::Value, suffix: &str) -> Doc {
-    let original = String::from_utf8_lossy(&doc.source);
-    let v = serde_json::json!({
+    let text = String::from_utf8_lossy(&doc.source);
+    let mut cut = text.len().min(DEAD_LETTER_ORIGINAL_MAX);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let original = &text[..cut];
+    let mut v = serde_json::json!({
         "@timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
         "message": format!("document refused by Elasticsearch: {}", error.get("reason").and_then(|r| r.as_str()).unwrap_or("unknown reason")),
         "error": {
@@ -198,6 +296,10 @@ pub fn dead_letter(doc: &Doc, status: u16, error: &serde_json::Value, suffix: &s
         "original": original,
         "original_index": doc.index,
     });
+    if cut < text.len() {
+        v["original_truncated"] = true.into();
+        v["original_bytes"] = doc.source.len().into();
+    }
     Doc {
         topic: doc.topic.clone(),
         partition: doc.partition,
@@ -299,6 +401,71 @@ mod tests {
         assert_eq!(v["error"]["type"], "mapper_parsing_exception");
         assert_eq!(v["kafka"]["offset"], 9);
         assert!(v["original"].as_str().unwrap().contains("\"x\":1"));
+    }
+
+    #[test]
+    fn index_names_follow_elasticsearch_rules() {
+        assert!(check_index_name("web_log-2026.11.21").is_ok());
+        for bad in ["", ".", "_x", "-x", "+x", "a b", "a,b", "a#b", "a*", "A"] {
+            assert!(check_index_name(bad).is_err(), "{bad}");
+        }
+        assert!(check_index_name(&"a".repeat(255)).is_ok());
+        assert!(check_index_name(&"a".repeat(256))
+            .unwrap_err()
+            .contains("256"));
+        assert!(pat().check_topic("web_log", "-deadletter").is_ok());
+        assert!(pat().check_topic("_x", "-deadletter").is_err());
+        let long = "a".repeat(240);
+        let e = pat().check_topic(&long, "-deadletter").unwrap_err();
+        assert!(e.contains("-deadletter"), "{e}");
+    }
+
+    #[test]
+    fn a_replay_is_the_same_document_another_incarnation_is_not() {
+        let p = br#"{"@timestamp":"2026-01-01T00:00:00Z","seq":1}"#;
+        let d = make_doc("t", 0, 5, Some(p), None, &pat());
+        let stored: Value = serde_json::from_slice(p).unwrap();
+        assert!(same_document(&d, &stored));
+        let other: Value = serde_json::json!({"@timestamp": "2026-01-01T00:00:00Z", "seq": 2});
+        assert!(!same_document(&d, &other));
+        // A dead letter is the same by what it stands in for, whatever its time.
+        let err = serde_json::json!({"type": "x", "reason": "y"});
+        let dl = dead_letter(&d, 400, &err, "-deadletter");
+        let mut stored_dl: Value = serde_json::from_slice(&dl.source).unwrap();
+        stored_dl["@timestamp"] = "2020-01-01T00:00:00Z".into();
+        assert!(same_document(&dl, &stored_dl));
+        stored_dl["original"] = "something else".into();
+        assert!(!same_document(&dl, &stored_dl));
+
+        let mut moved = d.clone();
+        assert!(!moved.has_distinct_id());
+        moved.use_distinct_id();
+        assert!(moved.has_distinct_id());
+        assert!(moved.id.starts_with("t-0-5-"), "{}", moved.id);
+        let mut again = d.clone();
+        again.use_distinct_id();
+        assert_eq!(moved.id, again.id, "a replay gets the same distinct id");
+        let mut dl2 = dl.clone();
+        dl2.use_distinct_id();
+        assert_eq!(
+            dl2.id, moved.id,
+            "a dead letter's distinct id is its original's"
+        );
+    }
+
+    #[test]
+    fn dead_letters_of_huge_documents_are_cut_on_a_char_boundary() {
+        let big = format!("{{\"m\":\"{}\"}}", "é".repeat(DEAD_LETTER_ORIGINAL_MAX));
+        let d = make_doc("t", 0, 1, Some(big.as_bytes()), Some(0), &pat());
+        let dl = dead_letter(&d, 413, &serde_json::json!({}), "-deadletter");
+        let v: Value = serde_json::from_slice(&dl.source).unwrap();
+        let original = v["original"].as_str().unwrap();
+        assert!(
+            original.len() <= DEAD_LETTER_ORIGINAL_MAX
+                && original.len() > DEAD_LETTER_ORIGINAL_MAX - 4
+        );
+        assert_eq!(v["original_truncated"], true);
+        assert_eq!(v["original_bytes"], d.source.len());
     }
 
     proptest::proptest! {

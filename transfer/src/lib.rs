@@ -27,4 +27,8 @@ pub enum Error {
     /// A sink write failed as a whole (retried).
     #[error("{0}")]
     Sink(String),
+    /// The sink refused the request for its size (HTTP 413): the batch is
+    /// split, and a single document that is still too large dead-lettered.
+    #[error("a bulk request of {bytes} bytes is too large for the sink (HTTP 413)")]
+    TooLarge { bytes: usize },
 }

@@ -6,8 +6,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
@@ -32,7 +34,14 @@ pub struct Metrics {
     pub commits: Counter,
     pub paused: Gauge,
     pub buffered_bytes: Gauge,
+    pub distinct_ids: Counter,
+    pub stopped_partitions: Gauge,
+    /// False until the index template is installed.
     pub healthy: AtomicBool,
+    /// Why `/health` reports degraded, by what it is about
+    /// (`partition:<topic>/<n>`, `sink:<name>`): reason and since when.
+    /// The pipeline sets and clears them.
+    problems: Mutex<BTreeMap<String, (String, Instant)>>,
 }
 
 impl Metrics {
@@ -92,6 +101,18 @@ impl Metrics {
             "Bytes of documents consumed and not yet written",
             buffered_bytes.clone(),
         );
+        let distinct_ids = Counter::default();
+        registry.register(
+            "distinct_ids",
+            "Documents written under a distinct _id because their plain one held a different message (a recreated topic reused the offset)",
+            distinct_ids.clone(),
+        );
+        let stopped_partitions = Gauge::default();
+        registry.register(
+            "stopped_partitions",
+            "Partitions stopped because Elasticsearch refused even a dead letter",
+            stopped_partitions.clone(),
+        );
         Arc::new(Self {
             registry,
             consumer_lag,
@@ -103,8 +124,63 @@ impl Metrics {
             commits,
             paused,
             buffered_bytes,
+            distinct_ids,
+            stopped_partitions,
             healthy: AtomicBool::new(true),
+            problems: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Records (or updates the reason of) a problem; its start is kept.
+    pub fn problem(&self, key: &str, reason: String) {
+        let mut p = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        p.entry(key.to_string())
+            .and_modify(|e| e.0.clone_from(&reason))
+            .or_insert((reason, Instant::now()));
+    }
+
+    /// Forgets a problem that is over.
+    pub fn resolved(&self, key: &str) {
+        self.problems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// Forgets the problems whose key starts with `prefix` that `keep` refuses.
+    pub fn retain_problems(&self, prefix: &str, keep: impl Fn(&str) -> bool) {
+        self.problems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| !k.starts_with(prefix) || keep(k));
+    }
+
+    /// `/health`: 200 `ok`; 503 `{"status":"starting",…}` until the index
+    /// template is installed; 503 `{"status":"degraded","problems":[{"key",
+    /// "reason","for_secs"}]}` while a partition is stuck or stopped, or a
+    /// sink refuses every write.
+    ///
+    /// # Errors
+    /// The 503 body.
+    pub fn health(&self) -> Result<String, String> {
+        if !self.healthy.load(Ordering::Relaxed) {
+            return Err(serde_json::json!({"status": "starting", "problems": [
+                {"key": "template", "reason": "the index template is not installed yet (Elasticsearch unreachable or refusing it)"}
+            ]})
+            .to_string()
+                + "\n");
+        }
+        let p = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        if p.is_empty() {
+            return Ok("ok\n".into());
+        }
+        let list: Vec<serde_json::Value> = p
+            .iter()
+            .map(|(key, (reason, since))| {
+                serde_json::json!({"key": key, "reason": reason, "for_secs": since.elapsed().as_secs()})
+            })
+            .collect();
+        Err(serde_json::json!({"status": "degraded", "problems": list}).to_string() + "\n")
     }
 
     pub fn encode(&self) -> String {
@@ -123,13 +199,30 @@ pub async fn serve(listen: &str, metrics: Arc<Metrics>) -> std::io::Result<()> {
     common::http::serve(
         listen,
         Arc::new(move || m1.encode()),
-        Arc::new(move || {
-            if metrics.healthy.load(Ordering::Relaxed) {
-                Ok("ok\n".into())
-            } else {
-                Err("unhealthy\n".into())
-            }
-        }),
+        Arc::new(move || metrics.health()),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_names_its_problems_as_json() {
+        let m = Metrics::new();
+        assert_eq!(m.health(), Ok("ok\n".into()));
+        m.problem("partition:t/0", "stuck".into());
+        m.problem("sink:elasticsearch", "refusing".into());
+        let body = m.health().unwrap_err();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "degraded");
+        assert_eq!(v["problems"][0]["key"], "partition:t/0");
+        assert_eq!(v["problems"][1]["reason"], "refusing");
+        m.retain_problems("partition:", |_| false);
+        m.resolved("sink:elasticsearch");
+        assert_eq!(m.health(), Ok("ok\n".into()));
+        m.healthy.store(false, Ordering::Relaxed);
+        assert!(m.health().unwrap_err().contains("starting"));
+    }
 }

@@ -6,8 +6,9 @@ use crate::bulk::{build_body, parse_response, Outcome};
 use crate::doc::Doc;
 use crate::Error;
 use elasticsearch::http::transport::Transport;
-use elasticsearch::{BulkParts, Elasticsearch};
+use elasticsearch::{BulkParts, Elasticsearch, MgetParts};
 use futures::future::BoxFuture;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,6 +19,13 @@ pub trait Sink: Send + Sync {
     fn name(&self) -> &'static str;
     /// Writes `docs`; one outcome per document, in order.
     fn write<'a>(&'a self, docs: &'a [Doc]) -> BoxFuture<'a, Result<Vec<Outcome>, Error>>;
+    /// The stored source of each doc's (index, `_id`), `None` where there is
+    /// none, in order; asked for documents a write answered
+    /// [`Outcome::Exists`] for. A sink that never answers `Exists` keeps the
+    /// default.
+    fn stored<'a>(&'a self, docs: &'a [Doc]) -> BoxFuture<'a, Result<Vec<Option<Value>>, Error>> {
+        Box::pin(async move { Ok(vec![None; docs.len()]) })
+    }
 }
 
 /// Bulk `create` requests to Elasticsearch.
@@ -46,6 +54,7 @@ impl Sink for EsSink {
         Box::pin(async move {
             let mut body = Vec::with_capacity(docs.iter().map(|d| d.source.len() + 96).sum());
             build_body(docs, &mut body);
+            let body_len = body.len();
             let resp = self
                 .client
                 .bulk(BulkParts::None)
@@ -58,11 +67,49 @@ impl Sink for EsSink {
                 .bytes()
                 .await
                 .map_err(|e| Error::Sink(format!("bulk response: {e}")))?;
+            if status == 413 {
+                return Err(Error::TooLarge { bytes: body_len });
+            }
             if status != 200 {
                 let text = String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into_owned();
                 return Err(Error::Sink(format!("bulk answered HTTP {status}: {text}")));
             }
             Ok(parse_response(&bytes, docs.len()))
+        })
+    }
+
+    fn stored<'a>(&'a self, docs: &'a [Doc]) -> BoxFuture<'a, Result<Vec<Option<Value>>, Error>> {
+        Box::pin(async move {
+            let wanted: Vec<Value> = docs
+                .iter()
+                .map(|d| serde_json::json!({"_index": d.index, "_id": d.id}))
+                .collect();
+            let resp = self
+                .client
+                .mget(MgetParts::None)
+                .body(serde_json::json!({ "docs": wanted }))
+                .send()
+                .await
+                .map_err(|e| Error::Sink(format!("mget request: {e}")))?;
+            let status = resp.status_code().as_u16();
+            if status != 200 {
+                return Err(Error::Sink(format!("mget answered HTTP {status}")));
+            }
+            let v: Value = resp
+                .json()
+                .await
+                .map_err(|e| Error::Sink(format!("mget response: {e}")))?;
+            let mut out: Vec<Option<Value>> = v["docs"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .take(docs.len())
+                        .map(|d| (d["found"] == true).then(|| d["_source"].clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.resize(docs.len(), None);
+            Ok(out)
         })
     }
 }

@@ -10,6 +10,8 @@
 //! - `security`: nothing outside allowed_roots is shipped (issue #14).
 //! - `state`: what an agent publishes about itself in etcd (issue #15).
 //! - `transfer`: logtransfer against Kafka and Elasticsearch.
+//! - `transfer_edges`: logtransfer at production edges (issue #13): recreated
+//!   topics, refused dead letters, 413s, write blocks, honest `/health`.
 
 mod agent;
 mod agent_edges;
@@ -20,3 +22,4 @@ mod kafka;
 mod security;
 mod state;
 mod transfer;
+mod transfer_edges;

@@ -139,18 +139,12 @@ async fn a_refused_document_is_dead_lettered_and_the_partition_moves_on() {
     assert_eq!((main, dead), (3, 1));
     assert!(dead_lettered, "the dead letter is counted in the metrics");
 
-    let es = stack.es();
-    let dl: Value = es
-        .get(elasticsearch::GetParts::IndexId(
+    let dl = stack
+        .get_doc(
             &format!("{topic}-2026.11.21-deadletter"),
             &format!("{topic}-0-{}", offsets[1]),
-        ))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("body");
+        )
+        .await;
     assert_eq!(dl["found"], true, "{dl}");
     assert_eq!(dl["_source"]["error"]["status"], 400);
     assert!(dl["_source"]["original"]

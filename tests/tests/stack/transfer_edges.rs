@@ -1,0 +1,381 @@
+//! logtransfer at production edges (issue #13 items 1, 2, 3, 6), against the
+//! real Kafka and Elasticsearch. Each test is named after its item.
+
+use elasticsearch::indices::{IndicesCreateParts, IndicesPutSettingsParts};
+use integration::transfer_run::{config_text, start};
+use integration::{unique, Stack};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use transfer::config::TransferConfig;
+
+fn event(seq: u64, message: &str) -> String {
+    json!({"@timestamp": "2026-11-21T04:33:32.123Z", "message": message, "seq": seq}).to_string()
+}
+
+fn events(seqs: std::ops::Range<u64>) -> Vec<String> {
+    seqs.map(|s| event(s, &format!("line {s}"))).collect()
+}
+
+/// The test config, with `replace` (pairs of old, new) applied to its TOML.
+fn cfg(
+    stack: &Stack,
+    topics: &[&str],
+    group: &str,
+    extra: &str,
+    replace: &[(&str, &str)],
+) -> TransferConfig {
+    let mut text = config_text(stack, topics, group, "127.0.0.1:0", extra);
+    for (old, new) in replace {
+        assert!(text.contains(old), "`{old}` is in the test config");
+        text = text.replace(old, new);
+    }
+    let path = Path::new("test-transfer.toml");
+    let cfg: TransferConfig =
+        common::config::parse_config(path, &text, |_| None).expect("test config parses");
+    cfg.validate(path).expect("test config is valid");
+    cfg
+}
+
+fn main_indices(topic: &str) -> String {
+    format!("{topic}-*,-*-deadletter")
+}
+
+fn dead_indices(topic: &str) -> String {
+    format!("{topic}-*-deadletter")
+}
+
+/// Polls `f` every 250 ms until it is true or `limit` passed.
+async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    f()
+}
+
+fn admin(stack: &Stack) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .create()
+        .expect("admin client")
+}
+
+/// Deletes `topic` and creates it again (empty, offsets from 0): a new
+/// incarnation under the same name.
+async fn recreate_topic(stack: &Stack, topic: &str) {
+    let admin = admin(stack);
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin.delete_topics(&[topic], &opts).await.expect("delete") {
+        r.expect("topic deleted");
+    }
+    let start = Instant::now();
+    loop {
+        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+        let res = admin.create_topics(&[new], &opts).await.expect("create");
+        match res.into_iter().next() {
+            Some(Ok(_)) => return,
+            // The deletion is still under way.
+            Some(Err((_, e))) if start.elapsed() < Duration::from_secs(60) => {
+                eprintln!("recreating {topic}: {e}; again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => panic!("recreating {topic}: {other:?}"),
+        }
+    }
+}
+
+/// Issue #13 item 1: `_id = topic-partition-offset` collided across topic
+/// incarnations; the 409 counted as written and the new message was gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue13_1_a_recreated_topic_reuses_offsets_and_loses_nothing() {
+    let stack = Stack::from_env();
+    let topic = unique("it-recreate");
+    let group = unique("g");
+    stack.create_topic(&topic, 1).await;
+    let first = stack.produce(&topic, 0, &events(0..10)).await;
+    let running = start(cfg(&stack, &[&topic], &group, "", &[]));
+    let got = stack
+        .wait_count(&main_indices(&topic), 10, Duration::from_secs(120))
+        .await;
+    running.stop().await;
+    assert_eq!(got, 10);
+
+    recreate_topic(&stack, &topic).await;
+    let second = stack.produce(&topic, 0, &events(10..20)).await;
+    assert_eq!(first, second, "the new incarnation reuses the offsets");
+    // A new group: the old one's offsets may outlive the topic.
+    let running = start(cfg(&stack, &[&topic], &unique("g"), "", &[]));
+    let got = stack
+        .wait_count(&main_indices(&topic), 20, Duration::from_secs(60))
+        .await;
+    let distinct = running
+        .metrics
+        .encode()
+        .lines()
+        .any(|l| l.starts_with("logtransfer_distinct_ids_total 10"));
+    running.stop().await;
+    assert_eq!(got, 20, "10 + 10 messages at the same offsets");
+    assert!(distinct, "10 documents written under distinct ids");
+
+    // Replays stay idempotent: consuming the new incarnation again (another
+    // group) makes no document.
+    let again = start(cfg(&stack, &[&topic], &unique("g"), "", &[]));
+    let replayed = wait_until(Duration::from_secs(60), || again.docs_written() >= 10).await;
+    again.stop().await;
+    assert!(replayed, "the replay ran");
+    assert_eq!(stack.es_count(&main_indices(&topic)).await, 20);
+    let seqs = stack.all_values(&main_indices(&topic), "seq").await;
+    assert_eq!(seqs, (0..20).collect::<Vec<i64>>());
+}
+
+/// Issue #13 item 2: a topic whose index (and so its dead-letter index) is
+/// illegal looped on "dead letter refused; retrying" without end, silently,
+/// and SIGTERM waited the whole grace. Now the partition stops, `/health`
+/// names it, other topics flow, and a stop does not wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue13_2_a_refused_dead_letter_stops_its_partition_loudly_and_briefly() {
+    let stack = Stack::from_env();
+    let bad = format!("_{}", unique("itbad"));
+    let good = unique("it-good");
+    stack.create_topic(&bad, 1).await;
+    stack.create_topic(&good, 1).await;
+    stack.produce(&bad, 0, &events(0..3)).await;
+    stack.produce(&good, 0, &events(0..3)).await;
+    // A regex: explicit topics with illegal indices are refused at start.
+    let regex = format!("^{bad}$");
+    let running = start(cfg(&stack, &[&good, &regex], &unique("g"), "", &[]));
+    let got = stack
+        .wait_count(&main_indices(&good), 3, Duration::from_secs(120))
+        .await;
+    let m = std::sync::Arc::clone(&running.metrics);
+    let named = wait_until(Duration::from_secs(60), || {
+        m.health()
+            .is_err_and(|b| b.contains(&format!("stopped:{bad}/0")))
+    })
+    .await;
+    let body = m.health().err().unwrap_or_default();
+    let stopped = m
+        .encode()
+        .lines()
+        .any(|l| l.starts_with("logtransfer_stopped_partitions 1"));
+    let t = Instant::now();
+    running.stop().await;
+    let stop_took = t.elapsed();
+    eprintln!("stop took {stop_took:?}; /health: {body}");
+    assert_eq!(got, 3, "the other topic flows");
+    assert!(named, "/health names the stopped partition: {body}");
+    let v: Value = serde_json::from_str(&body).expect("health is JSON");
+    assert_eq!(v["status"], "degraded");
+    assert!(stopped, "the stopped partition is counted");
+    assert!(
+        stop_took < Duration::from_secs(5),
+        "a stop does not wait the grace (10 s) on it: {stop_took:?}"
+    );
+}
+
+/// Issue #13 item 3: a 413 retried the whole batch forever. A batch larger
+/// than Elasticsearch's `http.max_content_length` (16 MB on the stack) is
+/// split and written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue13_3_a_413_splits_the_batch_and_every_document_is_written() {
+    let stack = Stack::from_env();
+    let settings: Value = stack
+        .es()
+        .nodes()
+        .info(elasticsearch::nodes::NodesInfoParts::Metric(&["settings"]))
+        .send()
+        .await
+        .expect("nodes info")
+        .json()
+        .await
+        .expect("nodes body");
+    let limit = settings["nodes"]
+        .as_object()
+        .and_then(|n| n.values().next())
+        .and_then(|n| n["settings"]["http"]["max_content_length"].as_str())
+        .map(str::to_string);
+    assert_eq!(
+        limit.as_deref(),
+        Some("16mb"),
+        "the stack's Elasticsearch runs with http.max_content_length=16mb \
+         (restart it: scripts/stack stop elasticsearch && scripts/stack up)"
+    );
+    let topic = unique("it-413");
+    stack.create_topic(&topic, 1).await;
+    // 32 documents of 600 KB: one 19 MB batch, more than ES takes at once.
+    let filler = "x".repeat(600 << 10);
+    let values: Vec<String> = (0..32).map(|s| event(s, &filler)).collect();
+    stack.produce(&topic, 0, &values).await;
+    let running = start(cfg(
+        &stack,
+        &[&topic],
+        &unique("g"),
+        "",
+        &[
+            (
+                "flush_interval_ms = 200",
+                "flush_interval_ms = 5000\nmax_bytes = 67108864\nmax_buffered_bytes = 134217728",
+            ),
+            (
+                "\"session.timeout.ms\"",
+                "\"max.partition.fetch.bytes\" = \"33554432\"\n\"session.timeout.ms\"",
+            ),
+        ],
+    ));
+    let got = stack
+        .wait_count(&main_indices(&topic), 32, Duration::from_secs(90))
+        .await;
+    running.stop().await;
+    assert_eq!(got, 32, "every document of the split batch is written");
+    assert_eq!(stack.es_count(&dead_indices(&topic)).await, 0);
+}
+
+/// Issue #13 item 3: a document larger than `bulk.max_bytes` is
+/// dead-lettered (keeping its first 32 KiB), the rest flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue13_3_a_document_larger_than_bulk_max_bytes_is_dead_lettered() {
+    let stack = Stack::from_env();
+    let topic = unique("it-oversize");
+    stack.create_topic(&topic, 1).await;
+    let mut values = events(0..3);
+    values.insert(1, event(99, &"y".repeat(40 << 10)));
+    let offsets = stack.produce(&topic, 0, &values).await;
+    let running = start(cfg(
+        &stack,
+        &[&topic],
+        &unique("g"),
+        "",
+        &[(
+            "flush_interval_ms = 200",
+            "flush_interval_ms = 200\nmax_bytes = 4096",
+        )],
+    ));
+    let main = stack
+        .wait_count(&main_indices(&topic), 3, Duration::from_secs(60))
+        .await;
+    let dead = stack
+        .wait_count(&dead_indices(&topic), 1, Duration::from_secs(60))
+        .await;
+    running.stop().await;
+    assert_eq!((main, dead), (3, 1));
+    let dl = stack
+        .get_doc(
+            &format!("{topic}-2026.11.21-deadletter"),
+            &format!("{topic}-0-{}", offsets[1]),
+        )
+        .await;
+    assert_eq!(dl["_source"]["error"]["status"], 413, "{dl}");
+    assert_eq!(dl["_source"]["error"]["type"], "document_too_large");
+    assert_eq!(dl["_source"]["original_truncated"], true);
+    assert_eq!(
+        dl["_source"]["original"].as_str().map(str::len),
+        Some(32 << 10)
+    );
+}
+
+/// Issue #13 items 3 and 6: a write block (403 `cluster_block_exception`)
+/// dead-lettered good documents; now they wait for the block to go, and
+/// meanwhile `/health` answers 503 naming the stuck partition (it stayed 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue13_3_6_a_write_block_is_waited_out_and_health_names_the_stuck_partition() {
+    let stack = Stack::from_env();
+    let topic = unique("it-block");
+    stack.create_topic(&topic, 1).await;
+    let index = format!("{topic}-2026.11.21");
+    let es = stack.es();
+    let r = es
+        .indices()
+        .create(IndicesCreateParts::Index(&index))
+        .body(json!({"settings": {"index": {"blocks": {"write": true}}}}))
+        .send()
+        .await
+        .expect("create index");
+    assert!(r.status_code().is_success(), "{:?}", r.text().await);
+    stack.produce(&topic, 0, &events(0..5)).await;
+    let running = start(cfg(
+        &stack,
+        &[&topic],
+        &unique("g"),
+        "[health]\nstuck_after_secs = 3\n",
+        &[],
+    ));
+    let m = std::sync::Arc::clone(&running.metrics);
+    let key = format!("stuck:{topic}/0");
+    let named = wait_until(Duration::from_secs(60), || {
+        m.health().is_err_and(|b| b.contains(&key))
+    })
+    .await;
+    let body = m.health().err().unwrap_or_default();
+    let dead_while_blocked = stack.es_count(&dead_indices(&topic)).await;
+    let r = es
+        .indices()
+        .put_settings(IndicesPutSettingsParts::Index(&[&index]))
+        .body(json!({"index": {"blocks": {"write": false}}}))
+        .send()
+        .await
+        .expect("lift block");
+    assert!(r.status_code().is_success());
+    let main = stack
+        .wait_count(&main_indices(&topic), 5, Duration::from_secs(60))
+        .await;
+    let healthy_again = wait_until(Duration::from_secs(30), || m.health().is_ok()).await;
+    running.stop().await;
+    assert!(named, "/health names the stuck partition: {body}");
+    let v: Value = serde_json::from_str(&body).expect("health is JSON");
+    assert_eq!(v["status"], "degraded");
+    assert_eq!(dead_while_blocked, 0, "a write block makes no dead letters");
+    assert_eq!(main, 5, "the documents arrive once the block is lifted");
+    assert_eq!(stack.es_count(&dead_indices(&topic)).await, 0);
+    assert!(healthy_again, "/health recovers: {:?}", m.health());
+}
+
+/// Issue #13 item 3: with auto-creation off for the topic's indices, the
+/// 404 `index_not_found_exception` dead-lettered good documents (and then
+/// looped on the dead letters); now they wait for the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue13_3_a_missing_index_with_auto_create_off_is_waited_out() {
+    let stack = Stack::from_env();
+    let topic = unique("it-noauto");
+    stack.create_topic(&topic, 1).await;
+    let es = stack.es();
+    let set_auto_create = |value: Value| {
+        let es = es.clone();
+        async move {
+            let r = es
+                .cluster()
+                .put_settings()
+                .body(json!({"persistent": {"action.auto_create_index": value}}))
+                .send()
+                .await
+                .expect("cluster settings");
+            assert!(r.status_code().is_success(), "{:?}", r.text().await);
+        }
+    };
+    set_auto_create(json!(format!("-{topic}*,+*"))).await;
+    stack.produce(&topic, 0, &events(0..5)).await;
+    let running = start(cfg(&stack, &[&topic], &unique("g"), "", &[]));
+    // Long enough for several attempts (backoff 100 ms … 2 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let retried = running
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("logtransfer_retries_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    set_auto_create(Value::Null).await;
+    let main = stack
+        .wait_count(&main_indices(&topic), 5, Duration::from_secs(60))
+        .await;
+    running.stop().await;
+    assert!(retried >= 5.0, "the documents were retried: {retried}");
+    assert_eq!(main, 5, "the documents arrive once the index may be made");
+    assert_eq!(stack.es_count(&dead_indices(&topic)).await, 0);
+}
