@@ -7,6 +7,7 @@
 //! - `elasticsearch`: index a document, find it with a search.
 //! - `etcd`: put a key, observe it through a watch.
 //! - `etcd_config`: logagent's collect entries followed in etcd.
+//! - `logctl`: the operators' CLI against the agent and etcd (issue #15).
 //! - `security`: nothing outside allowed_roots is shipped (issue #14).
 //! - `state`: what an agent publishes about itself in etcd (issue #15).
 //! - `transfer`: logtransfer against Kafka and Elasticsearch.
@@ -19,6 +20,7 @@ mod elasticsearch;
 mod etcd;
 mod etcd_config;
 mod kafka;
+mod logctl;
 mod security;
 mod state;
 mod transfer;
