@@ -2,7 +2,6 @@
 
 use common::ConfigError;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -102,7 +101,7 @@ pub struct KafkaConfig {
     pub topics: Vec<String>,
     /// Extra librdkafka consumer settings passed through (TLS/SASL…).
     #[serde(default)]
-    pub consumer: BTreeMap<String, String>,
+    pub consumer: common::secret::Settings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,9 +114,9 @@ pub struct EsConfig {
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<common::Secret>,
     #[serde(default)]
-    pub api_key: Option<String>,
+    pub api_key: Option<common::Secret>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Per-request timeout; a timed-out bulk request is retried.
@@ -341,20 +340,13 @@ impl TransferConfig {
 
     /// The effective config as TOML, with secrets replaced by `***`.
     pub fn to_redacted_toml(&self) -> String {
+        // Passwords and keys are `Secret`s (shown as ***); consumer settings
+        // are shown only for keys known to hold no secret; URL credentials
+        // are masked.
         let mut shown = self.clone();
-        for secret in [
-            &mut shown.elasticsearch.password,
-            &mut shown.elasticsearch.api_key,
-        ] {
-            if secret.is_some() {
-                *secret = Some("***".into());
-            }
-        }
-        for (k, v) in shown.kafka.consumer.iter_mut() {
-            if k.contains("password") || k.contains("secret") {
-                *v = "***".into();
-            }
-        }
+        shown.kafka.brokers = common::secret::redact_url(&shown.kafka.brokers);
+        shown.kafka.consumer = shown.kafka.consumer.redacted();
+        shown.elasticsearch.url = common::secret::redact_url(&shown.elasticsearch.url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -472,5 +464,23 @@ url = "http://127.0.0.1:9200"
     fn redacted_output_hides_secrets() {
         let cfg = parse(&format!("{MINIMAL}api_key = \"sekrit\"\n")).unwrap();
         assert!(!cfg.to_redacted_toml().contains("sekrit"));
+    }
+
+    /// Issue #14 item 4: every secret-carrying place is masked in the
+    /// printed config and in `Debug`.
+    #[test]
+    fn no_planted_secret_is_printed() {
+        let text = MINIMAL.replace(
+            "url = \"http://127.0.0.1:9200\"",
+            "url = \"http://elastic:PLANTED1@127.0.0.1:9200\"\nusername = \"elastic\"\npassword = \"PLANTED2\"\napi_key = \"PLANTED3\"",
+        ) + "[kafka.consumer]\n\"sasl.password\" = \"PLANTED4\"\n\"sasl.oauthbearer.config\" = \"k=PLANTED5\"\n\"security.protocol\" = \"SASL_SSL\"\n";
+        let cfg = parse(&text).unwrap();
+        for shown in [cfg.to_redacted_toml(), format!("{cfg:?}")] {
+            assert!(shown.contains("SASL_SSL"), "{shown}");
+            for p in ["PLANTED2", "PLANTED3", "PLANTED4", "PLANTED5"] {
+                assert!(!shown.contains(p), "{p}: {shown}");
+            }
+        }
+        assert!(!cfg.to_redacted_toml().contains("PLANTED1"));
     }
 }

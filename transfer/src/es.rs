@@ -20,16 +20,23 @@ pub const TEMPLATE_NAME: &str = "logtransfer";
 /// # Errors
 /// A bad URL, or an unreadable or invalid CA file.
 pub fn transport(cfg: &EsConfig) -> Result<Transport, Error> {
-    let url = Url::parse(&cfg.url)
-        .map_err(|e| Error::Setup(format!("elasticsearch.url `{}`: {e}", cfg.url)))?;
+    let url = Url::parse(&cfg.url).map_err(|e| {
+        Error::Setup(format!(
+            "elasticsearch.url `{}`: {e}",
+            common::secret::redact_url(&cfg.url)
+        ))
+    })?;
     let mut b = TransportBuilder::new(SingleNodeConnectionPool::new(url))
         .timeout(Duration::from_millis(cfg.timeout_ms));
     if let Some(key) = &cfg.api_key {
-        b = b.auth(Credentials::EncodedApiKey(key.clone()));
+        b = b.auth(Credentials::EncodedApiKey(key.expose().to_string()));
     } else if let Some(user) = &cfg.username {
         b = b.auth(Credentials::Basic(
             user.clone(),
-            cfg.password.clone().unwrap_or_default(),
+            cfg.password
+                .as_ref()
+                .map(|p| p.expose().to_string())
+                .unwrap_or_default(),
         ));
     }
     if let Some(ca) = &cfg.ca_file {

@@ -208,16 +208,21 @@ impl WriteCtx {
         again: &mut Vec<Doc>,
         stop_reason: &mut Option<String>,
     ) {
-        let why = error.get("reason").and_then(|r| r.as_str()).unwrap_or("");
+        // The error type only: ES's `reason` quotes field values (log
+        // content, maybe secrets); it stays in the dead letter.
+        let why = error
+            .get("type")
+            .and_then(|r| r.as_str())
+            .unwrap_or("unknown");
         if doc.dead_letter {
             let reason = format!(
                 "Elasticsearch refused even the dead letter of {}/{} offset {} in `{}` (HTTP {status}: {why}); the partition is stopped, retried every {} s",
                 doc.topic, doc.partition, doc.offset, doc.index, self.max_backoff.as_secs()
             );
-            tracing::error!(index = %doc.index, id = %doc.id, status, %error, "dead letter refused; partition stopped");
+            tracing::error!(index = %doc.index, id = %doc.id, status, error_type = why, "dead letter refused; partition stopped");
             *stop_reason = Some(reason);
         } else {
-            tracing::warn!(index = %doc.index, id = %doc.id, status, %error, "document refused; writing a dead letter");
+            tracing::warn!(index = %doc.index, id = %doc.id, status, error_type = why, "document refused; writing a dead letter (the reason is in it)");
             self.metrics.dead_lettered.inc();
             again.push(dead_letter(&doc, status, error, &self.dead_letter_suffix));
             return;
