@@ -99,9 +99,49 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Topics to subscribe to; entries starting with `^` are regexes.
     pub topics: Vec<String>,
+    /// Static group membership (`group.instance.id`): a restarted instance
+    /// gets its partitions back at once instead of after the session
+    /// timeout. `"auto"` (default): `<hostname>-<group_id>-<metrics.listen>`
+    /// — stable across restarts of one instance, unique on a host (two
+    /// instances cannot listen on one address); `""`: off (dynamic
+    /// membership); anything else is used as given (unique per instance).
+    #[serde(default = "default_instance_id")]
+    pub group_instance_id: String,
     /// Extra librdkafka consumer settings passed through (TLS/SASL…).
     #[serde(default)]
     pub consumer: common::secret::Settings,
+}
+
+impl TransferConfig {
+    /// The `group.instance.id` to use, if any (see
+    /// [`KafkaConfig::group_instance_id`]). `auto` with a metrics port of 0
+    /// (not stable) is off.
+    pub fn instance_id(&self) -> Option<String> {
+        match self.kafka.group_instance_id.as_str() {
+            "" => None,
+            "auto" => {
+                if self.metrics.listen.ends_with(":0") {
+                    return None;
+                }
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "host".into());
+                let id = format!("{host}-{}-{}", self.kafka.group_id, self.metrics.listen);
+                Some(
+                    id.chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
+                        .collect(),
+                )
+            }
+            explicit => Some(explicit.to_string()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,6 +216,9 @@ fn default_stuck_after() -> u64 {
 }
 fn default_group() -> String {
     "logtransfer".into()
+}
+fn default_instance_id() -> String {
+    "auto".into()
 }
 fn default_index_pattern() -> String {
     "{topic}-%Y.%m.%d".into()

@@ -132,6 +132,17 @@ fn build_consumer(cfg: &TransferConfig, ctx: TransferContext) -> Result<Consumer
     if !cfg.kafka.consumer.contains_key("statistics.interval.ms") {
         c.set("statistics.interval.ms", "5000");
     }
+    if let Some(id) = cfg.instance_id() {
+        if !cfg.kafka.consumer.contains_key("group.instance.id") {
+            tracing::info!(group_instance_id = %id, "static group membership");
+            c.set("group.instance.id", id);
+            // A static member leaves no group on close: its partitions move
+            // only after the session timeout, so keep that short.
+            if !cfg.kafka.consumer.contains_key("session.timeout.ms") {
+                c.set("session.timeout.ms", "15000");
+            }
+        }
+    }
     c.create_with_context(ctx)
         .map_err(|e| Error::Setup(format!("kafka consumer: {e}")))
 }

@@ -276,3 +276,62 @@ listen = "127.0.0.1:0"
     );
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
 }
+
+/// Issue #13 item 5: after a kill -9 and a restart with the same config, a
+/// new message is searchable within seconds — static membership (the
+/// default `group_instance_id = "auto"`) gives the restarted instance its
+/// partitions back at once; before, it waited for the killed member's
+/// session to time out (45 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_instance_takes_its_partitions_back_at_once() {
+    let stack = Stack::from_env();
+    let topic = unique("it-failover");
+    stack.create_topic(&topic, 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg_path = dir.path().join("transfer.toml");
+    let port = integration::agent_run::free_port();
+    let text = format!(
+        "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ntopics = [\"{topic}\"]\n[elasticsearch]\nurl = \"{}\"\n[bulk]\nflush_interval_ms = 100\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+        stack.kafka_brokers,
+        unique("g"),
+        stack.es_url
+    );
+    std::fs::write(&cfg_path, text).expect("write config");
+    let log = dir.path().join("transfer.log");
+    let idx = main_indices(&topic);
+    let mut child = spawn_transfer(&cfg_path, &log);
+    for p in 0..2 {
+        stack
+            .produce(&topic, p, &[format!(r#"{{"seq":{p}}}"#)])
+            .await;
+    }
+    assert_eq!(
+        stack.wait_count(&idx, 2, Duration::from_secs(60)).await,
+        2,
+        "{}",
+        tail(&log)
+    );
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let mut child = spawn_transfer(&cfg_path, &log);
+    let start = std::time::Instant::now();
+    for p in 0..2 {
+        stack
+            .produce(&topic, p, &[format!(r#"{{"seq":{}}}"#, p + 2)])
+            .await;
+    }
+    let got = stack.wait_count(&idx, 4, Duration::from_secs(90)).await;
+    let took = start.elapsed();
+    eprintln!("failover: restart → both partitions' new messages searchable in {took:?}");
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    assert_eq!(got, 4, "{}", tail(&log));
+    assert!(
+        took <= Duration::from_secs(20),
+        "took {took:?}, the session timeout's wait (45 s) is what static membership avoids\n{}",
+        tail(&log)
+    );
+}
