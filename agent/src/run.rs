@@ -261,6 +261,8 @@ impl Running {
 struct Supervisor {
     running: HashMap<String, Running>,
     tx: SyncSender<SpoolMsg>,
+    /// Bytes waiting for the writer (bounded).
+    queued: crate::spool::Queued,
     store: Arc<Mutex<Store>>,
     /// Stored in every record (`event` module docs).
     identity: Identity,
@@ -399,6 +401,7 @@ impl Supervisor {
         let output = Arc::new(RwLock::new(out));
         let open = Arc::new(AtomicUsize::new(0));
         let tx = self.tx.clone();
+        let queued = self.queued.clone();
         let o = Arc::clone(&output);
         let cancel = Arc::new(AtomicBool::new(false));
         let cancelled = Arc::clone(&cancel);
@@ -423,12 +426,34 @@ impl Supervisor {
                     read_ms: checkpoint::now_ms(),
                     emitted,
                 });
+                // Bounded by bytes too: lines that do not fit now are
+                // offered again, as when the channel is full.
+                let n = match &msg {
+                    SpoolMsg::Data(s) => crate::spool::spooled_bytes(s),
+                    SpoolMsg::Barrier(_) => 0,
+                };
+                if !queued.try_reserve(n) {
+                    return match msg {
+                        SpoolMsg::Data(s) => Some(s.emitted),
+                        SpoolMsg::Barrier(_) => None,
+                    };
+                }
                 match tx.try_send(msg) {
-                    Ok(()) | Err(TrySendError::Disconnected(_)) => None,
+                    Ok(()) => None,
+                    Err(TrySendError::Disconnected(_)) => {
+                        queued.release(n);
+                        None
+                    }
                     // Full: the loop offers them again (and opens new files
                     // meanwhile).
-                    Err(TrySendError::Full(SpoolMsg::Data(s))) => Some(s.emitted),
-                    Err(TrySendError::Full(_)) => None,
+                    Err(TrySendError::Full(SpoolMsg::Data(s))) => {
+                        queued.release(n);
+                        Some(s.emitted)
+                    }
+                    Err(TrySendError::Full(_)) => {
+                        queued.release(n);
+                        None
+                    }
                 }
             },
         )
@@ -678,6 +703,7 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
     let mut sup = Supervisor {
         running: HashMap::new(),
         tx: spool.tx.clone(),
+        queued: spool.queued.clone(),
         store: Arc::clone(&store),
         identity: ident.clone(),
         allowed_roots: cfg.allowed_roots.clone(),

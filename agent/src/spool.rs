@@ -63,7 +63,43 @@ pub struct Shared {
 /// The writer thread; see the module docs.
 pub struct Spool {
     pub tx: SyncSender<SpoolMsg>,
+    /// Bytes of lines handed over and not yet taken by the writer.
+    pub queued: Queued,
     handle: JoinHandle<Result<(), wal::Error>>,
+}
+
+/// Most bytes of lines waiting for the writer (besides the polls' own
+/// bound): a harvester whose lines do not fit keeps them and offers them
+/// again, like when the channel is full.
+pub const QUEUE_BYTES: usize = 64 << 20;
+
+/// Bytes of lines in the channel, bounded by [`QUEUE_BYTES`].
+#[derive(Clone, Default)]
+pub struct Queued(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Queued {
+    /// Reserves `n` bytes; `false` when they do not fit. One hand-over
+    /// always fits into an empty queue (a poll larger than the bound must
+    /// not wait forever).
+    pub fn try_reserve(&self, n: usize) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (cur == 0 || cur + n <= QUEUE_BYTES).then_some(cur + n)
+            })
+            .is_ok()
+    }
+
+    pub fn release(&self, n: usize) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                Some(cur.saturating_sub(n))
+            });
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// Size limits of the writer's WAL appends.
@@ -96,15 +132,17 @@ impl Spool {
     /// The thread cannot be spawned.
     pub fn start(shared: Shared, wait_durable: bool, limits: Limits) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_DEPTH);
+        let queued = Queued::default();
         let w = Writer {
             shared,
             wait_durable,
             limits,
+            queued: queued.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || w.run(rx))?;
-        Ok(Self { tx, handle })
+        Ok(Self { tx, queued, handle })
     }
 
     /// Whether the writer thread ended (by itself only on a WAL failure).
@@ -174,6 +212,7 @@ struct Writer {
     shared: Shared,
     wait_durable: bool,
     limits: Limits,
+    queued: Queued,
 }
 
 impl Writer {
@@ -183,7 +222,7 @@ impl Writer {
         loop {
             // Block for the first message, then take what else is queued.
             match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(m) => take(m, &mut pending, &mut barriers),
+                Ok(m) => take(m, &mut pending, &mut barriers, &self.queued),
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
@@ -194,7 +233,7 @@ impl Writer {
                         if let SpoolMsg::Data(s) = &m {
                             bytes += spooled_bytes(s);
                         }
-                        take(m, &mut pending, &mut barriers);
+                        take(m, &mut pending, &mut barriers, &self.queued);
                     }
                     Err(_) => break,
                 }
@@ -292,9 +331,12 @@ impl Writer {
     }
 }
 
-fn take(m: SpoolMsg, pending: &mut Vec<Spooled>, barriers: &mut Vec<Sender<()>>) {
+fn take(m: SpoolMsg, pending: &mut Vec<Spooled>, barriers: &mut Vec<Sender<()>>, queued: &Queued) {
     match m {
-        SpoolMsg::Data(s) => pending.push(s),
+        SpoolMsg::Data(s) => {
+            queued.release(spooled_bytes(&s));
+            pending.push(s);
+        }
         SpoolMsg::Barrier(b) => barriers.push(b),
     }
 }
@@ -303,7 +345,8 @@ fn batch_bytes(b: &Batch) -> usize {
     b.lines.iter().map(|l| l.bytes.len() + 16).sum::<usize>() + 64
 }
 
-fn spooled_bytes(s: &Spooled) -> usize {
+/// The bytes a hand-over counts for (lines and their framing).
+pub fn spooled_bytes(s: &Spooled) -> usize {
     s.emitted
         .iter()
         .flat_map(|e| e.lines.iter())
@@ -503,6 +546,7 @@ mod shutdown_tests {
             },
             wait_durable: true,
             limits: Limits::for_wal(16 << 10, 32 << 10),
+            queued: Queued::default(),
         };
         w.write(vec![poll(0, 24)]).unwrap(); // fills the WAL
         progress.stop_when_full.store(true, Ordering::SeqCst);
@@ -518,5 +562,26 @@ mod shutdown_tests {
         wal.ack(wal.last_seq()).unwrap(); // space is freed
         w.write(vec![poll(48, 4)]).unwrap(); // must be dropped too
         assert_eq!(offset(), before, "the checkpoint went past dropped lines");
+    }
+}
+
+#[cfg(test)]
+mod queued_tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_is_bounded_by_bytes_but_never_refuses_when_empty() {
+        let q = Queued::default();
+        assert!(
+            q.try_reserve(QUEUE_BYTES * 2),
+            "an empty queue takes anything"
+        );
+        assert!(!q.try_reserve(1));
+        q.release(QUEUE_BYTES * 2);
+        assert!(q.try_reserve(QUEUE_BYTES / 2));
+        assert!(q.try_reserve(QUEUE_BYTES / 2));
+        assert!(!q.try_reserve(1));
+        q.release(QUEUE_BYTES);
+        assert_eq!(q.bytes(), 0);
     }
 }

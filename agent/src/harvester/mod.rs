@@ -65,6 +65,10 @@ pub struct HarvestConfig {
     pub partial_timeout: Option<Duration>,
     /// Most bytes read from one file per poll (fairness between files).
     pub read_chunk: usize,
+    /// Most bytes of lines one poll emits (memory bound): the files not
+    /// read yet wait for the next poll, which starts where this one
+    /// stopped (fairness).
+    pub poll_bytes: usize,
     /// A file whose first line stays incomplete (and shorter than
     /// `fingerprint_bytes`) this long is fingerprinted on the bytes it has.
     pub fingerprint_timeout: Duration,
@@ -102,6 +106,7 @@ impl Default for HarvestConfig {
             rotate_grace: Duration::from_secs(5),
             partial_timeout: None,
             read_chunk: 1 << 20,
+            poll_bytes: 16 << 20,
             fingerprint_timeout: Duration::from_secs(60),
             max_open_files: 1024,
             close_idle_after: Duration::from_secs(300),
@@ -221,6 +226,8 @@ pub struct Harvester {
     /// Paths whose refusal was logged (once each, bounded).
     refusal_logged: std::collections::HashSet<PathBuf>,
     observer: Option<std::sync::Arc<dyn Observer>>,
+    /// Where the next poll starts reading (round robin over open files).
+    cursor: usize,
     open: HashMap<(u64, u64), Tracked>,
     buf: Vec<u8>,
     /// Not polled yet: look for rotated files the checkpoints know.
@@ -297,6 +304,7 @@ impl Harvester {
             bounds: safe_open::resolve_roots(&cfg.allowed_roots),
             refusal_logged: std::collections::HashSet::new(),
             observer: None,
+            cursor: 0,
             open: HashMap::new(),
             buf: Vec::new(),
             first_poll: true,
@@ -443,8 +451,19 @@ impl Harvester {
             self.reopen_rotated(store, &at_path, now);
         }
 
-        let keys: Vec<(u64, u64)> = self.open.keys().copied().collect();
+        // Round robin from where the last poll stopped, up to poll_bytes.
+        let mut keys: Vec<(u64, u64)> = self.open.keys().copied().collect();
+        keys.sort_unstable();
+        if !keys.is_empty() {
+            let start = self.cursor % keys.len();
+            keys.rotate_left(start);
+        }
+        let mut emitted_bytes = 0usize;
         for key in keys {
+            if emitted_bytes >= self.cfg.poll_bytes {
+                break; // the rest is read by the next poll, first
+            }
+            self.cursor = self.cursor.wrapping_add(1);
             let Some(mut t) = self.open.remove(&key) else {
                 continue;
             };
@@ -457,7 +476,14 @@ impl Harvester {
                     t.detached_at.get_or_insert(now);
                 }
             }
-            let grew = match self.read_file(&mut t, now, &mut emitted) {
+            let before = emitted.len();
+            let grew = self.read_file(&mut t, now, &mut emitted);
+            emitted_bytes += emitted[before..]
+                .iter()
+                .flat_map(|e| e.lines.iter())
+                .map(|l| l.bytes.len())
+                .sum::<usize>();
+            let grew = match grew {
                 Ok(grew) => grew,
                 Err(e) => {
                     tracing::warn!(path = %t.path.display(), error = %e, "read failed; closing the file");
@@ -1211,5 +1237,57 @@ mod paused_tests {
             .flat_map(|e| e.lines.into_iter().map(|l| l.bytes))
             .collect();
         assert_eq!(got, vec![b"made while paused".to_vec()]);
+    }
+}
+
+/// Issue #12 item 8: a poll emits at most about `poll_bytes` (plus one
+/// file's chunk), and the files it did not reach are read first next time.
+#[cfg(test)]
+mod poll_bytes_tests {
+    use super::*;
+
+    #[test]
+    fn polls_are_bounded_by_bytes_and_every_file_gets_its_turn() {
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = tmp.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let line = "x".repeat(99) + "\n";
+        for i in 0..4 {
+            std::fs::write(logs.join(format!("{i}.log")), line.repeat(1000)).unwrap();
+        }
+        let st = Store::open(tmp.path().join("cp"), Duration::from_secs(60))
+            .unwrap()
+            .0;
+        let mut h = Harvester::new(HarvestConfig {
+            include: vec![format!("{}/*.log", logs.display())],
+            read_chunk: 50_000,
+            poll_bytes: 60_000,
+            ..HarvestConfig::default()
+        })
+        .unwrap();
+        let mut per_file: HashMap<PathBuf, usize> = HashMap::new();
+        let mut polls = 0;
+        loop {
+            let out = h.poll(&st);
+            if out.is_empty() {
+                break;
+            }
+            polls += 1;
+            let bytes: usize = out
+                .iter()
+                .flat_map(|e| &e.lines)
+                .map(|l| l.bytes.len())
+                .sum();
+            assert!(bytes <= 60_000 + 50_000, "poll {polls}: {bytes} bytes");
+            for e in out {
+                *per_file.entry(e.path).or_default() += e.lines.len();
+            }
+            // Every file is reached within the first four polls.
+            if polls == 4 {
+                assert_eq!(per_file.len(), 4, "{per_file:?}");
+            }
+        }
+        assert!(per_file.values().all(|n| *n == 1000), "{per_file:?}");
+        assert!(polls >= 4, "{polls} polls");
     }
 }
