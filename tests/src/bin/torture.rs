@@ -14,9 +14,21 @@
 //! `written=N indexed=N lost=N duplicated=N copytruncate_at_risk=N
 //! copytruncate_lost=N latency_ms p50=… p99=… max=… faults …`
 //!
+//! Besides, for issue #12: nested entries (`nest/*.log` → topic `<run>-nest`
+//! and `nest/sub/*.jsonl` → `<run>-json`, a JSON entry, under the same
+//! root), written by writers that rotate by a rename chain that deletes the
+//! oldest generation (`f.1` … `f.3`, like logrotate's `rotate 3`), and a
+//! poison entry (a partition its topic does not have) that must not hold
+//! the others back. Every line carries its writer, each writer has one
+//! topic: a line found under another topic is `misrouted`. One more line
+//! per topic gives `written`, `lost`, `duplicated`, `misrouted`.
+//!
 //! Lines lost from a copytruncated file's last generation are copytruncate's
 //! inherent window (not yet read when the file was truncated): counted apart
-//! as `copytruncate_lost`, never hidden. Any other loss makes it exit 1.
+//! as `copytruncate_lost`, never hidden. Lines lost from a generation the
+//! chain deleted are counted apart as `deleted_lost` (README "Guarantees": a
+//! deleted file's unread rest is gone when the agent is killed before
+//! reading it). Any other loss, or any misrouted line, makes it exit 1.
 //!
 //! Needs the local stack (`eval "$(scripts/stack env)"`) and the logagent and
 //! logtransfer binaries built beside this one. See `scripts/torture`.
@@ -49,6 +61,15 @@ struct Args {
     writers: u64,
     #[arg(long, default_value_t = 1)]
     copytruncate_writers: u64,
+    /// Writers of the nested plain entry (`nest/n<k>.log`, rename chain).
+    #[arg(long, default_value_t = 1)]
+    nest_writers: u64,
+    /// Writers of the nested JSON entry (`nest/sub/j<k>.jsonl`, rename chain).
+    #[arg(long, default_value_t = 1)]
+    json_writers: u64,
+    /// Generations a rename chain keeps before deleting the oldest.
+    #[arg(long, default_value_t = 3)]
+    keep: u64,
     /// Lines per second per writer.
     #[arg(long, default_value_t = 200)]
     rate: u64,
@@ -123,11 +144,23 @@ impl Proc {
     }
 }
 
-/// Per writer: where each copytruncated generation started and ended.
+/// Per writer: where each copytruncated or deleted generation started and
+/// ended.
 #[derive(Default)]
 struct WriterLog {
     /// (first seq, last seq) of generations lost to truncation if unread.
     truncated: Vec<(u64, u64)>,
+    /// (first seq, last seq) of generations the rename chain deleted.
+    deleted: Vec<(u64, u64)>,
+}
+
+/// How a writer rotates its file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rotation {
+    /// `app.log` → `app.log.<g>` (kept); some by copytruncate when set.
+    Numbered { copytruncate: bool },
+    /// `f` → `f.1` → … → `f.<keep>`, then deleted.
+    Chain { keep: u64 },
 }
 
 fn line(w: u64, seq: u64, rng: &mut StdRng) -> Vec<u8> {
@@ -151,19 +184,45 @@ fn open_append(p: &Path) -> std::fs::File {
         .expect("open log file")
 }
 
-/// Writes numbered lines to `dir/app.log` until `stop`; returns how many.
-fn writer(
+/// One writer's settings.
+struct WriterSpec {
     w: u64,
-    dir: PathBuf,
+    path: PathBuf,
     rate: u64,
-    copytruncate: bool,
+    rotation: Rotation,
+    /// Lines are JSON objects (for a `json` entry).
+    json: bool,
     seed: u64,
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<WriterLog>>,
-) -> u64 {
+}
+
+/// Writes numbered lines to `spec.path` until `stop`; returns how many.
+fn writer(spec: WriterSpec, stop: Arc<AtomicBool>, log: Arc<Mutex<WriterLog>>) -> u64 {
+    let WriterSpec {
+        w,
+        path,
+        rate,
+        rotation,
+        json,
+        seed,
+    } = spec;
+    let copytruncate = matches!(rotation, Rotation::Numbered { copytruncate: true });
     let mut rng = StdRng::seed_from_u64(seed);
+    let dir = path.parent().expect("writer dir").to_path_buf();
     std::fs::create_dir_all(&dir).expect("writer dir");
-    let path = dir.join("app.log");
+    let name = path
+        .file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned();
+    // Rename chain: the seq ranges of f.1, f.2, … (newest first).
+    let mut chain: std::collections::VecDeque<(u64, u64)> = std::collections::VecDeque::new();
+    let make = |w: u64, seq: u64, rng: &mut StdRng| {
+        if json {
+            format!(r#"{{"tt":"tt w={w} seq={seq}","n":{seq}}}"#).into_bytes()
+        } else {
+            line(w, seq, rng)
+        }
+    };
     let mut f = open_append(&path);
     let mut seq = 0;
     let mut gen_start = 0;
@@ -173,7 +232,7 @@ fn writer(
     while !stop.load(Ordering::SeqCst) {
         // 10 ms worth of lines, then keep to the rate.
         for _ in 0..(rate / 100).max(1) {
-            let mut l = line(w, seq, &mut rng);
+            let mut l = make(w, seq, &mut rng);
             l.push(b'\n');
             f.write_all(&l).expect("write line");
             seq += 1;
@@ -189,7 +248,7 @@ fn writer(
                 // copytruncate: copy, the app keeps writing, then truncate.
                 let _ = std::fs::copy(&path, dir.join(format!("bak-{gen}")));
                 for _ in 0..rng.random_range(0..20) {
-                    let mut l = line(w, seq, &mut rng);
+                    let mut l = make(w, seq, &mut rng);
                     l.push(b'\n');
                     f.write_all(&l).expect("write line");
                     seq += 1;
@@ -202,9 +261,30 @@ fn writer(
                     .unwrap_or_else(|p| p.into_inner())
                     .truncated
                     .push((gen_start, seq - 1));
+            } else if let Rotation::Chain { keep } = rotation {
+                drop(f);
+                // logrotate's `rotate keep`: delete f.<keep>, shift, f → f.1.
+                if chain.len() as u64 >= keep {
+                    let _ = std::fs::remove_file(dir.join(format!("{name}.{keep}")));
+                    if let Some(r) = chain.pop_back() {
+                        log.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .deleted
+                            .push(r);
+                    }
+                }
+                for k in (1..=chain.len() as u64).rev() {
+                    let _ = std::fs::rename(
+                        dir.join(format!("{name}.{k}")),
+                        dir.join(format!("{name}.{}", k + 1)),
+                    );
+                }
+                let _ = std::fs::rename(&path, dir.join(format!("{name}.1")));
+                chain.push_front((gen_start, seq.saturating_sub(1)));
+                f = open_append(&path);
             } else {
                 drop(f);
-                let _ = std::fs::rename(&path, dir.join(format!("app.log.{gen}")));
+                let _ = std::fs::rename(&path, dir.join(format!("{name}.{gen}")));
                 f = open_append(&path);
             }
             gen_start = seq;
@@ -231,8 +311,9 @@ async fn search(stack: &Stack, index: &str, body: Value) -> Option<Value> {
     r.json::<Value>().await.ok()
 }
 
-/// Every document's `message`, read with a scroll (exact, duplicates kept).
-async fn all_messages(stack: &Stack, index: &str) -> Option<Vec<String>> {
+/// Every document's topic (from its index `<topic>-<date>`) and `message`,
+/// read with a scroll (exact, duplicates kept).
+async fn all_messages(stack: &Stack, index: &str) -> Option<Vec<(String, String)>> {
     let es = stack.es();
     let _ = es
         .indices()
@@ -259,7 +340,12 @@ async fn all_messages(stack: &Stack, index: &str) -> Option<Vec<String>> {
             return Some(out);
         }
         for h in hits {
-            out.push(h["_source"]["message"].as_str().unwrap_or("").to_string());
+            let idx = h["_index"].as_str().unwrap_or("");
+            let topic = idx.rsplit_once('-').map_or(idx, |(t, _)| t).to_string();
+            out.push((
+                topic,
+                h["_source"]["message"].as_str().unwrap_or("").to_string(),
+            ));
         }
         let id = page["_scroll_id"].as_str()?.to_string();
         page = body(
@@ -314,6 +400,10 @@ async fn main() {
         dir.path().display()
     );
     stack.create_topic(&run, 4).await;
+    let nest_topic = format!("{run}-nest");
+    let json_topic = format!("{run}-json");
+    stack.create_topic(&nest_topic, 2).await;
+    stack.create_topic(&json_topic, 2).await;
 
     // The agent: collect entry in etcd, config on disk.
     let prefix = format!("/{run}");
@@ -326,10 +416,20 @@ async fn main() {
         &[&logs],
         "[wal]\nmax_bytes = 268435456\n",
     );
+    // Poison messages go to the dead-letter topic after 10 s (not 60).
+    integration::agent_run::kafka_keys(&agent_setup, "dead_letter_after_secs = 10");
+    // Nested entries under one root, a JSON one, and a poison entry whose
+    // partition its topic does not have.
     etcd_put(
         &stack,
         &agent_setup.collect_key(),
-        &json!([{"path": format!("{}/*/app.log*", logs.display()), "topic": run}]).to_string(),
+        &json!([
+            {"path": format!("{}/*/app.log*", logs.display()), "topic": run},
+            {"path": format!("{}/nest/*.log", logs.display()), "topic": nest_topic},
+            {"path": format!("{}/nest/sub/*.jsonl", logs.display()), "topic": json_topic, "json": true},
+            {"path": format!("{}/poison/*.log", logs.display()), "topic": run, "partition": {"fixed": 99}},
+        ])
+        .to_string(),
     )
     .await;
     let agent = Arc::new(Mutex::new(Proc {
@@ -347,7 +447,13 @@ async fn main() {
     let metrics = format!("127.0.0.1:{}", free_port());
     std::fs::write(
         &tcfg,
-        integration::transfer_run::config_text(&stack, &[&run], &run, &metrics, ""),
+        integration::transfer_run::config_text(
+            &stack,
+            &[&run, &nest_topic, &json_topic],
+            &run,
+            &metrics,
+            "",
+        ),
     )
     .expect("transfer config");
     let transfer = Arc::new(Mutex::new(Proc {
@@ -362,17 +468,68 @@ async fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     let mut logs_of = Vec::new();
+    // Each writer's topic: a line found elsewhere is misrouted.
+    let mut topic_of: HashMap<u64, String> = HashMap::new();
+    let mut specs = Vec::new();
     for w in 0..args.writers {
+        let rotation = Rotation::Numbered {
+            copytruncate: w < args.copytruncate_writers,
+        };
+        specs.push((
+            logs.join(format!("w{w}/app.log")),
+            rotation,
+            false,
+            run.clone(),
+        ));
+    }
+    let chain = Rotation::Chain { keep: args.keep };
+    for k in 0..args.nest_writers {
+        specs.push((
+            logs.join(format!("nest/n{k}.log")),
+            chain,
+            false,
+            nest_topic.clone(),
+        ));
+    }
+    for k in 0..args.json_writers {
+        specs.push((
+            logs.join(format!("nest/sub/j{k}.jsonl")),
+            chain,
+            true,
+            json_topic.clone(),
+        ));
+    }
+    for (w, (path, rotation, json, topic)) in specs.into_iter().enumerate() {
+        let w = w as u64;
         let wl = Arc::new(Mutex::new(WriterLog::default()));
         logs_of.push(Arc::clone(&wl));
-        let (d, s, rate) = (logs.join(format!("w{w}")), Arc::clone(&stop), args.rate);
-        let ct = w < args.copytruncate_writers;
-        let wseed = seed.wrapping_add(w + 1);
-        handles.push(std::thread::spawn(move || {
-            writer(w, d, rate, ct, wseed, s, wl)
-        }));
+        topic_of.insert(w, topic);
+        let spec = WriterSpec {
+            w,
+            path,
+            rate: args.rate,
+            rotation,
+            json,
+            seed: seed.wrapping_add(w + 1),
+        };
+        let s = Arc::clone(&stop);
+        handles.push(std::thread::spawn(move || writer(spec, s, wl)));
     }
+    // The poison entry's file: a line every 500 ms, never indexed.
+    let poison = {
+        let dir = logs.join("poison");
+        std::fs::create_dir_all(&dir).expect("poison dir");
+        let s = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut f = open_append(&dir.join("p.log"));
+            while !s.load(Ordering::SeqCst) {
+                let _ = writeln!(f, "poison line (partition 99 does not exist)");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
     let probe_w = 999;
+    topic_of.insert(probe_w, run.clone());
     let probe_dir = logs.join("probe");
     std::fs::create_dir_all(&probe_dir).expect("probe dir");
     let probe_stack = stack.clone();
@@ -480,6 +637,7 @@ async fn main() {
         tokio::time::sleep(d).await;
     }
     stop.store(true, Ordering::SeqCst);
+    let _ = poison.join();
     let mut written: HashMap<u64, u64> = HashMap::new();
     for (w, h) in handles.into_iter().enumerate() {
         written.insert(w as u64, h.join().expect("writer"));
@@ -494,6 +652,7 @@ async fn main() {
 
     // Drain: until Elasticsearch counts every line, or the count stayed
     // the same for 30 s with the agent's WAL empty; bounded by --drain.
+    // `<run>-*` covers the nest and json topics' indices too.
     let index = format!("{run}-*,-*-deadletter");
     let drain_start = Instant::now();
     let mut last = (0, Instant::now());
@@ -520,10 +679,22 @@ async fn main() {
     transfer.lock().expect("transfer").terminate();
 
     let mut seen: HashMap<(u64, u64), u64> = HashMap::new();
-    for m in &messages {
+    // Per topic: lines found there that belong to another topic.
+    let mut misrouted: HashMap<String, u64> = HashMap::new();
+    let mut misrouted_first = Vec::new();
+    for (topic, m) in &messages {
         if let Some(id) = parse_id(m) {
             *seen.entry(id).or_default() += 1;
+            if topic_of.get(&id.0).is_some_and(|t| t != topic) {
+                *misrouted.entry(topic.clone()).or_default() += 1;
+                if misrouted_first.len() < 10 {
+                    misrouted_first.push((topic.clone(), id));
+                }
+            }
         }
+    }
+    if !misrouted_first.is_empty() {
+        eprintln!("torture: misrouted (topic, (writer, seq)), first 10: {misrouted_first:?}");
     }
     let duplicated: u64 = seen.values().map(|c| c - 1).sum();
     let dups: Vec<&(u64, u64)> = seen
@@ -538,27 +709,35 @@ async fn main() {
     let mut lost = Vec::new();
     let mut ct_lost = 0;
     let mut ct_at_risk = 0;
-    let truncated: HashMap<u64, Vec<(u64, u64)>> = logs_of
-        .iter()
-        .enumerate()
-        .map(|(w, l)| {
-            (
-                w as u64,
-                l.lock().map(|l| l.truncated.clone()).unwrap_or_default(),
-            )
-        })
-        .collect();
+    let mut deleted_lost = 0;
+    let ranges_of = |pick: fn(&WriterLog) -> &Vec<(u64, u64)>| -> HashMap<u64, Vec<(u64, u64)>> {
+        logs_of
+            .iter()
+            .enumerate()
+            .map(|(w, l)| {
+                (
+                    w as u64,
+                    l.lock().map(|l| pick(&l).clone()).unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    let truncated = ranges_of(|l| &l.truncated);
+    let deleted = ranges_of(|l| &l.deleted);
+    let within = |r: &HashMap<u64, Vec<(u64, u64)>>, w: u64, s: u64| {
+        r.get(&w)
+            .is_some_and(|r| r.iter().any(|(a, b)| (*a..=*b).contains(&s)))
+    };
     for ranges in truncated.values() {
         ct_at_risk += ranges.iter().map(|(a, b)| b - a + 1).sum::<u64>();
     }
     for (&w, &n) in &written {
         for s in 0..n {
             if !seen.contains_key(&(w, s)) {
-                let in_window = truncated
-                    .get(&w)
-                    .is_some_and(|r| r.iter().any(|(a, b)| (*a..=*b).contains(&s)));
-                if in_window {
+                if within(&truncated, w, s) {
                     ct_lost += 1;
+                } else if within(&deleted, w, s) {
+                    deleted_lost += 1;
                 } else {
                     lost.push((w, s));
                 }
@@ -566,8 +745,34 @@ async fn main() {
         }
     }
     lat.sort_by(f64::total_cmp);
+    // Per topic: written, lost, duplicated, misrouted (issue #12).
+    let mut topics: Vec<&String> = topic_of.values().collect();
+    topics.sort();
+    topics.dedup();
+    for t in &topics {
+        let ws: Vec<u64> = topic_of
+            .iter()
+            .filter(|(_, x)| x == t)
+            .map(|(w, _)| *w)
+            .collect();
+        let w_total: u64 = ws
+            .iter()
+            .map(|w| written.get(w).copied().unwrap_or(0))
+            .sum();
+        let t_lost = lost.iter().filter(|(w, _)| ws.contains(w)).count();
+        let t_dup: u64 = seen
+            .iter()
+            .filter(|((w, _), _)| ws.contains(w))
+            .map(|(_, c)| c - 1)
+            .sum();
+        println!(
+            "topic={t} written={w_total} lost={t_lost} duplicated={t_dup} misrouted={}",
+            misrouted.get(*t).copied().unwrap_or(0)
+        );
+    }
+    let misrouted_total: u64 = misrouted.values().sum();
     println!(
-        "written={total} indexed={} lost={} duplicated={duplicated} copytruncate_at_risk={ct_at_risk} copytruncate_lost={ct_lost} \
+        "written={total} indexed={} lost={} duplicated={duplicated} misrouted={misrouted_total} copytruncate_at_risk={ct_at_risk} copytruncate_lost={ct_lost} deleted_lost={deleted_lost} \
          latency_ms p50={:.0} p99={:.0} max={:.0} (probes={}) \
          faults agent_kill={} transfer_kill={} kafka_restart={} es_restart={} etcd_restart={} \
          seed={seed} duration={}s drain={drain_secs:.0}s",
@@ -584,6 +789,14 @@ async fn main() {
         faults.etcd_restart.load(Ordering::SeqCst),
         args.duration,
     );
+    if misrouted_total > 0 {
+        eprintln!(
+            "torture: MISROUTED {misrouted_total} lines; logs kept in {}",
+            dir.path().display()
+        );
+        let _ = dir.keep();
+        std::process::exit(1);
+    }
     if !lost.is_empty() {
         eprintln!(
             "torture: LOST {} lines, first {:?}; logs kept in {}",
