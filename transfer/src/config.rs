@@ -113,6 +113,26 @@ pub struct KafkaConfig {
 }
 
 impl TransferConfig {
+    /// The index template's name (see [`EsConfig::template_name`]).
+    pub fn template_name(&self) -> String {
+        self.elasticsearch.template_name.clone().unwrap_or_else(|| {
+            let g: String = self
+                .kafka
+                .group_id
+                .to_ascii_lowercase()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "_-".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("logtransfer-{g}")
+        })
+    }
+
     /// The `group.instance.id` to use, if any (see
     /// [`KafkaConfig::group_instance_id`]). `auto` with a metrics port of 0
     /// (not stable) is off.
@@ -165,6 +185,16 @@ pub struct EsConfig {
     /// Refused documents go to `<index><suffix>`.
     #[serde(default = "default_dead_letter_suffix")]
     pub dead_letter_suffix: String,
+    /// The index template's name (default `logtransfer-<kafka.group_id>`:
+    /// one per deployment, so two never overwrite each other's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_name: Option<String>,
+    /// Delete indices of ours (the template's patterns) whose day (in their
+    /// name) is more than this many days ago, checked at start and hourly;
+    /// 0 (default): keep everything. Needs `%Y`, `%m`, `%d` in the pattern.
+    /// The local stack has no ILM; this is the ILM-free retention.
+    #[serde(default)]
+    pub retention_days: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -301,6 +331,15 @@ impl TransferConfig {
         }
         let pattern = crate::doc::IndexPattern::new(&self.elasticsearch.index_pattern)
             .map_err(|e| bad("elasticsearch.index_pattern", e))?;
+        if self.elasticsearch.retention_days > 0 && !pattern.is_daily() {
+            return Err(bad(
+                "elasticsearch.retention_days",
+                format!(
+                    "needs daily indices: `{}` must have %Y, %m and %d after {{topic}}",
+                    self.elasticsearch.index_pattern
+                ),
+            ));
+        }
         if self.elasticsearch.dead_letter_suffix.is_empty() {
             return Err(bad(
                 "elasticsearch.dead_letter_suffix",

@@ -87,13 +87,74 @@ impl IndexPattern {
     }
 
     /// Index-template patterns that match every index this pattern makes
-    /// (its dead-letter indices included).
-    pub fn template_patterns(&self) -> Vec<String> {
+    /// for `topics` (the config's: names, or regexes starting with `^`),
+    /// their dead-letter indices included — and as little else as can be:
+    /// a name gives `web_log-*`, a regex its literal prefix (`^app_.*` →
+    /// `app_*`). A regex without a literal prefix falls back to the
+    /// pattern with `*` for the topic (which may match other indices:
+    /// [`IndexPattern::template_is_broad`] says so).
+    pub fn template_patterns(&self, topics: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = topics
+            .iter()
+            .map(|t| match t.strip_prefix('^') {
+                None => self.glob(Some(t)),
+                Some(re) => {
+                    let lit: String = re
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || "_-".contains(*c))
+                        .collect();
+                    // `^app_.*`: the prefix only; `^web_log$`: the name.
+                    let exact = re.strip_prefix(lit.as_str()) == Some("$");
+                    if exact {
+                        self.glob(Some(&lit))
+                    } else if lit.is_empty() {
+                        self.glob(None)
+                    } else {
+                        self.glob(Some(&format!("{lit}*")))
+                    }
+                }
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        if out.iter().any(|p| p.starts_with('*')) {
+            out = vec![self.glob(None)];
+        }
+        out
+    }
+
+    /// The day of an index this pattern made (its dead-letter index too):
+    /// the part after `{topic}` parsed as a date. `None` for another index.
+    pub fn date_of(&self, index: &str, dead_letter_suffix: &str) -> Option<chrono::NaiveDate> {
+        let (_, fmt) = self.pattern.split_once("{topic}")?;
+        let name = index.strip_suffix(dead_letter_suffix).unwrap_or(index);
+        name.char_indices()
+            .find_map(|(i, _)| chrono::NaiveDate::parse_from_str(&name[i..], fmt).ok())
+    }
+
+    /// Whether indices carry their day after `{topic}` (`%Y`, `%m`, `%d`),
+    /// which retention needs.
+    pub fn is_daily(&self) -> bool {
+        self.pattern
+            .split_once("{topic}")
+            .is_some_and(|(_, f)| f.contains("%Y") && f.contains("%m") && f.contains("%d"))
+    }
+
+    /// Whether the template patterns for `topics` start with `*` (may match
+    /// indices of others: `.monitoring-…`, another deployment's).
+    pub fn template_is_broad(&self, topics: &[String]) -> bool {
+        self.template_patterns(topics)
+            .iter()
+            .any(|p| p.starts_with('*'))
+    }
+
+    /// The pattern as a glob: `{topic}` → `topic` (or `*`), `%X` → `*`.
+    fn glob(&self, topic: Option<&str>) -> String {
         let mut p = String::new();
         let mut rest = self.pattern.as_str();
         while !rest.is_empty() {
             if let Some(r) = rest.strip_prefix("{topic}") {
-                p.push('*');
+                p.push_str(&topic.unwrap_or("*").to_ascii_lowercase());
                 rest = r;
             } else if rest.starts_with('%') {
                 p.push('*');
@@ -106,7 +167,11 @@ impl IndexPattern {
         while p.contains("**") {
             p = p.replace("**", "*");
         }
-        vec![p]
+        // Dead-letter indices add a suffix: the pattern must end open.
+        if !p.ends_with('*') {
+            p.push('*');
+        }
+        p
     }
 }
 
@@ -374,12 +439,34 @@ mod tests {
         assert!(IndexPattern::new("{topic}-%Q").is_err());
         assert!(IndexPattern::new("").is_err());
         assert!(IndexPattern::new("logs {topic}").is_err());
-        assert_eq!(pat().template_patterns(), vec!["*-*.*.*"]);
+        let t = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Issue #13 item 7: derived from the topics, not `*-*.*.*` (which
+        // also matches `.monitoring-es-7-2026.12.01`).
+        assert_eq!(
+            pat().template_patterns(&t(&["web_log", "App"])),
+            vec!["app-*.*.*", "web_log-*.*.*"]
+        );
+        assert_eq!(
+            pat().template_patterns(&t(&["^app_.*"])),
+            vec!["app_*-*.*.*"]
+        );
+        assert_eq!(pat().template_patterns(&t(&["^web$"])), vec!["web-*.*.*"]);
+        assert_eq!(pat().template_patterns(&t(&["^.*"])), vec!["*-*.*.*"]);
+        assert!(pat().template_is_broad(&t(&["web_log", "^(a|b)"])));
+        let day = chrono::NaiveDate::from_ymd_opt(2020, 1, 2);
+        assert_eq!(pat().date_of("web-log-2020.01.02", "-deadletter"), day);
+        assert_eq!(
+            pat().date_of("web-log-2020.01.02-deadletter", "-deadletter"),
+            day
+        );
+        assert_eq!(pat().date_of("web-log", "-deadletter"), None);
+        assert!(pat().is_daily() && !IndexPattern::new("{topic}-%Y.%m").unwrap().is_daily());
+        assert!(!pat().template_is_broad(&t(&["web_log"])));
         assert_eq!(
             IndexPattern::new("Logs-{topic}")
                 .unwrap()
-                .template_patterns(),
-            vec!["logs-*"]
+                .template_patterns(&t(&["x"])),
+            vec!["logs-x*"]
         );
     }
 

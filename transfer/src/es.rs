@@ -13,8 +13,6 @@ use elasticsearch::Elasticsearch;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-pub const TEMPLATE_NAME: &str = "logtransfer";
-
 /// A transport to the configured node with its credentials and CA.
 ///
 /// # Errors
@@ -50,10 +48,11 @@ pub fn transport(cfg: &EsConfig) -> Result<Transport, Error> {
         .map_err(|e| Error::Setup(format!("elasticsearch client: {e}")))
 }
 
-/// The composable index template for every index `pattern` makes.
-pub fn template_body(pattern: &IndexPattern) -> Value {
+/// The composable index template for every index `pattern` makes for
+/// `topics` (see [`IndexPattern::template_patterns`]).
+pub fn template_body(pattern: &IndexPattern, topics: &[String]) -> Value {
     json!({
-        "index_patterns": pattern.template_patterns(),
+        "index_patterns": pattern.template_patterns(topics),
         "priority": 200,
         "_meta": {"managed_by": "logtransfer"},
         "template": {
@@ -107,24 +106,102 @@ pub fn template_body(pattern: &IndexPattern) -> Value {
     })
 }
 
-/// Installs (or replaces) the index template.
+/// Installs (or replaces) the index template `name`. Composable templates
+/// whose patterns overlap may not share a priority (another deployment's
+/// template on the same topics, or the older broad `logtransfer` one): on
+/// that refusal the next priority is tried, up to 64 of them; overlapping
+/// templates are ours and give the same mapping.
 ///
 /// # Errors
 /// Elasticsearch unreachable or refusing the template.
-pub async fn install_template(client: &Elasticsearch, pattern: &IndexPattern) -> Result<(), Error> {
+pub async fn install_template(
+    client: &Elasticsearch,
+    name: &str,
+    pattern: &IndexPattern,
+    topics: &[String],
+) -> Result<(), Error> {
+    let mut body = template_body(pattern, topics);
+    let base = body["priority"].as_u64().unwrap_or(200);
+    for priority in base..base + 64 {
+        body["priority"] = json!(priority);
+        let resp = client
+            .indices()
+            .put_index_template(IndicesPutIndexTemplateParts::Name(name))
+            .body(body.clone())
+            .send()
+            .await
+            .map_err(|e| Error::Sink(format!("installing the index template {name}: {e}")))?;
+        let status = resp.status_code().as_u16();
+        if status == 200 {
+            return Ok(());
+        }
+        let text = resp.text().await.unwrap_or_default();
+        if !(status == 400 && text.contains("same priority")) {
+            return Err(Error::Sink(format!(
+                "installing the index template {name}: HTTP {status}: {text}"
+            )));
+        }
+    }
+    Err(Error::Sink(format!(
+        "installing the index template {name}: every priority from {base} to {} is taken by overlapping templates",
+        base + 63
+    )))
+}
+
+/// Deletes our indices (matching `patterns`) whose day, read from their
+/// name by `pattern`, is before `cutoff`; returns their names. ILM-free
+/// retention.
+///
+/// # Errors
+/// Elasticsearch unreachable or refusing the listing; a refused deletion
+/// is logged and the others go on.
+pub async fn delete_older_than(
+    client: &Elasticsearch,
+    patterns: &[String],
+    pattern: &IndexPattern,
+    dead_letter_suffix: &str,
+    cutoff: chrono::NaiveDate,
+) -> Result<Vec<String>, Error> {
+    use elasticsearch::cat::CatIndicesParts;
+    use elasticsearch::indices::IndicesDeleteParts;
+    let parts: Vec<&str> = patterns.iter().map(String::as_str).collect();
     let resp = client
-        .indices()
-        .put_index_template(IndicesPutIndexTemplateParts::Name(TEMPLATE_NAME))
-        .body(template_body(pattern))
+        .cat()
+        .indices(CatIndicesParts::Index(&parts))
+        .format("json")
+        .h(&["index"])
         .send()
         .await
-        .map_err(|e| Error::Sink(format!("installing the index template: {e}")))?;
-    let status = resp.status_code().as_u16();
-    if status != 200 {
-        let text = resp.text().await.unwrap_or_default();
-        return Err(Error::Sink(format!(
-            "installing the index template: HTTP {status}: {text}"
-        )));
+        .map_err(|e| Error::Sink(format!("listing indices for retention: {e}")))?;
+    let rows: Value = resp
+        .json()
+        .await
+        .map_err(|e| Error::Sink(format!("listing indices for retention: {e}")))?;
+    let mut deleted = Vec::new();
+    for row in rows.as_array().into_iter().flatten() {
+        let Some(index) = row["index"].as_str() else {
+            continue;
+        };
+        if pattern
+            .date_of(index, dead_letter_suffix)
+            .is_none_or(|d| d >= cutoff)
+        {
+            continue;
+        }
+        match client
+            .indices()
+            .delete(IndicesDeleteParts::Index(&[index]))
+            .send()
+            .await
+        {
+            Ok(r) if r.status_code().is_success() => deleted.push(index.to_string()),
+            Ok(r) => tracing::warn!(
+                index,
+                status = r.status_code().as_u16(),
+                "retention: delete refused"
+            ),
+            Err(e) => tracing::warn!(index, error = %e, "retention: delete failed"),
+        }
     }
-    Ok(())
+    Ok(deleted)
 }

@@ -472,7 +472,14 @@ pub async fn run(
     // The template must be in place before the first document creates an index.
     let mut backoff = Duration::from_millis(cfg.retry.initial_backoff_ms);
     loop {
-        match es::install_template(es_sink.client(), &pattern).await {
+        match es::install_template(
+            es_sink.client(),
+            &cfg.template_name(),
+            &pattern,
+            &cfg.kafka.topics,
+        )
+        .await
+        {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot install the index template yet; retrying");
@@ -490,6 +497,32 @@ pub async fn run(
     metrics
         .healthy
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    let patterns = pattern.template_patterns(&cfg.kafka.topics);
+    if pattern.template_is_broad(&cfg.kafka.topics) {
+        tracing::warn!(?patterns, template = %cfg.template_name(), "a topic regex without a literal prefix: the index template's patterns may match other indices; use explicit topics, a `^prefix` regex or a distinctive elasticsearch.index_pattern");
+    }
+    // ILM-free retention, hourly; aborted with the pipeline.
+    let retention = (cfg.elasticsearch.retention_days > 0).then(|| {
+        let client = es_sink.client().clone();
+        let days = i64::from(cfg.elasticsearch.retention_days);
+        let patterns = patterns.clone();
+        let pattern = pattern.clone();
+        let suffix = cfg.elasticsearch.dead_letter_suffix.clone();
+        tokio::spawn(async move {
+            loop {
+                let cutoff = chrono::Utc::now().date_naive() - chrono::Duration::days(days);
+                match es::delete_older_than(&client, &patterns, &pattern, &suffix, cutoff).await {
+                    Ok(gone) if !gone.is_empty() => {
+                        tracing::info!(indices = ?gone, days, "retention: deleted indices older than the limit")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "retention check failed; next in an hour"),
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        })
+    });
+    let _retention = AbortOnDrop(retention);
 
     let mut by_topic: HashMap<String, Arc<dyn Sink>> = HashMap::new();
     if let Some(fs) = &cfg.file_sink {
@@ -906,5 +939,16 @@ mod tests {
         assert!(!complete, "an abandoned batch is not committed");
         assert_eq!(m.stopped_partitions.get(), 0);
         assert_eq!(m.health(), Ok("ok\n".into()));
+    }
+}
+
+/// Aborts a background task when the pipeline returns.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
     }
 }

@@ -379,3 +379,96 @@ async fn issue13_3_a_missing_index_with_auto_create_off_is_waited_out() {
     assert_eq!(main, 5, "the documents arrive once the index may be made");
     assert_eq!(stack.es_count(&dead_indices(&topic)).await, 0);
 }
+
+async fn get_json(stack: &Stack, path: &str) -> (u16, Value) {
+    let r = stack
+        .es()
+        .send(
+            elasticsearch::http::Method::Get,
+            path,
+            elasticsearch::http::headers::HeaderMap::new(),
+            Option::<&()>::None,
+            Option::<elasticsearch::http::request::JsonBody<Value>>::None,
+            None,
+        )
+        .await
+        .expect("es");
+    let code = r.status_code().as_u16();
+    (code, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Item 7: the template is named after the deployment (its group), its
+/// patterns come from the configured topics (an index of someone else that
+/// the old `*-*.*.*` matched gets nothing of ours), a second deployment on
+/// the same topic installs its own beside it, and `retention_days` deletes
+/// our indices created before the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue13_7_templates_are_per_deployment_and_old_indices_are_retired() {
+    let stack = Stack::from_env();
+    let topic = unique("it-tpl");
+    stack.create_topic(&topic, 1).await;
+    let (g1, g2) = (unique("ga"), unique("gb"));
+    let metrics = || format!("127.0.0.1:{}", integration::agent_run::free_port());
+    let cfg = |g: &str, retention_days: u32| -> TransferConfig {
+        let text = config_text(&stack, &[&topic], g, &metrics(), "");
+        let mut c: TransferConfig =
+            common::config::parse_config(Path::new("t.toml"), &text, |_| None).expect("config");
+        c.elasticsearch.retention_days = retention_days;
+        c
+    };
+    // An index that is not ours, of 2020, matched by `*-*.*.*`.
+    let other = format!("{}-other-2020.01.01", unique("x"));
+    // One of ours of 2020 (and its dead letters), one of today.
+    let old_ours = format!("{topic}-2020.01.01");
+    let old_dead = format!("{topic}-2020.01.01-deadletter");
+    let today = format!("{topic}-{}", chrono::Utc::now().format("%Y.%m.%d"));
+    for idx in [&other, &old_ours, &old_dead, &today] {
+        let r = stack
+            .es()
+            .indices()
+            .create(IndicesCreateParts::Index(idx))
+            .send()
+            .await
+            .expect("create");
+        assert!(r.status_code().is_success(), "{idx}: {:?}", r.text().await);
+    }
+    let a = start(cfg(&g1, 0));
+    // The first deployment's template is in place before the second's.
+    let t0 = Instant::now();
+    while get_json(&stack, &format!("/_index_template/logtransfer-{g1}"))
+        .await
+        .0
+        != 200
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no template for {g1}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let b = start(cfg(&g2, 30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let gone = loop {
+        let (code, _) = get_json(&stack, &format!("/{old_ours}")).await;
+        let (dcode, _) = get_json(&stack, &format!("/{old_dead}")).await;
+        if (code == 404 && dcode == 404) || Instant::now() > deadline {
+            break code == 404 && dcode == 404;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let (c1, t1) = get_json(&stack, &format!("/_index_template/logtransfer-{g1}")).await;
+    let (c2, t2) = get_json(&stack, &format!("/_index_template/logtransfer-{g2}")).await;
+    let (co, _) = get_json(&stack, &format!("/{other}")).await;
+    let (ct, _) = get_json(&stack, &format!("/{today}")).await;
+    assert_eq!(ct, 200, "today's index stays");
+    b.stop().await;
+    a.stop().await;
+    assert!(gone, "retention deleted {old_ours}");
+    assert_eq!(co, 200, "retention left {other} (not ours) alone");
+    assert_eq!((c1, c2), (200, 200), "{t1} {t2}");
+    let pats = t2["index_templates"][0]["index_template"]["index_patterns"].clone();
+    assert_eq!(pats, json!([format!("{topic}-*.*.*")]), "{t2}");
+    let p1 = &t1["index_templates"][0]["index_template"]["priority"];
+    let p2 = &t2["index_templates"][0]["index_template"]["priority"];
+    assert_ne!(p1, p2, "overlapping templates got distinct priorities");
+}
