@@ -805,6 +805,17 @@ pub async fn run(
     Ok(())
 }
 
+/// Aborts a background task when the pipeline returns.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! `write_batch` over a fake sink (pure logic: splitting, dead letters,
@@ -939,16 +950,5 @@ mod tests {
         assert!(!complete, "an abandoned batch is not committed");
         assert_eq!(m.stopped_partitions.get(), 0);
         assert_eq!(m.health(), Ok("ok\n".into()));
-    }
-}
-
-/// Aborts a background task when the pipeline returns.
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            h.abort();
-        }
     }
 }
