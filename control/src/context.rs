@@ -124,15 +124,10 @@ pub async fn context(
     }
     let es = Es::new(&cfg.elasticsearch)?;
     let index = &cfg.elasticsearch.index;
-    let v = es
-        .search(
-            index,
-            &format!("document {id}"),
-            json!({"size": 1, "query": {"ids": {"values": [id]}}}),
-        )
-        .await?;
-    let line = hits(&v)
-        .first()
+    let line = es
+        .by_id(index, "document", id)
+        .await?
+        .as_ref()
         .map(Line::from_hit)
         .ok_or_else(|| Error::NotFound(format!("document `{id}` in `{index}`")))?;
     let (file, offset) = match (SourceFile::of(&line.source), line.offset) {
@@ -144,41 +139,33 @@ pub async fn context(
             )))
         }
     };
-    let side = |op: &str, order: &str, n: usize| {
+    // The `n` lines nearest the document on one side (`lt`: before,
+    // `gt`: after), in file order.
+    let side = |op: &'static str, n: usize| {
         let mut filter = file.clauses();
         filter.push(json!({"range": {"log.offset": {op: offset}}}));
-        json!({
+        let body = json!({
             "size": n,
             "query": {"bool": {"filter": filter}},
-            "sort": [{"log.offset": {"order": order}}],
+            "sort": [{"log.offset": {"order": if op == "lt" { "desc" } else { "asc" }}}],
             "collapse": {"field": "log.offset"},
-        })
+        });
+        let what = format!("lines {} {id}", if op == "lt" { "before" } else { "after" });
+        let es = &es;
+        async move {
+            if n == 0 {
+                return Ok::<_, Error>(Vec::new());
+            }
+            let v = es.search(index, &what, body).await?;
+            let mut lines: Vec<Line> = hits(&v).iter().map(Line::from_hit).collect();
+            if op == "lt" {
+                lines.reverse();
+            }
+            Ok(lines)
+        }
     };
-    let mut lines_before = if before == 0 {
-        Vec::new()
-    } else {
-        let v = es
-            .search(
-                index,
-                &format!("lines before {id}"),
-                side("lt", "desc", before),
-            )
-            .await?;
-        hits(&v).iter().map(Line::from_hit).collect()
-    };
-    lines_before.reverse();
-    let lines_after = if after == 0 {
-        Vec::new()
-    } else {
-        let v = es
-            .search(
-                index,
-                &format!("lines after {id}"),
-                side("gt", "asc", after),
-            )
-            .await?;
-        hits(&v).iter().map(Line::from_hit).collect()
-    };
+    let lines_before = side("lt", before).await?;
+    let lines_after = side("gt", after).await?;
     Ok(Context {
         file,
         before: lines_before,

@@ -8,7 +8,7 @@ use crate::es::{hits, Es};
 use crate::search::TimeRange;
 use crate::{Error, Result};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The dead-letter indices of logtransfer's default suffix.
 pub const DEFAULT_INDEX: &str = "*-deadletter";
@@ -88,15 +88,9 @@ pub async fn list(
 /// [`Error::NotFound`] when `index` has none with that id.
 pub async fn show(cfg: &ControlConfig, index: &str, id: &str) -> Result<DeadLetter> {
     let es = Es::new(&cfg.elasticsearch)?;
-    let v = es
-        .search(
-            index,
-            &format!("dead letter {id}"),
-            json!({"size": 1, "query": {"ids": {"values": [id]}}}),
-        )
-        .await?;
-    hits(&v)
-        .first()
+    es.by_id(index, "dead letter", id)
+        .await?
+        .as_ref()
         .map(DeadLetter::from_hit)
         .ok_or_else(|| Error::NotFound(format!("dead letter `{id}` in `{index}`")))
 }

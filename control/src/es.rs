@@ -62,6 +62,24 @@ impl Es {
     }
 }
 
+impl Es {
+    /// The document with `_id` `id` in `index` (a search hit: `_index`,
+    /// `_id`, `_source`), if any.
+    ///
+    /// # Errors
+    /// As [`Es::search`].
+    pub(crate) async fn by_id(&self, index: &str, what: &str, id: &str) -> Result<Option<Value>> {
+        let v = self
+            .search(
+                index,
+                &format!("{what} {id}"),
+                serde_json::json!({"size": 1, "query": {"ids": {"values": [id]}}}),
+            )
+            .await?;
+        Ok(hits(&v).first().cloned())
+    }
+}
+
 /// The most specific reason in an Elasticsearch error body.
 fn reason(v: &Value) -> String {
     let e = &v["error"];

@@ -3,6 +3,7 @@
 //! lines come back, context follows the file (not the clock), tail sees
 //! what arrives after it started, lag is the group's committed offsets.
 
+use super::logctl::text;
 use integration::agent_run::{append_lines, etcd_put, fixture};
 use integration::transfer_run::{config, config_text, start};
 use integration::{unique, workspace_bin, Stack};
@@ -23,15 +24,6 @@ fn logctl_cmd(stack: &Stack, args: &[&str]) -> Command {
 
 fn logctl(stack: &Stack, args: &[&str]) -> Output {
     logctl_cmd(stack, args).output().expect("run logctl")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// `logctl -o json ARGS`, which must exit 0.
