@@ -10,10 +10,17 @@
 //! one sequence. One document per offset is shown (`collapse` on
 //! `log.offset`): a line delivered twice (at-least-once) appears once.
 //!
-//! Limits: context stops at the file's first and last line (it does not
-//! continue into the previous or next generation of a rotated file); a
-//! copytruncated file whose first line is unchanged keeps its identity,
-//! so old and new lines at the same offset collapse into one. A document
+//! Across rotations: when the file has fewer lines before (after) the
+//! document than asked for, context continues with the previous (next)
+//! generation of the file at the same path — of the files whose first
+//! line was read at that path on that host, the one whose first line was
+//! read just before (after) this one's — up to [`MAX_GENERATIONS`].
+//!
+//! Limits: generations are told apart by the read time of their first
+//! line, so a rotation is crossed only if the agent read both files' first
+//! lines (from offset 0) at that path; a copytruncated file whose first
+//! line is unchanged keeps its identity, so old and new lines at the same
+//! offset collapse into one. A document
 //! without a file identity (not written by logagent, or an older agent)
 //! falls back to `host` + `log.file.path`.
 
@@ -139,39 +146,129 @@ pub async fn context(
             )))
         }
     };
-    // The `n` lines nearest the document on one side (`lt`: before,
-    // `gt`: after), in file order.
-    let side = |op: &'static str, n: usize| {
-        let mut filter = file.clauses();
-        filter.push(json!({"range": {"log.offset": {op: offset}}}));
-        let body = json!({
-            "size": n,
-            "query": {"bool": {"filter": filter}},
-            "sort": [{"log.offset": {"order": if op == "lt" { "desc" } else { "asc" }}}],
-            "collapse": {"field": "log.offset"},
-        });
-        let what = format!("lines {} {id}", if op == "lt" { "before" } else { "after" });
-        let es = &es;
-        async move {
-            if n == 0 {
-                return Ok::<_, Error>(Vec::new());
+    let mut lines_before = side(&es, index, &file, Side::Before, Some(offset), before).await?;
+    let mut lines_after = side(&es, index, &file, Side::After, Some(offset), after).await?;
+    // Across rotations: the previous (next) generation of the file at the
+    // same path, while lines are missing.
+    for (dir, lines, want) in [
+        (Side::Before, &mut lines_before, before),
+        (Side::After, &mut lines_after, after),
+    ] {
+        let mut at = file.clone();
+        for _ in 0..MAX_GENERATIONS {
+            if lines.len() >= want {
+                break;
             }
-            let v = es.search(index, &what, body).await?;
-            let mut lines: Vec<Line> = hits(&v).iter().map(Line::from_hit).collect();
-            if op == "lt" {
-                lines.reverse();
+            let Some(next) = neighbour(&es, index, &at, dir).await? else {
+                break;
+            };
+            let more = side(&es, index, &next, dir, None, want - lines.len()).await?;
+            if more.is_empty() {
+                break;
             }
-            Ok(lines)
+            match dir {
+                Side::Before => {
+                    lines.splice(0..0, more);
+                }
+                Side::After => lines.extend(more),
+            }
+            at = next;
         }
-    };
-    let lines_before = side("lt", before).await?;
-    let lines_after = side("gt", after).await?;
+    }
     Ok(Context {
         file,
         before: lines_before,
         line,
         after: lines_after,
     })
+}
+
+/// How many rotated generations context crosses on either side.
+pub const MAX_GENERATIONS: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Before,
+    After,
+}
+
+impl Side {
+    fn order(self) -> &'static str {
+        match self {
+            Self::Before => "desc",
+            Self::After => "asc",
+        }
+    }
+}
+
+/// The `n` lines of `file` nearest `offset` on one side (the last or first
+/// `n` lines of the file without an offset), in file order.
+async fn side(
+    es: &Es,
+    index: &str,
+    file: &SourceFile,
+    dir: Side,
+    offset: Option<u64>,
+    n: usize,
+) -> Result<Vec<Line>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut filter = file.clauses();
+    if let Some(o) = offset {
+        let op = if dir == Side::Before { "lt" } else { "gt" };
+        filter.push(json!({"range": {"log.offset": {op: o}}}));
+    }
+    let body = json!({
+        "size": n,
+        "query": {"bool": {"filter": filter}},
+        "sort": [{"log.offset": {"order": dir.order()}}],
+        "collapse": {"field": "log.offset"},
+    });
+    let v = es.search(index, "lines of a file", body).await?;
+    let mut lines: Vec<Line> = hits(&v).iter().map(Line::from_hit).collect();
+    if dir == Side::Before {
+        lines.reverse();
+    }
+    Ok(lines)
+}
+
+/// The generation of a file before (after) `file` at the same path on the
+/// same host: of the files whose first line (offset 0) was read at that
+/// path, the one whose first line was read last before (first after)
+/// `file`'s first line. `None` for files known by path only.
+async fn neighbour(
+    es: &Es,
+    index: &str,
+    file: &SourceFile,
+    dir: Side,
+) -> Result<Option<SourceFile>> {
+    let SourceFile::Identity { host_id, .. } = file else {
+        return Ok(None);
+    };
+    let first = side(es, index, file, Side::After, None, 1).await?;
+    let Some(first) = first.first().filter(|l| l.offset == Some(0)) else {
+        return Ok(None);
+    };
+    let op = if dir == Side::Before { "lte" } else { "gte" };
+    let body = json!({
+        "size": 1,
+        "query": {"bool": {
+            "filter": [
+                {"term": {"host.id": host_id}},
+                {"term": {"log.file.path": first.file}},
+                {"term": {"log.offset": 0}},
+                {"range": {"@timestamp": {op: first.timestamp}}},
+            ],
+            "must_not": [{"bool": {"filter": file.clauses()}}],
+        }},
+        "sort": [{"@timestamp": {"order": dir.order()}}],
+    });
+    let v = es.search(index, "the rotated file", body).await?;
+    Ok(hits(&v)
+        .first()
+        .and_then(|h| SourceFile::of(&h["_source"]))
+        .filter(|f| matches!(f, SourceFile::Identity { .. })))
 }
 
 #[cfg(test)]

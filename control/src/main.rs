@@ -760,9 +760,28 @@ async fn context_cmd(
             l.message.clone(),
         ]
     };
-    let mut rows: Vec<Vec<String>> = c.before.iter().map(|l| row("", l)).collect();
-    rows.push(row(">", &c.line));
-    rows.extend(c.after.iter().map(|l| row("", l)));
+    let all = c
+        .before
+        .iter()
+        .map(|l| ("", l))
+        .chain(std::iter::once((">", &c.line)))
+        .chain(c.after.iter().map(|l| ("", l)));
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut file = Some(c.file.clone());
+    for (mark, l) in all {
+        // A line of another generation of the file (across a rotation).
+        let this = control::context::SourceFile::of(&l.source);
+        if this != file {
+            let inode = l.source["log"]["file"]["inode"].as_u64().unwrap_or(0);
+            rows.push(vec![
+                String::new(),
+                String::new(),
+                format!("-- {} (inode {inode}) --", l.file),
+            ]);
+            file = this;
+        }
+        rows.push(row(mark, l));
+    }
     table(&["", "OFFSET", "LINE"], &rows);
     Ok(())
 }

@@ -338,3 +338,71 @@ async fn logctl_lag_and_dlq_show_what_the_transfer_group_committed_and_refused()
     let o = logctl(&stack, &["dlq", "show", "nope-0-0", "--index", &dead_index]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 }
+
+/// Context crosses a rotation by rename: before the new file's first
+/// lines come the old file's last ones, and after the old file's last
+/// lines the new file's first ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logctl_context_continues_across_a_rotation_by_rename() {
+    let stack = Stack::from_env();
+    let fx = fixture(&stack, "");
+    let (logs, a) = (fx.logs.clone(), &fx.agent);
+    let host = a.host_id.as_str();
+    let topic = unique("it-rotate");
+    stack.create_topic(&topic, 1).await;
+    let app = logs.join("app.log");
+    etcd_put(
+        &stack,
+        &a.collect_key(),
+        &format!(
+            r#"[{{"path":"{}/*.log","topic":"{topic}"}}]"#,
+            logs.display()
+        ),
+    )
+    .await;
+    let mut agent = a.start();
+    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
+    let transfer = start(config(&stack, &[&topic], &unique("g"), ""));
+    let docs = format!("{topic}-*");
+    append_lines(&app, &numbered("old", 0..6));
+    assert_eq!(stack.wait_count(&docs, 6, Duration::from_secs(60)).await, 6);
+    std::fs::rename(&app, logs.join("app.log.1")).expect("rotate");
+    append_lines(&app, &numbered("new", 0..6));
+    assert_eq!(
+        stack.wait_count(&docs, 12, Duration::from_secs(60)).await,
+        12
+    );
+
+    let found = json(&stack, &["search", "*", "--host", host, "-n", "20"]);
+    let id_of = |m: &str| {
+        found
+            .as_array()
+            .and_then(|a| a.iter().find(|l| l["message"] == m))
+            .and_then(|l| l["id"].as_str())
+            .unwrap_or_else(|| panic!("{m} in {found}"))
+            .to_string()
+    };
+    let c = json(&stack, &["context", &id_of("new 1"), "-B", "4", "-A", "1"]);
+    assert_eq!(
+        messages(&c["before"]),
+        ["old 3", "old 4", "old 5", "new 0"],
+        "{c}"
+    );
+    assert_eq!(messages(&c["after"]), ["new 2"]);
+    let c = json(&stack, &["context", &id_of("old 4"), "-B", "1", "-A", "4"]);
+    assert_eq!(messages(&c["before"]), ["old 3"]);
+    assert_eq!(
+        messages(&c["after"]),
+        ["old 5", "new 0", "new 1", "new 2"],
+        "{c}"
+    );
+    // Not past the first generation, nor the last.
+    let c = json(&stack, &["context", &id_of("old 0"), "-B", "3", "-A", "0"]);
+    assert_eq!(messages(&c["before"]), Vec::<String>::new());
+    let o = logctl(&stack, &["context", &id_of("new 0"), "-B", "2"]);
+    let out = text(&o);
+    assert!(out.contains("-- ") && out.contains("old 5"), "{out}");
+
+    transfer.stop().await;
+    agent.terminate_ok(a);
+}
