@@ -48,36 +48,62 @@ fn numbered(word: &str, range: std::ops::Range<u32>) -> Vec<String> {
     range.map(|i| format!("{word} {i}")).collect()
 }
 
+/// An agent collecting `<logs>/*.log` into a new topic and a transfer
+/// writing that topic to Elasticsearch.
+struct Pipeline {
+    fx: integration::agent_run::Fixture,
+    topic: String,
+    agent: integration::agent_run::Agent,
+    transfer: integration::transfer_run::Running,
+}
+
+impl Pipeline {
+    async fn start(stack: &Stack, name: &str) -> Self {
+        let fx = fixture(stack, "");
+        let topic = unique(name);
+        stack.create_topic(&topic, 1).await;
+        etcd_put(
+            stack,
+            &fx.agent.collect_key(),
+            &format!(
+                r#"[{{"path":"{}/*.log","topic":"{topic}"}}]"#,
+                fx.logs.display()
+            ),
+        )
+        .await;
+        let agent = fx.agent.start();
+        let a = &fx.agent;
+        assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
+        let transfer = start(config(stack, &[&topic], &unique("g"), ""));
+        Self {
+            fx,
+            topic,
+            agent,
+            transfer,
+        }
+    }
+
+    /// Waits until the topic's indices hold `n` documents.
+    async fn wait_docs(&self, stack: &Stack, n: u64) {
+        let docs = format!("{}-*", self.topic);
+        let got = stack.wait_count(&docs, n, Duration::from_secs(60)).await;
+        assert_eq!(got, n, "documents in {docs}");
+    }
+
+    async fn stop(mut self) {
+        self.transfer.stop().await;
+        self.agent.terminate_ok(&self.fx.agent);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logctl_search_context_and_tail_return_exactly_the_agents_lines() {
     let stack = Stack::from_env();
-    let fx = fixture(&stack, "");
-    let (logs, a) = (fx.logs.clone(), &fx.agent);
-    let host = a.host_id.as_str();
-    let topic = unique("it-logs");
-    stack.create_topic(&topic, 1).await;
+    let p = Pipeline::start(&stack, "it-logs").await;
+    let (logs, topic, host) = (&p.fx.logs, p.topic.clone(), p.fx.agent.host_id.as_str());
     let (app, other) = (logs.join("app.log"), logs.join("other.log"));
     let app_s = app.display().to_string();
-    etcd_put(
-        &stack,
-        &a.collect_key(),
-        &format!(
-            r#"[{{"path":"{}/*.log","topic":"{topic}"}}]"#,
-            logs.display()
-        ),
-    )
-    .await;
-    let mut agent = a.start();
-    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
-    let transfer = start(config(&stack, &[&topic], &unique("g"), ""));
-    let docs = format!("{topic}-*");
-    let wait = |n: u64| {
-        let (stack, docs) = (stack.clone(), docs.clone());
-        async move {
-            let got = stack.wait_count(&docs, n, Duration::from_secs(60)).await;
-            assert_eq!(got, n, "documents in {docs}");
-        }
-    };
+    let wait = |n: u64| p.wait_docs(&stack, n);
 
     // app.log 0..10, then other.log, then app.log 10..20: by time, the
     // other file's lines sit between app.log's 9 and 10.
@@ -242,8 +268,7 @@ async fn logctl_search_context_and_tail_return_exactly_the_agents_lines() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("no-such-topic-x"), "{}", text(&o));
 
-    transfer.stop().await;
-    agent.terminate_ok(a);
+    p.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,33 +370,14 @@ async fn logctl_lag_and_dlq_show_what_the_transfer_group_committed_and_refused()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logctl_context_continues_across_a_rotation_by_rename() {
     let stack = Stack::from_env();
-    let fx = fixture(&stack, "");
-    let (logs, a) = (fx.logs.clone(), &fx.agent);
-    let host = a.host_id.as_str();
-    let topic = unique("it-rotate");
-    stack.create_topic(&topic, 1).await;
+    let p = Pipeline::start(&stack, "it-rotate").await;
+    let (logs, host) = (&p.fx.logs, p.fx.agent.host_id.as_str());
     let app = logs.join("app.log");
-    etcd_put(
-        &stack,
-        &a.collect_key(),
-        &format!(
-            r#"[{{"path":"{}/*.log","topic":"{topic}"}}]"#,
-            logs.display()
-        ),
-    )
-    .await;
-    let mut agent = a.start();
-    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
-    let transfer = start(config(&stack, &[&topic], &unique("g"), ""));
-    let docs = format!("{topic}-*");
     append_lines(&app, &numbered("old", 0..6));
-    assert_eq!(stack.wait_count(&docs, 6, Duration::from_secs(60)).await, 6);
+    p.wait_docs(&stack, 6).await;
     std::fs::rename(&app, logs.join("app.log.1")).expect("rotate");
     append_lines(&app, &numbered("new", 0..6));
-    assert_eq!(
-        stack.wait_count(&docs, 12, Duration::from_secs(60)).await,
-        12
-    );
+    p.wait_docs(&stack, 12).await;
 
     let found = json(&stack, &["search", "*", "--host", host, "-n", "20"]);
     let id_of = |m: &str| {
@@ -403,6 +409,5 @@ async fn logctl_context_continues_across_a_rotation_by_rename() {
     let out = text(&o);
     assert!(out.contains("-- ") && out.contains("old 5"), "{out}");
 
-    transfer.stop().await;
-    agent.terminate_ok(a);
+    p.stop().await;
 }
