@@ -816,14 +816,15 @@ async fn tail_cmd(cfg: &ControlConfig, a: TailArgs, fmt: Format) -> Result<(), E
             .collect();
         eprintln!("logctl: tailing {}", at.join(" "));
     };
-    control::tail::tail(cfg, &t, stop, started, |l| {
+    let print = |l: &control::search::Line| {
         if fmt == Format::Json {
             println!("{}", serde_json::to_string(l).unwrap_or_default());
         } else {
             println!("{}  {}  {}  {}", l.timestamp, l.host, l.file, l.message);
         }
-    })
-    .await?;
+    };
+    let warn = |w: &str| eprintln!("logctl: {w} (still tailing)");
+    control::tail::tail(cfg, &t, stop, started, print, warn).await?;
     Ok(())
 }
 

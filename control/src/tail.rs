@@ -12,6 +12,7 @@ use crate::kafka::{blocking, consumer, kafka_err, topics, TIMEOUT};
 use crate::search::{Filter, Line};
 use crate::{Error, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -47,17 +48,20 @@ pub struct Position {
 
 /// Tails until `stop` completes, `max` events matched or `duration`
 /// passed; `started` gets the start positions once they are assigned,
-/// `on_line` every matching event. Returns how many matched.
+/// `on_line` every matching event, `on_warning` what the consumer reports
+/// while it keeps going (a broker down: librdkafka reconnects). Returns how
+/// many matched.
 ///
 /// # Errors
 /// A bad `--grep`, `--file` or `--topic` (named), a named topic that does
-/// not exist, no topic matching, or Kafka failing.
+/// not exist, no topic matching, or Kafka failing for good.
 pub async fn tail(
     cfg: &ControlConfig,
     t: &Tail,
     stop: impl Future<Output = ()>,
     started: impl FnOnce(&[Position]),
     mut on_line: impl FnMut(&Line),
+    mut on_warning: impl FnMut(&str),
 ) -> Result<u64> {
     let grep = t
         .grep
@@ -96,7 +100,15 @@ pub async fn tail(
         let m = tokio::select! {
             () = &mut stop => break,
             () = &mut until_deadline => break,
-            m = c.recv() => m.map_err(|e| kafka_err(&brokers, "reading", e))?,
+            m = c.recv() => match m {
+                Ok(m) => m,
+                // Transport errors and the like: librdkafka retries.
+                Err(KafkaError::MessageConsumption(code)) if !fatal(code) => {
+                    on_warning(&format!("kafka ({brokers}): {code}"));
+                    continue;
+                }
+                Err(e) => return Err(kafka_err(&brokers, "reading", e)),
+            },
         };
         let line = event_line(
             m.topic(),
@@ -112,6 +124,21 @@ pub async fn tail(
         }
     }
     Ok(matched)
+}
+
+/// Consumer errors a tail cannot go on after.
+fn fatal(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::UnknownTopicOrPartition
+            | C::UnknownTopic
+            | C::UnknownPartition
+            | C::TopicAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::Fatal
+    )
 }
 
 /// A group id no one else uses (it is never joined or committed to).

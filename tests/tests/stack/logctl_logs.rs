@@ -258,6 +258,53 @@ async fn logctl_search_context_and_tail_return_exactly_the_agents_lines() {
     assert_eq!(c["line"]["message"], "gamma 2");
     assert_eq!(messages(&c["before"]), ["gamma 1"]);
     assert_eq!(messages(&c["after"]), ["gamma 3"]);
+    // --since starts that far back: the old lines too, in offset order.
+    let o = logctl(
+        &stack,
+        &[
+            "-o",
+            "json",
+            "tail",
+            "--topic",
+            &topic,
+            "--host",
+            host,
+            "--grep",
+            "^alpha 1[789]$",
+            "--since",
+            "1h",
+            "--max",
+            "3",
+            "--for",
+            "30",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let got: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON")["message"].to_string())
+        .collect();
+    assert_eq!(got, ["\"alpha 17\"", "\"alpha 18\"", "\"alpha 19\""]);
+    // Ctrl-C (SIGINT) stops a tail, exit 0.
+    let mut child = logctl_cmd(&stack, &["tail", "--topic", &topic])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn logctl tail");
+    let mut started = String::new();
+    BufReader::new(child.stderr.take().expect("stderr"))
+        .read_line(&mut started)
+        .expect("tail's start line");
+    assert!(started.contains("tailing"), "{started}");
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success());
+    let t0 = Instant::now();
+    let status = child.wait().expect("tail");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
     // --for stops a tail that sees nothing; a bad --grep is named.
     let o = logctl(&stack, &["tail", "--topic", &topic, "--for", "1"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
