@@ -13,6 +13,8 @@
 //! brokers = "127.0.0.1:9092"
 //! [elasticsearch]
 //! url = "http://127.0.0.1:9200"
+//! # the indices `search` and `context` read (logtransfer's, not its dead letters)
+//! index = "*,-*-deadletter"
 //! ```
 
 use common::ConfigError;
@@ -67,12 +69,17 @@ impl Default for KafkaConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct EsConfig {
     pub url: String,
+    /// The indices (a comma-separated multi-target expression) that search
+    /// and context read. Default `*,-*-deadletter`: every index but dead
+    /// letters (logtransfer's are `{topic}-%Y.%m.%d`).
+    pub index: String,
 }
 
 impl Default for EsConfig {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:9200".into(),
+            index: "*,-*-deadletter".into(),
         }
     }
 }
@@ -135,6 +142,9 @@ impl ControlConfig {
         common::check_brokers(&self.kafka.brokers).map_err(|m| bad("kafka.brokers", m))?;
         common::check_endpoint_url(&self.elasticsearch.url)
             .map_err(|m| bad("elasticsearch.url", m))?;
+        if self.elasticsearch.index.trim().is_empty() {
+            return Err(bad("elasticsearch.index", "must not be empty".into()));
+        }
         Ok(())
     }
 }

@@ -9,6 +9,14 @@
 //! - [`agents`]: the agents' published state (`common::agent_state`) and
 //!   liveness (the lease-kept key exists).
 //! - [`check`]: are etcd, Kafka and Elasticsearch reachable.
+//! - [`search`]: the documents logtransfer wrote, by query, time, host and
+//!   file, newest first; the filters ([`search::Filter`]) shared with `tail`.
+//! - [`context`]: the lines around a document *in its source file* (host
+//!   and file identity, `log.offset` order).
+//! - [`tail`]: events live from Kafka, assigned partitions, no group.
+//! - [`lag`]: a consumer group's committed offsets against the partitions'
+//!   high watermarks.
+//! - [`dlq`]: the dead letters logtransfer wrote (`<index>-deadletter`).
 //!
 //! Every fallible call returns [`Error`]; [`Error::exit_code`] maps it to
 //! logctl's exit codes (1: refused, conflict, not found; 2: config/usage).
@@ -17,6 +25,13 @@ pub mod agents;
 pub mod check;
 pub mod collect;
 pub mod config;
+pub mod context;
+pub mod dlq;
+mod es;
+mod kafka;
+pub mod lag;
+pub mod search;
+pub mod tail;
 
 use std::time::Duration;
 
@@ -53,13 +68,30 @@ pub enum Error {
     Timeout { what: String, waited: Duration },
     #[error("{what}: {message}")]
     Io { what: String, message: String },
+    /// A command-line argument (or its value) that cannot be used.
+    #[error("{arg}: {message}")]
+    BadArgument { arg: String, message: String },
+    /// Elasticsearch answered with an error status.
+    #[error("elasticsearch ({address}) answered {status} to {what}: {reason}")]
+    Elasticsearch {
+        address: String,
+        what: String,
+        status: u16,
+        reason: String,
+    },
+    #[error("kafka ({brokers}): {what}: {message}")]
+    Kafka {
+        brokers: String,
+        what: String,
+        message: String,
+    },
 }
 
 impl Error {
     /// logctl's exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) => 2,
+            Self::Config(_) | Self::BadArgument { .. } => 2,
             _ => 1,
         }
     }

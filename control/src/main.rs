@@ -1,5 +1,6 @@
-//! `logctl`: the operators' CLI (collect entries, agents, checks). All the
-//! logic is in the `control` library, which the web console uses too.
+//! `logctl`: the operators' CLI (collect entries, agents, checks, search,
+//! context, tail, lag, dead letters). All the logic is in the `control`
+//! library, which the web console uses too.
 //!
 //! Exit codes: 0 ok; 1 refused, conflict, not found, timed out or a service
 //! error; 2 a usage or config error.
@@ -18,7 +19,7 @@ use std::time::Duration;
 #[command(
     name = "logctl",
     version,
-    about = "Manage logpipe's collect entries and see its agents"
+    about = "Manage logpipe's collect entries, see its agents, read its logs"
 )]
 struct Cli {
     /// Config file (TOML: [etcd], [kafka], [elasticsearch]); without one the
@@ -49,6 +50,131 @@ enum Cmd {
     Collect(CollectCmd),
     /// Are etcd, Kafka and Elasticsearch reachable.
     Check,
+    /// Search the documents logtransfer wrote, newest first.
+    Search(SearchArgs),
+    /// The lines before and after a document in its source file.
+    Context {
+        /// The document's `_id` (as `search` and `tail` print it).
+        id: String,
+        /// Lines before.
+        #[arg(short = 'B', long, default_value_t = 5)]
+        before: usize,
+        /// Lines after.
+        #[arg(short = 'A', long, default_value_t = 5)]
+        after: usize,
+    },
+    /// Events live from Kafka (no consumer group, nothing committed).
+    Tail(TailArgs),
+    /// A consumer group's lag per topic and partition.
+    Lag {
+        /// The group (logtransfer's `kafka.group_id`).
+        #[arg(long, default_value = control::lag::DEFAULT_GROUP)]
+        group: String,
+        /// Topics (names, or regexes starting with ^); default: all.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+    },
+    /// Dead letters: documents Elasticsearch refused for good.
+    #[command(subcommand)]
+    Dlq(DlqCmd),
+}
+
+#[derive(Args)]
+struct TimeArgs {
+    /// Only this recent (90s, 15m, 1h, 2d).
+    #[arg(long, conflicts_with = "from")]
+    since: Option<String>,
+    /// From this time (RFC 3339, or a date).
+    #[arg(long)]
+    from: Option<String>,
+    /// Up to this time (RFC 3339, or a date).
+    #[arg(long)]
+    to: Option<String>,
+}
+
+impl TimeArgs {
+    fn range(&self) -> Result<control::search::TimeRange, Error> {
+        control::search::TimeRange::from_args(
+            self.since.as_deref(),
+            self.from.as_deref(),
+            self.to.as_deref(),
+            chrono::Utc::now(),
+        )
+    }
+}
+
+#[derive(Args)]
+struct FilterArgs {
+    /// Only this host (host.name or host.id).
+    #[arg(long)]
+    host: Option<String>,
+    /// Only this file (log.file.path; a glob with * or ?).
+    #[arg(long)]
+    file: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> control::search::Filter {
+        control::search::Filter {
+            host: self.host.clone(),
+            file: self.file.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    /// A query_string on `message` (`error AND db`, `"conn reset"`); `*`: all.
+    query: String,
+    #[command(flatten)]
+    time: TimeArgs,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// How many documents.
+    #[arg(short = 'n', default_value_t = 20)]
+    n: usize,
+}
+
+#[derive(Args)]
+struct TailArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Topics (names, or regexes starting with ^); default: ^.*_log$.
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+    /// Only events whose message matches this regex.
+    #[arg(long)]
+    grep: Option<String>,
+    /// Start this far back (90s, 15m, 1h) instead of at the end.
+    #[arg(long)]
+    since: Option<String>,
+    /// Stop after this many events.
+    #[arg(long)]
+    max: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long = "for")]
+    for_secs: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum DlqCmd {
+    /// The newest dead letters.
+    List {
+        #[command(flatten)]
+        time: TimeArgs,
+        #[arg(short = 'n', default_value_t = 20)]
+        n: usize,
+        /// The dead-letter indices.
+        #[arg(long, default_value = control::dlq::DEFAULT_INDEX)]
+        index: String,
+    },
+    /// One dead letter and its original document.
+    Show {
+        /// Its `_id` (the original's, topic-partition-offset).
+        id: String,
+        #[arg(long, default_value = control::dlq::DEFAULT_INDEX)]
+        index: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -325,9 +451,24 @@ async fn run(cli: Cli) -> Result<(), Error> {
             None => Ok(()),
         };
     }
+    let cmd = match cli.cmd {
+        Cmd::Search(a) => return search_cmd(&cfg, a, fmt).await,
+        Cmd::Context { id, before, after } => {
+            return context_cmd(&cfg, &id, before, after, fmt).await
+        }
+        Cmd::Tail(a) => return tail_cmd(&cfg, a, fmt).await,
+        Cmd::Lag { group, topics } => return lag_cmd(&cfg, &group, &topics, fmt).await,
+        Cmd::Dlq(d) => return dlq_cmd(&cfg, d, fmt).await,
+        other => other,
+    };
     let mut ctl = Control::connect(&cfg).await?;
-    match cli.cmd {
-        Cmd::Check => unreachable!("handled above"),
+    match cmd {
+        Cmd::Check
+        | Cmd::Search(_)
+        | Cmd::Context { .. }
+        | Cmd::Tail(_)
+        | Cmd::Lag { .. }
+        | Cmd::Dlq(_) => unreachable!("handled above"),
         Cmd::Agents(AgentsCmd::List { stale }) => {
             let agents: Vec<Agent> = ctl
                 .agents()
@@ -554,6 +695,213 @@ async fn run(cli: Cli) -> Result<(), Error> {
             if let Some(r) = w.revision {
                 report_wait(&mut ctl, &host, r, wait, fmt).await?;
             }
+        }
+    }
+    Ok(())
+}
+
+fn line_row(l: &control::search::Line) -> Vec<String> {
+    vec![
+        l.id.clone(),
+        l.timestamp.clone(),
+        l.host.clone(),
+        l.file.clone(),
+        l.message.clone(),
+    ]
+}
+
+async fn search_cmd(cfg: &ControlConfig, a: SearchArgs, fmt: Format) -> Result<(), Error> {
+    let s = control::search::Search {
+        query: a.query,
+        range: a.time.range()?,
+        filter: a.filter.filter(),
+        limit: a.n,
+    };
+    let lines = control::search::search(cfg, &s).await?;
+    if fmt == Format::Json {
+        json_out(&lines);
+    } else {
+        let rows: Vec<Vec<String>> = lines.iter().map(line_row).collect();
+        table(&["ID", "TIME", "HOST", "FILE", "MESSAGE"], &rows);
+    }
+    Ok(())
+}
+
+async fn context_cmd(
+    cfg: &ControlConfig,
+    id: &str,
+    before: usize,
+    after: usize,
+    fmt: Format,
+) -> Result<(), Error> {
+    let c = control::context::context(cfg, id, before, after).await?;
+    if fmt == Format::Json {
+        json_out(&c);
+        return Ok(());
+    }
+    match &c.file {
+        control::context::SourceFile::Identity {
+            host_id,
+            device,
+            inode,
+            fingerprint,
+        } => println!(
+            "# {host_id} {} (device {device}, inode {inode}, fingerprint {fingerprint})",
+            c.line.file
+        ),
+        control::context::SourceFile::Path { host, path } => {
+            println!("# {host} {path} (no file identity in the document: by host and path)")
+        }
+    }
+    let row = |mark: &str, l: &control::search::Line| {
+        vec![
+            mark.to_string(),
+            l.offset.map_or("-".into(), |o| o.to_string()),
+            l.message.clone(),
+        ]
+    };
+    let all = c
+        .before
+        .iter()
+        .map(|l| ("", l))
+        .chain(std::iter::once((">", &c.line)))
+        .chain(c.after.iter().map(|l| ("", l)));
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut file = Some(c.file.clone());
+    for (mark, l) in all {
+        // A line of another generation of the file (across a rotation).
+        let this = control::context::SourceFile::of(&l.source);
+        if this != file {
+            let inode = l.source["log"]["file"]["inode"].as_u64().unwrap_or(0);
+            rows.push(vec![
+                String::new(),
+                String::new(),
+                format!("-- {} (inode {inode}) --", l.file),
+            ]);
+            file = this;
+        }
+        rows.push(row(mark, l));
+    }
+    table(&["", "OFFSET", "LINE"], &rows);
+    Ok(())
+}
+
+async fn tail_cmd(cfg: &ControlConfig, a: TailArgs, fmt: Format) -> Result<(), Error> {
+    let t = control::tail::Tail {
+        topics: a.topics,
+        filter: a.filter.filter(),
+        grep: a.grep,
+        since: a
+            .since
+            .as_deref()
+            .map(|s| {
+                control::search::parse_duration(s).map_err(|message| Error::BadArgument {
+                    arg: "--since".into(),
+                    message,
+                })
+            })
+            .transpose()?,
+        max: a.max,
+        duration: a.for_secs.map(Duration::from_secs),
+    };
+    let stop = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let started = |p: &[control::tail::Position]| {
+        let at: Vec<String> = p
+            .iter()
+            .map(|p| format!("{}/{}@{}", p.topic, p.partition, p.offset))
+            .collect();
+        eprintln!("logctl: tailing {}", at.join(" "));
+    };
+    let print = |l: &control::search::Line| {
+        if fmt == Format::Json {
+            println!("{}", serde_json::to_string(l).unwrap_or_default());
+        } else {
+            println!("{}  {}  {}  {}", l.timestamp, l.host, l.file, l.message);
+        }
+    };
+    let warn = |w: &str| eprintln!("logctl: {w} (still tailing)");
+    control::tail::tail(cfg, &t, stop, started, print, warn).await?;
+    Ok(())
+}
+
+async fn lag_cmd(
+    cfg: &ControlConfig,
+    group: &str,
+    topics: &[String],
+    fmt: Format,
+) -> Result<(), Error> {
+    let lags = control::lag::lag(cfg, group, topics).await?;
+    if fmt == Format::Json {
+        json_out(&lags);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = lags
+        .iter()
+        .map(|l| {
+            vec![
+                l.topic.clone(),
+                l.partition.to_string(),
+                l.committed.to_string(),
+                l.high.to_string(),
+                l.lag.to_string(),
+            ]
+        })
+        .collect();
+    table(&["TOPIC", "PARTITION", "COMMITTED", "HIGH", "LAG"], &rows);
+    println!(
+        "group {group}: {} messages behind",
+        lags.iter().map(|l| l.lag).sum::<i64>()
+    );
+    Ok(())
+}
+
+async fn dlq_cmd(cfg: &ControlConfig, d: DlqCmd, fmt: Format) -> Result<(), Error> {
+    match d {
+        DlqCmd::List { time, n, index } => {
+            let list = control::dlq::list(cfg, &index, time.range()?, n).await?;
+            if fmt == Format::Json {
+                json_out(&list);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.id.clone(),
+                        d.timestamp.clone(),
+                        d.index.clone(),
+                        d.status.to_string(),
+                        d.error_type.clone(),
+                        d.reason.chars().take(120).collect(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "TIME", "INDEX", "STATUS", "ERROR", "REASON"], &rows);
+        }
+        DlqCmd::Show { id, index } => {
+            let d = control::dlq::show(cfg, &index, &id).await?;
+            if fmt == Format::Json {
+                json_out(&d);
+                return Ok(());
+            }
+            println!("id          {} in {}", d.id, d.index);
+            println!("time        {}", d.timestamp);
+            println!(
+                "kafka       {}/{} offset {}",
+                d.topic, d.partition, d.offset
+            );
+            println!("meant for   {}", d.original_index);
+            println!("error       {} {}: {}", d.status, d.error_type, d.reason);
+            if d.original_truncated {
+                println!("original    (its first 32 KiB)");
+            } else {
+                println!("original");
+            }
+            print!("{}", pretty(d.original.as_bytes()));
         }
     }
     Ok(())

@@ -30,7 +30,7 @@ fn logctl(stack: &Stack, a: &AgentSetup, args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("logctl")
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "exit {:?}\n{}{}",
         o.status.code(),

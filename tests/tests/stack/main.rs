@@ -8,6 +8,8 @@
 //! - `etcd`: put a key, observe it through a watch.
 //! - `etcd_config`: logagent's collect entries followed in etcd.
 //! - `logctl`: the operators' CLI against the agent and etcd (issue #15).
+//! - `logctl_logs`: logctl search, context, tail, lag and dlq against the
+//!   whole pipeline (issue #15).
 //! - `security`: nothing outside allowed_roots is shipped (issue #14).
 //! - `state`: what an agent publishes about itself in etcd (issue #15).
 //! - `transfer`: logtransfer against Kafka and Elasticsearch.
@@ -21,6 +23,7 @@ mod etcd;
 mod etcd_config;
 mod kafka;
 mod logctl;
+mod logctl_logs;
 mod security;
 mod state;
 mod transfer;
