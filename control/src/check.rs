@@ -1,85 +1,100 @@
-//! `logctl check`: is each service reachable, and what version is it.
+//! `logctl check`: is each service reachable, what version is it, and how
+//! far behind is the transfer's consumer group.
 
 use crate::config::ControlConfig;
-use std::time::Duration;
+use crate::es::Es;
+use rdkafka::consumer::BaseConsumer;
 
-/// One service's answer.
+/// One check's answer.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ServiceCheck {
     pub service: &'static str,
     pub address: String,
     pub ok: bool,
-    /// A version, or the error.
+    /// A version or state, or the error.
     pub detail: String,
 }
 
-/// Checks etcd (status), Elasticsearch (`GET /`) and Kafka (a TCP connect
-/// to each broker; the control library does not link a Kafka client).
-pub async fn check(cfg: &ControlConfig) -> Vec<ServiceCheck> {
+fn answer(service: &'static str, address: String, r: Result<String, String>) -> ServiceCheck {
+    ServiceCheck {
+        service,
+        address,
+        ok: r.is_ok(),
+        detail: r.unwrap_or_else(|e| e),
+    }
+}
+
+/// Checks etcd (its status), Kafka (metadata: brokers and topics),
+/// Elasticsearch (cluster health and a node's version) and the consumer
+/// group `group` (its total lag; not ok when it committed nothing).
+pub async fn check(cfg: &ControlConfig, group: &str) -> Vec<ServiceCheck> {
     let mut out = Vec::new();
     let endpoints = cfg.etcd.endpoints.join(",");
-    out.push(match crate::Control::connect(cfg).await {
-        Ok(mut c) => match c.etcd.status().await {
-            Ok(s) => ServiceCheck {
-                service: "etcd",
-                address: endpoints,
-                ok: true,
-                detail: format!("etcd {}", s.version()),
-            },
-            Err(e) => ServiceCheck {
-                service: "etcd",
-                address: endpoints,
-                ok: false,
-                detail: e.to_string(),
-            },
-        },
-        Err(e) => ServiceCheck {
-            service: "etcd",
-            address: endpoints,
-            ok: false,
-            detail: e.to_string(),
-        },
-    });
-    for b in cfg
-        .kafka
-        .brokers
-        .split(',')
-        .map(str::trim)
-        .filter(|b| !b.is_empty())
-    {
-        let r =
-            tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(b)).await;
-        out.push(ServiceCheck {
-            service: "kafka",
-            address: b.to_string(),
-            ok: matches!(r, Ok(Ok(_))),
-            detail: match r {
-                Ok(Ok(_)) => "accepts connections".into(),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "no answer within 3 s".into(),
-            },
-        });
-    }
-    out.push(es_check(&cfg.elasticsearch.url).await);
+    let etcd = match crate::Control::connect(cfg).await {
+        Ok(mut c) => c
+            .etcd
+            .status()
+            .await
+            .map(|s| format!("etcd {}", s.version()))
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    out.push(answer("etcd", endpoints, etcd));
+
+    let brokers = cfg.kafka.brokers.clone();
+    let b = brokers.clone();
+    let kafka = tokio::task::spawn_blocking(move || -> Result<String, String> {
+        use rdkafka::consumer::Consumer;
+        let c: BaseConsumer =
+            crate::kafka::consumer(&b, "logctl-check").map_err(|e| e.to_string())?;
+        let md = c
+            .fetch_metadata(None, crate::kafka::TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{} broker(s), {} topics",
+            md.brokers().len(),
+            md.topics()
+                .iter()
+                .filter(|t| !t.name().starts_with("__"))
+                .count()
+        ))
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    out.push(answer("kafka", brokers, kafka));
+
+    let es = match Es::new(&cfg.elasticsearch) {
+        Ok(es) => es_version(&es).await,
+        Err(e) => Err(e.to_string()),
+    };
+    out.push(answer(
+        "elasticsearch",
+        common::secret::redact_url(&cfg.elasticsearch.url),
+        es,
+    ));
+
+    let lag = match crate::lag::lag(cfg, group, &[]).await {
+        Ok(parts) => {
+            let total: i64 = parts.iter().map(|p| p.lag).sum();
+            Ok(format!("{} partitions, lag {total} messages", parts.len()))
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    out.push(answer("transfer group", group.to_string(), lag));
     out
 }
 
-async fn es_check(url: &str) -> ServiceCheck {
-    let shown = common::secret::redact_url(url);
-    let res = es_version(url).await;
-    ServiceCheck {
-        service: "elasticsearch",
-        address: shown,
-        ok: res.is_ok(),
-        detail: res.unwrap_or_else(|e| e),
-    }
-}
-
-/// The cluster's health and a node's version, from `_cluster/health` and
-/// `_nodes/_local` (the integ-test distribution has no `GET /`).
-async fn es_version(url: &str) -> Result<String, String> {
-    let health = es_get(url, "/_cluster/health").await?;
-    let nodes = es_get(url, "/_nodes/_local?filter_path=nodes.*.version").await?;
+/// The cluster's health and a node's version (the integ-test distribution
+/// has no `GET /`).
+async fn es_version(es: &Es) -> Result<String, String> {
+    let health = es
+        .get("/_cluster/health")
+        .await
+        .map_err(|e| e.to_string())?;
+    let nodes = es
+        .get("/_nodes/_local?filter_path=nodes.*.version")
+        .await
+        .map_err(|e| e.to_string())?;
     let version = nodes["nodes"]
         .as_object()
         .and_then(|n| n.values().next())
@@ -91,37 +106,4 @@ async fn es_version(url: &str) -> Result<String, String> {
         health["cluster_name"].as_str().unwrap_or("?"),
         health["status"].as_str().unwrap_or("?")
     ))
-}
-
-/// A GET with a plain HTTP/1.1 request (http:// only; basic auth from the
-/// URL is not sent: this is a reachability check).
-async fn es_get(url: &str, path: &str) -> Result<serde_json::Value, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| "only http:// is checked here".to_string())?;
-    let host = rest.split('/').next().unwrap_or(rest);
-    let host = host.rsplit('@').next().unwrap_or(host);
-    let mut s = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(host))
-        .await
-        .map_err(|_| "no answer within 3 s".to_string())?
-        .map_err(|e| e.to_string())?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let mut body = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut body))
-        .await
-        .map_err(|_| "no answer within 5 s".to_string())?
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&body);
-    let (head, json) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.lines().next().unwrap_or("");
-    if !status.contains(" 200 ") {
-        return Err(format!("{path}: {status}"));
-    }
-    serde_json::from_str(json)
-        .map_err(|_| format!("{path}: not JSON (chunked or not Elasticsearch)"))
 }

@@ -63,6 +63,40 @@ impl Es {
 }
 
 impl Es {
+    /// `GET path` (an API path such as `/_cluster/health`); its JSON.
+    ///
+    /// # Errors
+    /// As [`Es::search`].
+    pub(crate) async fn get(&self, path: &str) -> Result<Value> {
+        use elasticsearch::http::{headers::HeaderMap, request::JsonBody, Method};
+        let resp = self
+            .client
+            .send(
+                Method::Get,
+                path,
+                HeaderMap::new(),
+                Option::<&()>::None,
+                Option::<JsonBody<Value>>::None,
+                None,
+            )
+            .await
+            .map_err(|e| Error::Io {
+                what: format!("elasticsearch ({}): GET {path}", self.address),
+                message: e.to_string(),
+            })?;
+        let status = resp.status_code().as_u16();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            return Err(Error::Elasticsearch {
+                address: self.address.clone(),
+                what: format!("GET {path}"),
+                status,
+                reason: reason(&v),
+            });
+        }
+        Ok(v)
+    }
+
     /// The document with `_id` `id` in `index` (a search hit: `_index`,
     /// `_id`, `_source`), if any.
     ///

@@ -48,8 +48,13 @@ enum Cmd {
     /// Collect entries in etcd.
     #[command(subcommand)]
     Collect(CollectCmd),
-    /// Are etcd, Kafka and Elasticsearch reachable.
-    Check,
+    /// Are etcd, Kafka and Elasticsearch reachable, and the transfer
+    /// group's lag.
+    Check {
+        /// The transfer's consumer group.
+        #[arg(long, default_value = "logtransfer")]
+        group: String,
+    },
     /// Search the documents logtransfer wrote, newest first.
     Search(SearchArgs),
     /// The lines before and after a document in its source file.
@@ -425,8 +430,8 @@ fn print_written(w: &control::collect::Written, fmt: Format) {
 async fn run(cli: Cli) -> Result<(), Error> {
     let cfg = ControlConfig::load(cli.config.as_deref())?;
     let fmt = cli.output;
-    if let Cmd::Check = cli.cmd {
-        let checks = control::check::check(&cfg).await;
+    if let Cmd::Check { group } = &cli.cmd {
+        let checks = control::check::check(&cfg, group).await;
         if fmt == Format::Json {
             json_out(&checks);
         } else {
@@ -463,7 +468,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
     };
     let mut ctl = Control::connect(&cfg).await?;
     match cmd {
-        Cmd::Check
+        Cmd::Check { .. }
         | Cmd::Search(_)
         | Cmd::Context { .. }
         | Cmd::Tail(_)
