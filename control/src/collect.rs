@@ -116,6 +116,8 @@ impl Control {
         let agents = self.agents().await?;
         Ok(agents
             .into_iter()
+            // Registered agents only: a down host publishes nothing.
+            .filter(|a| a.liveness != crate::agents::Liveness::Down)
             .filter(|a| host == ALL || a.host_id == host)
             .map(|a| {
                 let roots = a.state.allowed_roots.iter().map(PathBuf::from).collect();

@@ -185,6 +185,38 @@ async fn logctl_manages_entries_the_agent_confirms() {
         "{now}"
     );
 
+    // Edit: $EDITOR changes the file, the value is validated and written;
+    // an edit that makes it invalid reopens the editor, and leaving it
+    // unchanged then writes nothing.
+    let edit = |editor: &str| {
+        Command::new(workspace_bin("logctl"))
+            .args(["collect", "edit", host, "--wait", "0"])
+            .env("ETCD_ENDPOINTS", stack.etcd_endpoints.join(","))
+            .env("LOGAGENT_PREFIX", &a.prefix)
+            .env("EDITOR", editor)
+            .env_remove("VISUAL")
+            .output()
+            .expect("logctl edit")
+    };
+    let o = edit("sed -i s/a.log/c.log/");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = logctl(&stack, a, &["-o", "json", "collect", "get", host], "");
+    let now: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(
+        now["value"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/c.log"),
+        "{now}"
+    );
+    let o = edit("sed -i s@/c.log@/../../etc/passwd@");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("refused") && text(&o).contains("nothing written"),
+        "{}",
+        text(&o)
+    );
+
     // The table lists the agent up; killed -9, it is down within the TTL.
     let o = logctl(&stack, a, &["agents", "list"], "");
     assert!(
