@@ -9,12 +9,35 @@ use std::path::Path;
 /// Every checkpointed file: its path, read and acknowledged offsets, and
 /// its size when the file at that path is still the same inode (a rotated
 /// file's size is unknown here: taken as its read offset).
-pub fn files(store: &checkpoint::Store) -> Vec<FileReport> {
-    files_with(store, |p| {
+/// The store is locked only to copy the entries, not while stat'ing.
+pub fn files(store: &std::sync::Mutex<checkpoint::Store>) -> Vec<FileReport> {
+    let copy = {
+        let st = store.lock().unwrap_or_else(|p| p.into_inner());
+        entries(&st)
+    };
+    with_sizes(copy, |p| {
         std::fs::metadata(p)
             .ok()
             .map(|m| (m.dev(), m.ino(), m.len()))
     })
+}
+
+/// (device, inode, path, read offset, acked offset) of every entry.
+type Entry = (u64, u64, String, u64, u64);
+
+fn entries(store: &checkpoint::Store) -> Vec<Entry> {
+    store
+        .iter()
+        .map(|(id, s)| {
+            (
+                id.device,
+                id.inode,
+                s.path.clone(),
+                s.durable_offset,
+                s.acked_offset,
+            )
+        })
+        .collect()
 }
 
 /// [`files`] with the stat given (tests).
@@ -22,18 +45,25 @@ pub fn files_with(
     store: &checkpoint::Store,
     stat: impl Fn(&Path) -> Option<(u64, u64, u64)>,
 ) -> Vec<FileReport> {
-    store
-        .iter()
-        .map(|(id, s)| {
-            let size = match stat(Path::new(&s.path)) {
-                Some((dev, ino, len)) if (dev, ino) == (id.device, id.inode) => len,
-                _ => s.durable_offset,
+    with_sizes(entries(store), stat)
+}
+
+fn with_sizes(
+    entries: Vec<Entry>,
+    stat: impl Fn(&Path) -> Option<(u64, u64, u64)>,
+) -> Vec<FileReport> {
+    entries
+        .into_iter()
+        .map(|(dev, ino, path, read, acked)| {
+            let size = match stat(Path::new(&path)) {
+                Some((d, i, len)) if (d, i) == (dev, ino) => len,
+                _ => read,
             };
             FileReport {
-                path: s.path.clone(),
+                path,
                 size,
-                read_offset: s.durable_offset,
-                acked_offset: s.acked_offset.min(s.durable_offset),
+                read_offset: read,
+                acked_offset: acked.min(read),
             }
         })
         .collect()

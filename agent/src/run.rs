@@ -960,10 +960,7 @@ fn refresh_state(
     metrics: &Metrics,
     reg: &Mutex<AgentState>,
 ) {
-    let files = {
-        let st = store.lock().unwrap_or_else(|p| p.into_inner());
-        crate::report::files(&st)
-    };
+    let files = crate::report::files(store);
     let files = common::agent_state::files_state(files);
     let wal_state = crate::report::wal_state(wal, max_bytes, checkpoint::now_ms());
     let problems: Vec<ProblemState> = metrics
