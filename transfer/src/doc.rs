@@ -115,9 +115,15 @@ impl IndexPattern {
                 }
             })
             .collect();
+        // A topic whose indices Elasticsearch refuses (`_x`) has nothing to
+        // template, and its pattern would make the whole template refused.
+        out.retain(|p| {
+            !p.starts_with(['_', '-', '+'])
+                && !p.contains(['\\', '/', '?', '"', '<', '>', '|', ' ', ',', '#'])
+        });
         out.sort();
         out.dedup();
-        if out.iter().any(|p| p.starts_with('*')) {
+        if out.is_empty() || out.iter().any(|p| p.starts_with('*')) {
             out = vec![self.glob(None)];
         }
         out
@@ -452,6 +458,11 @@ mod tests {
         );
         assert_eq!(pat().template_patterns(&t(&["^web$"])), vec!["web-*.*.*"]);
         assert_eq!(pat().template_patterns(&t(&["^.*"])), vec!["*-*.*.*"]);
+        // A topic that makes illegal indices is left out of the template.
+        assert_eq!(
+            pat().template_patterns(&t(&["web", "^_bad$"])),
+            vec!["web-*.*.*"]
+        );
         assert!(pat().template_is_broad(&t(&["web_log", "^(a|b)"])));
         let day = chrono::NaiveDate::from_ymd_opt(2020, 1, 2);
         assert_eq!(pat().date_of("web-log-2020.01.02", "-deadletter"), day);
