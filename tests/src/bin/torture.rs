@@ -665,7 +665,10 @@ async fn main() {
             last = (c, Instant::now());
         }
         let wal_empty = agent_setup.metric("logagent_wal_unacked_records") == 0.0;
-        if c >= total
+        // The count includes duplicates: reaching `total` ends the drain
+        // only once the agent's WAL is empty and the count settled (else
+        // lines still on their way were reported lost).
+        if (c >= total && wal_empty && last.1.elapsed() > Duration::from_secs(5))
             || (wal_empty && last.1.elapsed() > Duration::from_secs(30))
             || drain_start.elapsed() > Duration::from_secs(args.drain)
         {
