@@ -30,6 +30,16 @@ fn logctl(stack: &Stack, a: &AgentSetup, args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("logctl")
 }
 
+/// The path of the first entry stored for `host`, as `collect get` shows it.
+fn stored_path(stack: &Stack, a: &AgentSetup, host: &str) -> String {
+    let o = logctl(stack, a, &["-o", "json", "collect", "get", host], "");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    v["value"][0]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 pub(crate) fn text(o: &Output) -> String {
     format!(
         "exit {:?}\n{}{}",
@@ -175,15 +185,8 @@ async fn logctl_manages_entries_the_agent_confirms() {
         "",
     );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let o = logctl(&stack, a, &["-o", "json", "collect", "get", host], "");
-    let now: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    assert!(
-        now["value"][0]["path"]
-            .as_str()
-            .unwrap()
-            .ends_with("/a.log"),
-        "{now}"
-    );
+    let now = stored_path(&stack, a, host);
+    assert!(now.ends_with("/a.log"), "{now}");
 
     // Edit: $EDITOR changes the file, the value is validated and written;
     // an edit that makes it invalid reopens the editor, and leaving it
@@ -200,15 +203,8 @@ async fn logctl_manages_entries_the_agent_confirms() {
     };
     let o = edit("sed -i s/a.log/c.log/");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let o = logctl(&stack, a, &["-o", "json", "collect", "get", host], "");
-    let now: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    assert!(
-        now["value"][0]["path"]
-            .as_str()
-            .unwrap()
-            .ends_with("/c.log"),
-        "{now}"
-    );
+    let now = stored_path(&stack, a, host);
+    assert!(now.ends_with("/c.log"), "{now}");
     let o = edit("sed -i s@/c.log@/../../etc/passwd@");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
