@@ -25,6 +25,9 @@ pub const HEADER_DLQ_PARTITION: &str = "logpipe-dlq-partition";
 pub const HEADER_DLQ_ERROR: &str = "logpipe-dlq-error";
 /// Present when the dead letter's payload had to be cut: the original size.
 pub const HEADER_DLQ_ORIGINAL_BYTES: &str = "logpipe-dlq-original-bytes";
+/// The CRC32 of the message a dead letter replaces (decimal): the
+/// read-back after a crash recognises the line in the dead-letter topic.
+pub const HEADER_DLQ_CRC: &str = "logpipe-dlq-crc";
 
 /// How a refusal is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

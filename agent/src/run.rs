@@ -538,6 +538,8 @@ fn ship_config(cfg: &AgentConfig, identity: &Identity) -> ShipConfig {
         include_unsynced: cfg.wal.sync == "none",
         max_in_flight_lines: 100_000,
         max_in_flight_bytes: 16 << 20,
+        ack_every: ship::ACK_EVERY,
+        retry_every: ship::RETRY_EVERY,
     }
 }
 

@@ -37,7 +37,34 @@
 //! records are sent without the check — at-least-once — and their lines are
 //! counted in `logagent_lines_unchecked_total`, with a WARN saying why.
 //! Records without a read time (WAL format 1) are never scanned for (that
-//! would mean reading whole topics) and count as unchecked too.
+//! would mean reading whole topics) and count as unchecked too. The
+//! dead-letter topic is read back as well (a dead letter carries the CRC of
+//! the message it replaces), so a line dead-lettered just before a crash is
+//! not dead-lettered twice. What is kept of the read-back is bounded: a
+//! 128-bit hash per message of this host, at most [`Seen::MAX_KEYS`]
+//! (32 MiB); beyond that the read-back gives up as above.
+//!
+//! # Flow control
+//!
+//! At most `max_in_flight_lines` / `max_in_flight_bytes` of messages are
+//! handed to the producer and not yet delivered. A delivered record leaves
+//! that budget at once, even while an older record still holds the WAL's
+//! acknowledgement back (a message refused until it is dead-lettered), so
+//! one slow message does not stop the others.
+//!
+//! # The seam
+//!
+//! The session speaks to Kafka through two small traits, [`Kafka`] (make a
+//! producer, read back) and [`Produce`] (send, the topic's size limit, fatal
+//! errors); deliveries come back through [`Deliveries`]. [`kafka::RdKafka`]
+//! is the real one; the model tests (`model.rs`) drive sessions against an
+//! in-memory broker through refusals, crashes and read-backs.
+
+mod kafka;
+#[cfg(test)]
+mod model;
+
+use kafka::RdKafka;
 
 use crate::event::{self, encode, Identity, RecordMeta, Route};
 use crate::metrics::Metrics;
@@ -45,14 +72,10 @@ use crate::refusal;
 use crate::spool::Shared;
 use checkpoint::FileId;
 use common::event::{HEADER_FILE, HEADER_HOST, HEADER_OFFSET, HEADER_SCHEMA};
-use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -70,10 +93,10 @@ pub struct ShipConfig {
     pub max_event_bytes: usize,
     /// Read records not yet fsynced (`wal.sync = "none"`).
     pub include_unsynced: bool,
-    /// Most lines handed to the producer and not yet acknowledged.
+    /// Most lines handed to the producer and not yet delivered.
     pub max_in_flight_lines: usize,
     /// Most bytes of messages handed to the producer and not yet
-    /// acknowledged (bounds memory during a backlog or an outage).
+    /// delivered (bounds memory during a backlog or an outage).
     pub max_in_flight_bytes: usize,
     /// Where messages refused for good go; `None`: retried forever.
     pub dead_letter_topic: Option<String>,
@@ -81,6 +104,11 @@ pub struct ShipConfig {
     pub dead_letter_after: Duration,
     /// The bound of the read-back after a crash.
     pub readback_timeout: Duration,
+    /// How often the done prefix is recorded ([`ACK_EVERY`]).
+    pub ack_every: Duration,
+    /// How long a refused message waits before it is sent again
+    /// ([`RETRY_EVERY`]).
+    pub retry_every: Duration,
 }
 
 /// Room left in a message for headers, key and record overhead.
@@ -89,6 +117,10 @@ pub const EVENT_HEADROOM: usize = 2048;
 const MIN_EVENT_BYTES: usize = 1024;
 /// How often a topic's `max.message.bytes` is read again.
 const TOPIC_LIMIT_TTL: Duration = Duration::from_secs(300);
+/// The default of [`ShipConfig::ack_every`].
+pub const ACK_EVERY: Duration = Duration::from_millis(100);
+/// The default of [`ShipConfig::retry_every`].
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Our producer defaults; `kafka.producer` entries override them, except the
 /// pinned ones set last.
@@ -109,11 +141,8 @@ pub fn default_settings() -> BTreeMap<String, String> {
     .collect()
 }
 
-/// The dedup key of a message: file coordinate, offset, CRC of the value.
-type SeenKey = (String, u64, u32);
-
 /// Per record in flight.
-struct Track {
+pub(crate) struct Track {
     seq: Seq,
     remaining: AtomicU32,
     sent: Instant,
@@ -138,71 +167,6 @@ impl Track {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert_with(Instant::now)
-    }
-}
-
-struct Failed {
-    topic: String,
-    partition: Option<i32>,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    headers: OwnedHeaders,
-    timestamp: Option<i64>,
-    code: RDKafkaErrorCode,
-    track: Arc<Track>,
-}
-
-struct Ctx {
-    done: Mutex<Sender<Seq>>,
-    failed: Mutex<Vec<Failed>>,
-    metrics: Arc<Metrics>,
-}
-
-impl ClientContext for Ctx {}
-
-impl ProducerContext for Ctx {
-    type DeliveryOpaque = Arc<Track>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, track: Arc<Track>) {
-        match result {
-            Ok(_) => {
-                if track.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    // Once per record: when its last message is acked.
-                    self.metrics
-                        .produce_seconds
-                        .observe(track.sent.elapsed().as_secs_f64());
-                    let _ = self
-                        .done
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .send(track.seq);
-                }
-            }
-            Err((e, msg)) => {
-                self.metrics.delivery_errors.inc();
-                tracing::debug!(topic = msg.topic(), error = %e, seq = track.seq, "delivery failed");
-                let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
-                let failed = failed_from(msg, code, track);
-                self.failed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(failed);
-            }
-        }
-    }
-}
-
-fn failed_from(msg: &BorrowedMessage<'_>, code: RDKafkaErrorCode, track: Arc<Track>) -> Failed {
-    let owned = msg.detach();
-    Failed {
-        topic: owned.topic().to_string(),
-        partition: (owned.partition() >= 0).then_some(owned.partition()),
-        key: owned.key().map(<[u8]>::to_vec),
-        payload: owned.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        headers: owned.headers().cloned().unwrap_or_default(),
-        timestamp: owned.timestamp().to_millis(),
-        code,
-        track,
     }
 }
 
@@ -258,7 +222,246 @@ impl AckWindow {
     }
 }
 
-/// A record handed to the producer, until it is done and acknowledged.
+/// A message as handed to the producer.
+pub(crate) struct Msg<'a> {
+    pub topic: &'a str,
+    pub partition: Option<i32>,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    pub headers: OwnedHeaders,
+    pub timestamp: Option<i64>,
+}
+
+impl Msg<'_> {
+    fn into_owned(self) -> OwnedMsg {
+        OwnedMsg {
+            topic: self.topic.to_string(),
+            partition: self.partition,
+            key: self.key.map(<[u8]>::to_vec),
+            payload: self.payload.to_vec(),
+            headers: self.headers,
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+/// A message kept to be sent again.
+#[derive(Clone)]
+pub(crate) struct OwnedMsg {
+    pub topic: String,
+    pub partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: OwnedHeaders,
+    pub timestamp: Option<i64>,
+}
+
+impl OwnedMsg {
+    fn as_msg(&self) -> Msg<'_> {
+        Msg {
+            topic: &self.topic,
+            partition: self.partition,
+            key: self.key.as_deref(),
+            payload: &self.payload,
+            headers: self.headers.clone(),
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+/// A message Kafka (or the producer) refused, with the record it belongs to.
+pub(crate) struct Failed {
+    pub msg: OwnedMsg,
+    pub code: RDKafkaErrorCode,
+    pub track: Arc<Track>,
+}
+
+/// Where a producer reports each message's fate: rdkafka's delivery
+/// callback, or the model tests' broker.
+pub(crate) struct Deliveries {
+    done: Mutex<Sender<Seq>>,
+    failed: Mutex<Vec<Failed>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Deliveries {
+    fn new(metrics: Arc<Metrics>) -> (Arc<Self>, Receiver<Seq>) {
+        let (done, rx) = mpsc::channel();
+        let d = Self {
+            done: Mutex::new(done),
+            failed: Mutex::new(Vec::new()),
+            metrics,
+        };
+        (Arc::new(d), rx)
+    }
+
+    /// One message of `track`'s record is in Kafka.
+    pub fn delivered(&self, track: &Track) {
+        if track.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Once per record: when its last message is acked.
+            self.metrics
+                .produce_seconds
+                .observe(track.sent.elapsed().as_secs_f64());
+            let _ = self
+                .done
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(track.seq);
+        }
+    }
+
+    /// A message was refused: the session sends it again (or dead-letters it).
+    pub fn refused(&self, f: Failed) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(f);
+    }
+
+    fn take_refused(&self) -> Vec<Failed> {
+        std::mem::take(&mut *self.failed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// A producer (see "The seam" in the module docs).
+pub(crate) trait Produce {
+    /// Hands a message over; its fate reaches the [`Deliveries`] the
+    /// producer was made with. `Err`: not taken — `QueueFull` means try
+    /// again soon, any other code counts as a refusal.
+    fn send<'a>(&self, m: Msg<'a>, track: &Arc<Track>) -> Result<(), (RDKafkaErrorCode, Msg<'a>)>;
+    /// A fatal error (an idempotence fence): the session must end.
+    fn fatal_error(&self) -> Option<String>;
+    /// The topic's `max.message.bytes`; `Ok(None)`: no such topic (yet).
+    fn topic_max_message_bytes(&self, topic: &str) -> Result<Option<usize>, String>;
+}
+
+/// Kafka as the shipper sees it (see "The seam" in the module docs).
+pub(crate) trait Kafka {
+    type Producer: Produce;
+    fn producer(&self, deliveries: Arc<Deliveries>) -> Result<Self::Producer, String>;
+    /// This host's messages in `scope` (the read-back after a crash).
+    fn read_back(
+        &self,
+        scope: &Scope,
+        stop: &AtomicBool,
+        deadline: Instant,
+    ) -> Result<Seen, ReadBackError>;
+}
+
+/// What a read-back scans.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Scope {
+    /// The topics of the unacknowledged records, and the dead-letter topic.
+    pub topics: BTreeSet<String>,
+    /// Messages from this timestamp (Unix ms) on.
+    pub since_ms: i64,
+    /// The identities whose messages count as this host's.
+    pub hosts: HashSet<String>,
+}
+
+/// Why a read-back did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReadBackError {
+    /// Kafka failed (unreachable, no permission…): try again until the bound.
+    Retry(String),
+    /// Trying again cannot help (too many messages to compare).
+    GiveUp(String),
+}
+
+impl std::fmt::Display for ReadBackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Retry(e) | Self::GiveUp(e) => f.write_str(e),
+        }
+    }
+}
+
+/// What Kafka already has of this host's messages: a 128-bit hash of (file
+/// coordinate, offset, CRC of the value) per message, bounded.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    keys: HashSet<u128>,
+}
+
+impl Seen {
+    /// At most this many keys (16 bytes each, 32 MiB with the table's
+    /// overhead): a read-back that finds more gives up.
+    pub const MAX_KEYS: usize = 1 << 21;
+
+    /// Adds a message read back, if it is this host's (`hosts`).
+    pub fn insert<H: Headers>(
+        &mut self,
+        headers: Option<&H>,
+        payload: &[u8],
+        hosts: &HashSet<String>,
+    ) -> Result<(), ReadBackError> {
+        let Some(key) = message_key(headers, payload, hosts) else {
+            return Ok(());
+        };
+        if self.keys.len() >= Self::MAX_KEYS {
+            return Err(ReadBackError::GiveUp(format!(
+                "more than {} messages of this host to compare",
+                Self::MAX_KEYS
+            )));
+        }
+        self.keys.insert(key);
+        Ok(())
+    }
+
+    /// Whether Kafka has this line as encoded (and forgets it: each message
+    /// skips one line).
+    fn take(&mut self, file: &str, offset: u64, payload: &[u8]) -> bool {
+        !self.keys.is_empty()
+            && self
+                .keys
+                .remove(&seen_key(file, offset, crc32fast::hash(payload)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+/// The hash a [`Seen`] keeps: two 64-bit SipHashes of the triple.
+fn seen_key(file: &str, offset: u64, crc: u32) -> u128 {
+    let half = |salt: u8| {
+        let mut h = std::hash::DefaultHasher::new();
+        (salt, file, offset, crc).hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(0)) << 64) | u128::from(half(1))
+}
+
+/// A message's key if one of `hosts` sent it (the headers name host, file
+/// and offset); a dead letter counts with the CRC of the message it replaced.
+fn message_key<H: Headers>(
+    headers: Option<&H>,
+    payload: &[u8],
+    hosts: &HashSet<String>,
+) -> Option<u128> {
+    let headers = headers?;
+    let (mut host, mut file, mut offset, mut crc) = (None, None, None, None);
+    for h in headers.iter() {
+        let v = h.value.and_then(|v| std::str::from_utf8(v).ok());
+        match h.key {
+            HEADER_HOST => host = v,
+            HEADER_FILE => file = v,
+            HEADER_OFFSET => offset = v.and_then(|v| v.parse::<u64>().ok()),
+            refusal::HEADER_DLQ_CRC => crc = v.and_then(|v| v.parse::<u32>().ok()),
+            _ => {}
+        }
+    }
+    if !hosts.contains(host?) {
+        return None;
+    }
+    Some(seen_key(
+        file?,
+        offset?,
+        crc.unwrap_or_else(|| crc32fast::hash(payload)),
+    ))
+}
+
+/// A record handed to the producer, until it is acknowledged in the WAL.
 struct InFlight {
     id: FileId,
     end_offset: u64,
@@ -266,6 +469,8 @@ struct InFlight {
     lines: u64,
     bytes: usize,
     sent: Instant,
+    /// All its messages are in Kafka (it left the in-flight budget).
+    delivered: bool,
 }
 
 /// Records waiting this long for Kafka with no acknowledgement meanwhile
@@ -292,9 +497,12 @@ impl Shipper {
         let handle = std::thread::Builder::new()
             .name("shipper".into())
             .spawn(move || {
+                let kafka = RdKafka::new(&cfg);
                 let mut backoff = Duration::from_millis(500);
                 while !flags.stop.load(Ordering::SeqCst) {
-                    match session(&cfg, &deps, &flags) {
+                    let ended = Session::open(&kafka, &cfg, &deps, &flags.stop)
+                        .and_then(|mut s| s.run(&flags));
+                    match ended {
                         Ok(()) => return,
                         Err(e) => {
                             tracing::error!(error = %e, "producer session ended; starting a new one");
@@ -334,125 +542,63 @@ impl Shipper {
 /// `stop`: return now (records in flight stay unacknowledged and are
 /// resent, after a read-back, at the next start). `finishing`: return once
 /// everything in the WAL is acknowledged.
+#[derive(Default)]
 struct Flags {
     stop: Arc<AtomicBool>,
     finishing: Arc<AtomicBool>,
 }
 
-/// The user's settings that are not producer tuning (TLS, SASL…): for the
-/// read-back consumer and the admin client.
-fn base_config(cfg: &ShipConfig) -> ClientConfig {
-    let mut cc = ClientConfig::new();
-    let ours = default_settings();
-    for (k, v) in &cfg.settings {
-        if !ours.contains_key(k) {
-            cc.set(k, v);
-        }
-    }
-    cc.set("bootstrap.servers", &cfg.brokers);
-    cc
-}
-
-fn client_config(cfg: &ShipConfig) -> ClientConfig {
-    let mut cc = ClientConfig::new();
-    for (k, v) in &cfg.settings {
-        cc.set(k, v);
-    }
-    cc.set("bootstrap.servers", &cfg.brokers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true");
-    cc
-}
-
-/// One producer's lifetime. `Ok(())`: stopped; `Err`: start a new one.
-fn session(cfg: &ShipConfig, deps: &Shared, flags: &Flags) -> Result<(), String> {
-    let stop = &*flags.stop;
-    let wal = &deps.wal;
-    let start = wal.acked_seq() + 1;
-    let readback_upto = wal.last_seq();
-    let deadline = Instant::now() + cfg.readback_timeout;
-    let (seen, readback_complete) = loop {
-        match read_back(cfg, wal, start, stop, deadline) {
-            Ok(seen) => {
-                deps.metrics.resolved("readback");
-                break (seen, true);
-            }
-            Err(e) if stop.load(Ordering::SeqCst) => return Err(format!("stopped: {e}")),
-            Err(e) if Instant::now() >= deadline => {
-                let records = (readback_upto + 1).saturating_sub(start);
-                tracing::warn!(
-                    error = %e,
-                    records,
-                    timeout_secs = cfg.readback_timeout.as_secs(),
-                    "the read-back of what Kafka already has gave up; the unacknowledged records are sent without the duplicate check (at-least-once: lines may arrive twice)"
-                );
-                deps.metrics.problem(
-                    "readback",
-                    format!("read-back gave up ({e}); {records} records sent without the duplicate check"),
-                );
-                break (HashSet::new(), false);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read back what Kafka already has; retrying before sending");
-                std::thread::sleep(Duration::from_secs(2));
+/// What the read-back looks for: the records from `from` on (module docs).
+/// `None`: nothing of them can be in Kafka yet.
+fn readback_scope(cfg: &ShipConfig, wal: &Wal, from: Seq) -> Result<Option<Scope>, String> {
+    let mut reader = if cfg.include_unsynced {
+        wal.reader_including_unsynced(from)
+    } else {
+        wal.reader(from)
+    };
+    let mut topics: BTreeSet<String> = BTreeSet::new();
+    // Whose messages to look for: every identity that wrote these records
+    // (an agent restarted under a new name still recognises its own).
+    let mut hosts: HashSet<String> = HashSet::from([cfg.identity.host_id.clone()]);
+    let mut oldest = u64::MAX;
+    while let Some(item) = reader.next_item().map_err(|e| e.to_string())? {
+        if let ReadItem::Record { batch, .. } = item {
+            // A record without a read time (format 1) would mean scanning
+            // the whole topic: it is sent unchecked instead.
+            if !batch.lines.is_empty() && batch.read_ms > 0 {
+                topics.insert(batch.topic.clone());
+                oldest = oldest.min(batch.read_ms);
+                if let Some(who) = RecordMeta::decode(&batch.meta).identity {
+                    hosts.insert(who.host_id);
+                }
             }
         }
-    };
-    let (done_tx, done_rx) = mpsc::channel();
-    let ctx = Ctx {
-        done: Mutex::new(done_tx),
-        failed: Mutex::new(Vec::new()),
-        metrics: Arc::clone(&deps.metrics),
-    };
-    let producer: ThreadedProducer<Ctx> = client_config(cfg)
-        .create_with_context(ctx)
-        .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
-    let admin: AdminClient<DefaultClientContext> = base_config(cfg)
-        .create()
-        .map_err(|e| format!("cannot create the Kafka admin client: {e}"))?;
-    let mut s = Session {
-        cfg,
-        deps,
-        producer,
-        done_rx,
-        seen,
-        readback_upto,
-        readback_complete,
-        admin,
-        limits: HashMap::new(),
-        refusals: HashMap::new(),
-        reader: if cfg.include_unsynced {
-            wal.reader_including_unsynced(start)
-        } else {
-            wal.reader(start)
-        },
-        expect: start,
-        window: AckWindow::new(start - 1),
-        in_flight: BTreeMap::new(),
-        in_flight_lines: 0,
-        in_flight_bytes: 0,
-        last_ack: Instant::now(),
-        last_done: Instant::now(),
-        stall_checked: Instant::now(),
-        stall_reported: false,
-        buf: Vec::new(),
-        retry_at: None,
-    };
-    s.run(flags)
+    }
+    if topics.is_empty() {
+        return Ok(None);
+    }
+    if let Some(dlq) = &cfg.dead_letter_topic {
+        topics.insert(dlq.clone());
+    }
+    Ok(Some(Scope {
+        topics,
+        since_ms: i64::try_from(oldest.saturating_sub(1000)).unwrap_or(0),
+        hosts,
+    }))
 }
 
-struct Session<'a> {
+struct Session<'a, P: Produce> {
     cfg: &'a ShipConfig,
     deps: &'a Shared,
-    producer: ThreadedProducer<Ctx>,
+    producer: P,
+    deliveries: Arc<Deliveries>,
     done_rx: Receiver<Seq>,
     /// What Kafka already has of the records up to `readback_upto`.
-    seen: HashSet<SeenKey>,
+    seen: Seen,
     /// The last record that was unacknowledged when the session started.
     readback_upto: Seq,
     /// Whether `seen` is complete (the read-back did not give up).
     readback_complete: bool,
-    admin: AdminClient<DefaultClientContext>,
     /// Per topic: the largest event it takes, and when to read that again.
     limits: HashMap<String, (usize, Instant)>,
     /// Per topic: messages refused for good so far (for the log and /health).
@@ -462,6 +608,7 @@ struct Session<'a> {
     expect: Seq,
     window: AckWindow,
     in_flight: BTreeMap<Seq, InFlight>,
+    /// Lines and bytes of the records in flight not yet delivered.
     in_flight_lines: usize,
     in_flight_bytes: usize,
     last_ack: Instant,
@@ -474,63 +621,144 @@ struct Session<'a> {
     retry_at: Option<Instant>,
 }
 
-impl Session<'_> {
-    fn run(&mut self, flags: &Flags) -> Result<(), String> {
-        let stop = &*flags.stop;
-        loop {
-            if let Some((code, reason)) = self.producer.client().fatal_error() {
-                self.ack(true);
-                return Err(format!("fatal producer error {code:?}: {reason}"));
-            }
-            let mut progressed = self.collect_done();
-            if self.last_ack.elapsed() >= Duration::from_millis(100) {
-                self.ack(false);
-            }
-            progressed |= self.resend_failed();
-            self.check_stall();
-            if stop.load(Ordering::SeqCst) {
-                self.ack(true);
-                return Ok(());
-            }
-            if flags.finishing.load(Ordering::SeqCst)
-                && self.in_flight.is_empty()
-                && self.expect > self.deps.wal.last_seq()
-            {
-                self.ack(true);
-                return Ok(());
-            }
-            while self.in_flight_lines < self.cfg.max_in_flight_lines
-                && self.in_flight_bytes < self.cfg.max_in_flight_bytes
-            {
-                match self.reader.next_item().map_err(|e| e.to_string())? {
-                    Some(ReadItem::Record { seq, batch }) => {
-                        self.gap_done(seq);
-                        self.expect = seq + 1;
-                        self.send_record(seq, &batch, stop);
-                        progressed = true;
-                    }
-                    Some(ReadItem::Skipped { records, .. }) => {
-                        tracing::error!(records, "WAL records lost to corruption are skipped");
-                        self.window.done(self.expect, self.expect + records - 1);
-                        self.expect += records;
-                        progressed = true;
-                    }
-                    None => break,
+impl<'a, P: Produce> Session<'a, P> {
+    /// One producer's lifetime starts: the read-back (module docs), then a
+    /// producer.
+    fn open<K: Kafka<Producer = P>>(
+        kafka: &K,
+        cfg: &'a ShipConfig,
+        deps: &'a Shared,
+        stop: &AtomicBool,
+    ) -> Result<Self, String> {
+        let wal = &deps.wal;
+        let start = wal.acked_seq() + 1;
+        let readback_upto = wal.last_seq();
+        let deadline = Instant::now() + cfg.readback_timeout;
+        let scope = readback_scope(cfg, wal, start)?;
+        let (seen, readback_complete) = loop {
+            let Some(scope) = &scope else {
+                break (Seen::default(), true);
+            };
+            match kafka.read_back(scope, stop, deadline) {
+                Ok(seen) => {
+                    deps.metrics.resolved("readback");
+                    break (seen, true);
+                }
+                Err(e) if stop.load(Ordering::SeqCst) => return Err(format!("stopped: {e}")),
+                Err(e) if Instant::now() >= deadline || matches!(e, ReadBackError::GiveUp(_)) => {
+                    let records = (readback_upto + 1).saturating_sub(start);
+                    tracing::warn!(
+                        error = %e,
+                        records,
+                        timeout_secs = cfg.readback_timeout.as_secs(),
+                        "the read-back of what Kafka already has gave up; the unacknowledged records are sent without the duplicate check (at-least-once: lines may arrive twice)"
+                    );
+                    deps.metrics.problem(
+                        "readback",
+                        format!("read-back gave up ({e}); {records} records sent without the duplicate check"),
+                    );
+                    break (Seen::default(), false);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read back what Kafka already has; retrying before sending");
+                    std::thread::sleep(Duration::from_secs(2).min(cfg.readback_timeout));
                 }
             }
-            if !progressed {
-                match self.done_rx.recv_timeout(Duration::from_millis(2)) {
-                    Ok(seq) => {
-                        self.window.done(seq, seq);
-                        self.last_done = Instant::now();
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        return Err("the delivery channel closed".into())
-                    }
+        };
+        let (deliveries, done_rx) = Deliveries::new(Arc::clone(&deps.metrics));
+        let producer = kafka.producer(Arc::clone(&deliveries))?;
+        Ok(Session {
+            cfg,
+            deps,
+            producer,
+            deliveries,
+            done_rx,
+            seen,
+            readback_upto,
+            readback_complete,
+            limits: HashMap::new(),
+            refusals: HashMap::new(),
+            reader: if cfg.include_unsynced {
+                wal.reader_including_unsynced(start)
+            } else {
+                wal.reader(start)
+            },
+            expect: start,
+            window: AckWindow::new(start - 1),
+            in_flight: BTreeMap::new(),
+            in_flight_lines: 0,
+            in_flight_bytes: 0,
+            last_ack: Instant::now(),
+            last_done: Instant::now(),
+            stall_checked: Instant::now(),
+            stall_reported: false,
+            buf: Vec::new(),
+            retry_at: None,
+        })
+    }
+
+    /// `Ok(())`: stopped; `Err`: start a new session.
+    fn run(&mut self, flags: &Flags) -> Result<(), String> {
+        while !self.step(flags)? {}
+        Ok(())
+    }
+
+    /// One turn of the loop; `Ok(true)` when the session is over.
+    fn step(&mut self, flags: &Flags) -> Result<bool, String> {
+        let stop = &*flags.stop;
+        if let Some(reason) = self.producer.fatal_error() {
+            self.ack(true);
+            return Err(format!("fatal producer error: {reason}"));
+        }
+        let mut progressed = self.collect_done();
+        if self.last_ack.elapsed() >= self.cfg.ack_every {
+            self.ack(false);
+        }
+        progressed |= self.resend_failed();
+        self.check_stall();
+        if stop.load(Ordering::SeqCst) {
+            self.ack(true);
+            return Ok(true);
+        }
+        if flags.finishing.load(Ordering::SeqCst)
+            && self.in_flight.is_empty()
+            && self.expect > self.deps.wal.last_seq()
+        {
+            self.ack(true);
+            return Ok(true);
+        }
+        while self.in_flight_lines < self.cfg.max_in_flight_lines
+            && self.in_flight_bytes < self.cfg.max_in_flight_bytes
+        {
+            match self.reader.next_item().map_err(|e| e.to_string())? {
+                Some(ReadItem::Record { seq, batch }) => {
+                    self.gap_done(seq);
+                    self.expect = seq + 1;
+                    self.send_record(seq, &batch, stop);
+                    progressed = true;
+                }
+                Some(ReadItem::Skipped { records, .. }) => {
+                    tracing::error!(records, "WAL records lost to corruption are skipped");
+                    self.window.done(self.expect, self.expect + records - 1);
+                    self.expect += records;
+                    progressed = true;
+                }
+                None => break,
+            }
+        }
+        if !progressed {
+            match self.done_rx.recv_timeout(Duration::from_millis(2)) {
+                Ok(seq) => {
+                    self.record_delivered(seq);
+                    self.last_done = Instant::now();
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("the delivery channel closed".into())
                 }
             }
         }
+        Ok(false)
     }
 
     /// Records between `expect` and `seq` that the reader passed over
@@ -541,10 +769,23 @@ impl Session<'_> {
         }
     }
 
+    /// Every message of record `seq` is in Kafka: it is done, and leaves the
+    /// in-flight budget (module docs, "Flow control").
+    fn record_delivered(&mut self, seq: Seq) {
+        self.window.done(seq, seq);
+        if let Some(r) = self.in_flight.get_mut(&seq) {
+            if !r.delivered {
+                r.delivered = true;
+                self.in_flight_lines -= r.lines as usize;
+                self.in_flight_bytes -= r.bytes;
+            }
+        }
+    }
+
     fn collect_done(&mut self) -> bool {
         let mut any = false;
         while let Ok(seq) = self.done_rx.try_recv() {
-            self.window.done(seq, seq);
+            self.record_delivered(seq);
             any = true;
         }
         if any {
@@ -562,7 +803,11 @@ impl Session<'_> {
             return;
         }
         self.stall_checked = Instant::now();
-        let oldest = self.in_flight.values().next().map(|r| r.sent.elapsed());
+        let oldest = self
+            .in_flight
+            .values()
+            .find(|r| !r.delivered)
+            .map(|r| r.sent.elapsed());
         let stalled =
             oldest.is_some_and(|age| age >= STALL_AFTER && self.last_done.elapsed() >= STALL_AFTER);
         let m = &self.deps.metrics;
@@ -599,8 +844,10 @@ impl Session<'_> {
         let upto = self.window.advance();
         let rest = self.in_flight.split_off(&(upto + 1));
         for (_, r) in std::mem::replace(&mut self.in_flight, rest) {
-            self.in_flight_lines -= r.lines as usize;
-            self.in_flight_bytes -= r.bytes;
+            if !r.delivered {
+                self.in_flight_lines -= r.lines as usize;
+                self.in_flight_bytes -= r.bytes;
+            }
             m.topic(&m.lines_acked, &r.topic).inc_by(r.lines);
             acked_offsets.push((r.id, r.end_offset));
         }
@@ -645,9 +892,9 @@ impl Session<'_> {
         let file = event::file_header(batch);
         let track = Arc::new(Track::new(seq));
         let max_event_bytes = self.event_limit(&batch.topic);
-        if seq > self.readback_upto && self.seen.capacity() > 0 {
+        if seq > self.readback_upto && self.seen.len() > 0 {
             // Past the records the read-back was for: free its set.
-            self.seen = HashSet::new();
+            self.seen = Seen::default();
         }
         let unchecked =
             seq <= self.readback_upto && (!self.readback_complete || batch.read_ms == 0);
@@ -656,11 +903,7 @@ impl Session<'_> {
         let mut buf = std::mem::take(&mut self.buf);
         for line in &batch.lines {
             encode(who, spec, batch, &ts, line, max_event_bytes, &mut buf);
-            if !self.seen.is_empty()
-                && self
-                    .seen
-                    .remove(&(file.clone(), line.offset, crc32fast::hash(&buf)))
-            {
+            if self.seen.take(&file, line.offset, &buf) {
                 self.deps.metrics.duplicates_skipped.inc();
                 continue;
             }
@@ -682,25 +925,27 @@ impl Session<'_> {
                     key: HEADER_SCHEMA,
                     value: Some("1"),
                 });
-            let mut rec = BaseRecord::with_opaque_to(&batch.topic, Arc::clone(&track))
-                .payload(&buf[..])
-                .headers(headers);
-            if batch.read_ms > 0 {
-                rec = rec.timestamp(i64::try_from(batch.read_ms).unwrap_or(i64::MAX));
-            }
+            let mut msg = Msg {
+                topic: &batch.topic,
+                partition: None,
+                key: None,
+                payload: &buf[..],
+                headers,
+                timestamp: (batch.read_ms > 0)
+                    .then(|| i64::try_from(batch.read_ms).unwrap_or(i64::MAX)),
+            };
             match &route {
-                Route::Key(k) => rec = rec.key(k.as_bytes()),
-                Route::Partition(p) => rec = rec.partition(*p),
+                Route::Key(k) => msg.key = Some(k.as_bytes()),
+                Route::Partition(p) => msg.partition = Some(*p),
                 Route::Any => {}
             }
             sent += 1;
             bytes += buf.len();
-            let mut rec = rec;
             loop {
-                match self.producer.send(rec) {
+                match self.producer.send(msg, &track) {
                     Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        rec = r;
+                    Err((RDKafkaErrorCode::QueueFull, m)) => {
+                        msg = m;
                         self.collect_done();
                         if stop.load(Ordering::SeqCst) {
                             // Unsent: the record stays unacknowledged.
@@ -709,17 +954,12 @@ impl Session<'_> {
                         }
                         std::thread::sleep(Duration::from_millis(1));
                     }
-                    Err((e, r)) => {
+                    Err((code, m)) => {
                         self.deps.metrics.delivery_errors.inc();
-                        tracing::debug!(topic = %batch.topic, error = %e, "cannot hand a message to the producer");
-                        self.ctx_failed(Failed {
-                            topic: batch.topic.clone(),
-                            partition: r.partition,
-                            key: r.key.map(<[u8]>::to_vec),
-                            payload: buf.clone(),
-                            headers: r.headers.unwrap_or_default(),
-                            timestamp: r.timestamp,
-                            code: e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
+                        tracing::debug!(topic = %batch.topic, error = ?code, "cannot hand a message to the producer");
+                        self.deliveries.refused(Failed {
+                            msg: m.into_owned(),
+                            code,
                             track: Arc::clone(&track),
                         });
                         break;
@@ -741,6 +981,7 @@ impl Session<'_> {
                 lines: u64::from(sent),
                 bytes,
                 sent: Instant::now(),
+                delivered: false,
             },
         );
         self.in_flight_lines += sent as usize;
@@ -755,65 +996,41 @@ impl Session<'_> {
                 .metrics
                 .produce_seconds
                 .observe(track.sent.elapsed().as_secs_f64());
-            self.window.done(seq, seq);
+            self.record_delivered(seq);
         }
     }
 
-    fn ctx_failed(&self, f: Failed) {
-        self.producer
-            .context()
-            .failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(f);
-    }
-
-    /// Sends failed messages again, at most once a second; those refused
-    /// for good go to the dead-letter topic instead (module docs).
+    /// Sends failed messages again, at most once per `retry_every`; those
+    /// refused for good go to the dead-letter topic instead (module docs).
     fn resend_failed(&mut self) -> bool {
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return false;
         }
-        let failed: Vec<Failed> = std::mem::take(
-            &mut *self
-                .producer
-                .context()
-                .failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let failed = self.deliveries.take_refused();
         if failed.is_empty() {
             self.retry_at = None;
             return false;
         }
-        self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+        self.retry_at = Some(Instant::now() + self.cfg.retry_every);
         for f in failed {
             let since = f.track.refused_since();
             if refusal::is_final(f.code, since.elapsed(), self.cfg.dead_letter_after) {
                 match self.cfg.dead_letter_topic.clone() {
-                    Some(dlq) if dlq != f.topic => {
+                    Some(dlq) if dlq != f.msg.topic => {
                         self.dead_letter(f, &dlq);
                         continue;
                     }
                     dlq => self.stuck(&f, dlq.as_deref()),
                 }
             }
-            let mut rec = BaseRecord::with_opaque_to(&f.topic, Arc::clone(&f.track))
-                .payload(&f.payload[..])
-                .headers(f.headers.clone());
-            if let Some(k) = &f.key {
-                rec = rec.key(&k[..]);
-            }
-            if let Some(p) = f.partition {
-                rec = rec.partition(p);
-            }
-            if let Some(t) = f.timestamp {
-                rec = rec.timestamp(t);
-            }
-            if let Err((e, _)) = self.producer.send(rec) {
-                tracing::debug!(error = %e, "resend refused; trying again later");
-                let code = e.rdkafka_error_code().unwrap_or(f.code);
-                self.ctx_failed(Failed { code, ..f });
+            if let Err((e, _)) = self.producer.send(f.msg.as_msg(), &f.track) {
+                tracing::debug!(error = ?e, "resend refused; trying again later");
+                let code = if e == RDKafkaErrorCode::QueueFull {
+                    f.code
+                } else {
+                    e
+                };
+                self.deliveries.refused(Failed { code, ..f });
             }
         }
         true
@@ -823,15 +1040,17 @@ impl Session<'_> {
     /// of the original (it completes the same record).
     fn dead_letter(&mut self, f: Failed, dlq: &str) {
         let (payload, original_bytes) =
-            refusal::dead_letter_payload(&f.payload, self.cfg.max_event_bytes);
-        let partition = f.partition.map(|p| p.to_string()).unwrap_or_default();
+            refusal::dead_letter_payload(&f.msg.payload, self.cfg.max_event_bytes);
+        let partition = f.msg.partition.map(|p| p.to_string()).unwrap_or_default();
         let error = format!("{:?}", f.code);
+        let crc = crc32fast::hash(&f.msg.payload).to_string();
         let mut headers = f
+            .msg
             .headers
             .clone()
             .insert(Header {
                 key: refusal::HEADER_DLQ_TOPIC,
-                value: Some(f.topic.as_str()),
+                value: Some(f.msg.topic.as_str()),
             })
             .insert(Header {
                 key: refusal::HEADER_DLQ_PARTITION,
@@ -840,6 +1059,10 @@ impl Session<'_> {
             .insert(Header {
                 key: refusal::HEADER_DLQ_ERROR,
                 value: Some(error.as_str()),
+            })
+            .insert(Header {
+                key: refusal::HEADER_DLQ_CRC,
+                value: Some(crc.as_str()),
             });
         if let Some(n) = original_bytes {
             headers = headers.insert(Header {
@@ -847,42 +1070,37 @@ impl Session<'_> {
                 value: Some(n.to_string().as_str()),
             });
         }
-        let mut rec = BaseRecord::with_opaque_to(dlq, Arc::clone(&f.track))
-            .payload(payload)
-            .headers(headers.clone());
-        if let Some(k) = &f.key {
-            rec = rec.key(&k[..]);
-        }
-        if let Some(t) = f.timestamp {
-            rec = rec.timestamp(t);
-        }
+        let topic = &f.msg.topic;
         let m = &self.deps.metrics;
-        m.topic(&m.dead_letters, &f.topic).inc();
+        m.topic(&m.dead_letters, topic).inc();
         let n = {
-            let n = self.refusals.entry(f.topic.clone()).or_insert(0);
+            let n = self.refusals.entry(topic.clone()).or_insert(0);
             *n += 1;
             *n
         };
         m.problem(
-            &format!("topic:{}", f.topic),
+            &format!("topic:{topic}"),
             format!(
-                "Kafka refuses messages to `{}` for good ({error}); {n} sent to the dead-letter topic `{dlq}`",
-                f.topic
+                "Kafka refuses messages to `{topic}` for good ({error}); {n} sent to the dead-letter topic `{dlq}`"
             ),
         );
         if n.is_power_of_two() {
-            tracing::warn!(topic = %f.topic, error = %error, dead_letter_topic = dlq, count = n, "Kafka refuses messages for good; sent to the dead-letter topic");
+            tracing::warn!(topic = %topic, error = %error, dead_letter_topic = dlq, count = n, "Kafka refuses messages for good; sent to the dead-letter topic");
         }
-        if let Err((e, _)) = self.producer.send(rec) {
-            tracing::debug!(error = %e, "dead letter not taken yet; trying again later");
-            self.ctx_failed(Failed {
-                topic: dlq.to_string(),
-                partition: None,
-                key: f.key,
-                payload: payload.to_vec(),
-                headers,
-                timestamp: f.timestamp,
-                code: e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
+        let letter = Msg {
+            topic: dlq,
+            partition: None,
+            key: f.msg.key.as_deref(),
+            payload,
+            headers,
+            timestamp: f.msg.timestamp,
+        };
+        if let Err((code, m)) = self.producer.send(letter, &f.track) {
+            tracing::debug!(error = ?code, "dead letter not taken yet; trying again later");
+            let msg = m.into_owned();
+            self.deliveries.refused(Failed {
+                msg,
+                code,
                 track: f.track,
             });
         }
@@ -895,7 +1113,7 @@ impl Session<'_> {
             None => "no dead-letter topic is configured".to_string(),
             Some(d) => format!("the dead-letter topic `{d}` refuses it too"),
         };
-        let key = format!("topic:{}", f.topic);
+        let key = format!("topic:{}", f.msg.topic);
         let fresh = !self
             .deps
             .metrics
@@ -907,11 +1125,11 @@ impl Session<'_> {
             &key,
             format!(
                 "Kafka refuses messages to `{}` for good ({:?}) and {why}: retried, the WAL cannot be acknowledged past them",
-                f.topic, f.code
+                f.msg.topic, f.code
             ),
         );
         if fresh {
-            tracing::error!(topic = %f.topic, error = ?f.code, "Kafka refuses a message for good and {why}; it is retried and holds the WAL back");
+            tracing::error!(topic = %f.msg.topic, error = ?f.code, "Kafka refuses a message for good and {why}; it is retried and holds the WAL back");
         }
     }
 
@@ -926,7 +1144,7 @@ impl Session<'_> {
             }
         }
         let configured = self.cfg.max_event_bytes;
-        let (limit, ttl) = match topic_max_message_bytes(&self.admin, topic) {
+        let (limit, ttl) = match self.producer.topic_max_message_bytes(topic) {
             Ok(Some(b)) => (
                 configured.min(b.saturating_sub(EVENT_HEADROOM).max(MIN_EVENT_BYTES)),
                 TOPIC_LIMIT_TTL,
@@ -949,185 +1167,6 @@ impl Session<'_> {
         }
         limit
     }
-}
-
-/// A topic's `max.message.bytes` as the broker reports it; `Ok(None)` when
-/// the topic does not exist.
-fn topic_max_message_bytes(
-    admin: &AdminClient<DefaultClientContext>,
-    topic: &str,
-) -> Result<Option<usize>, String> {
-    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
-    let spec = [ResourceSpecifier::Topic(topic)];
-    let res = futures::executor::block_on(admin.describe_configs(&spec, &opts))
-        .map_err(|e| e.to_string())?;
-    match res.into_iter().next() {
-        Some(Ok(r)) => Ok(r
-            .get("max.message.bytes")
-            .and_then(|e| e.value.as_deref())
-            .and_then(|v| v.parse().ok())),
-        Some(Err(RDKafkaErrorCode::UnknownTopicOrPartition)) => Ok(None),
-        Some(Err(e)) => Err(format!("{e:?}")),
-        None => Err("no answer".into()),
-    }
-}
-
-/// What this host already has in Kafka among the topics of the records from
-/// `from` on (see the module docs). Empty when nothing is unacknowledged.
-fn read_back(
-    cfg: &ShipConfig,
-    wal: &Wal,
-    from: Seq,
-    stop: &AtomicBool,
-    deadline: Instant,
-) -> Result<HashSet<SeenKey>, String> {
-    let mut reader = if cfg.include_unsynced {
-        wal.reader_including_unsynced(from)
-    } else {
-        wal.reader(from)
-    };
-    let mut topics: BTreeSet<String> = BTreeSet::new();
-    // Whose messages to look for: every identity that wrote these records
-    // (an agent restarted under a new name still recognises its own).
-    let mut hosts: HashSet<String> = HashSet::from([cfg.identity.host_id.clone()]);
-    let mut oldest = u64::MAX;
-    while let Some(item) = reader.next_item().map_err(|e| e.to_string())? {
-        if let ReadItem::Record { batch, .. } = item {
-            // A record without a read time (format 1) would mean scanning
-            // the whole topic: it is sent unchecked instead.
-            if !batch.lines.is_empty() && batch.read_ms > 0 {
-                topics.insert(batch.topic.clone());
-                oldest = oldest.min(batch.read_ms);
-                if let Some(who) = RecordMeta::decode(&batch.meta).identity {
-                    hosts.insert(who.host_id);
-                }
-            }
-        }
-    }
-    let mut seen = HashSet::new();
-    if topics.is_empty() {
-        return Ok(seen);
-    }
-    let since = i64::try_from(oldest.saturating_sub(1000)).unwrap_or(0);
-    let consumer: BaseConsumer = {
-        let mut cc = base_config(cfg);
-        cc.set(
-            "group.id",
-            format!("logagent-readback-{}", cfg.identity.host_id),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_uncommitted")
-        .set("log_level", "3");
-        cc.create().map_err(|e| e.to_string())?
-    };
-    let timeout = Duration::from_secs(10);
-    let mut tpl = TopicPartitionList::new();
-    let mut ends: HashMap<(String, i32), i64> = HashMap::new();
-    for topic in &topics {
-        let md = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(|e| format!("metadata of {topic}: {e}"))?;
-        let Some(t) = md.topics().first() else {
-            continue;
-        };
-        if t.error().is_some() {
-            continue; // not created yet: nothing of ours in it
-        }
-        let mut times = TopicPartitionList::new();
-        for p in t.partitions() {
-            times
-                .add_partition_offset(topic, p.id(), Offset::Offset(since))
-                .map_err(|e| e.to_string())?;
-        }
-        let offsets = consumer
-            .offsets_for_times(times, timeout)
-            .map_err(|e| format!("offsets of {topic} at {since}: {e}"))?;
-        for el in offsets.elements() {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, el.partition(), timeout)
-                .map_err(|e| format!("watermarks of {topic}: {e}"))?;
-            if let Offset::Offset(o) = el.offset() {
-                if o < high {
-                    tpl.add_partition_offset(topic, el.partition(), Offset::Offset(o))
-                        .map_err(|e| e.to_string())?;
-                    ends.insert((topic.clone(), el.partition()), high);
-                }
-            }
-        }
-    }
-    if ends.is_empty() {
-        return Ok(seen);
-    }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let mut scanned: u64 = 0;
-    while !ends.is_empty() {
-        if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
-            return Err(format!(
-                "read-back incomplete after {scanned} messages ({} partitions left)",
-                ends.len()
-            ));
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(_))) => {
-                // The EOF names no topic: drop every partition whose
-                // position reached its end.
-                if let Ok(pos) = consumer.position() {
-                    for el in pos.elements() {
-                        let key = (el.topic().to_string(), el.partition());
-                        if let (Offset::Offset(o), Some(h)) = (el.offset(), ends.get(&key)) {
-                            if o >= *h {
-                                ends.remove(&key);
-                            }
-                        }
-                    }
-                }
-            }
-            Some(Err(e)) => tracing::debug!(error = %e, "read-back poll"),
-            Some(Ok(m)) => {
-                scanned += 1;
-                let key = (m.topic().to_string(), m.partition());
-                if ends.get(&key).is_some_and(|h| m.offset() + 1 >= *h) {
-                    ends.remove(&key);
-                }
-                if let Some(k) = seen_key(&m, &hosts) {
-                    seen.insert(k);
-                }
-            }
-        }
-    }
-    tracing::info!(
-        topics = topics.len(),
-        scanned,
-        ours = seen.len(),
-        "read back what Kafka has of the unacknowledged WAL records"
-    );
-    Ok(seen)
-}
-
-fn seen_key(m: &BorrowedMessage<'_>, hosts: &HashSet<String>) -> Option<SeenKey> {
-    let headers = m.headers()?;
-    let mut host = None;
-    let mut file = None;
-    let mut offset = None;
-    for h in headers.iter() {
-        let v = h.value.and_then(|v| std::str::from_utf8(v).ok());
-        match h.key {
-            HEADER_HOST => host = v,
-            HEADER_FILE => file = v,
-            HEADER_OFFSET => offset = v.and_then(|v| v.parse::<u64>().ok()),
-            _ => {}
-        }
-    }
-    if !hosts.contains(host?) {
-        return None;
-    }
-    Some((
-        file?.to_string(),
-        offset?,
-        crc32fast::hash(m.payload().unwrap_or_default()),
-    ))
 }
 
 #[cfg(test)]
