@@ -11,25 +11,35 @@
 //!    sending anything again);
 //! 4. only then start harvesters, from etcd's config, or the cached one
 //!    when etcd does not answer within [`ETCD_START_WAIT`].
+//!
+//! Here: start-up and the main loop (config events, SIGHUP reloads,
+//! signals, shutdown). Apart: [`identity`] (host id, name, address),
+//! `supervisor` (one harvester per entry, started, changed in place or
+//! stopped on reload) and `state` (the registration lease and the state
+//! published under it).
+
+mod identity;
+mod state;
+mod supervisor;
+
+pub use identity::{identity, settle_auto_host_id};
+use state::{refresh_state, register, roots_text};
+use supervisor::Supervisor;
 
 use crate::collect::{self, CollectEntry};
 use crate::config::AgentConfig;
 use crate::etcd_config::{self, ConfigEvent, WatchSpec};
-use crate::event::{Identity, RecordMeta, ShipSpec};
-use crate::harvester::multiline::MultilineConfig;
-use crate::harvester::watch::{self, Discovery, HarvestLoop};
-use crate::harvester::{HarvestConfig, Harvester};
+use crate::event::Identity;
 use crate::metrics::{KindLabels, Metrics};
 use crate::ship::{self, ShipConfig, Shipper};
-use crate::spool::{Limits, Progress, Shared, Spool, SpoolMsg, Spooled};
+use crate::spool::{Limits, Progress, Shared, Spool};
 use crate::Error;
 use checkpoint::{FileId, FileState, Store};
-use common::agent_state::{AgentState, KeyState, ProblemState};
-use std::collections::{BTreeMap, HashMap};
+use common::agent_state::AgentState;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use wal::{ReadItem, SyncPolicy, Wal, WalOptions};
@@ -50,134 +60,6 @@ fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// The file in the data dir that pins an `"auto"` host id.
-const HOST_ID_FILE: &str = "host_id";
-
-/// The host's name and the local address towards the first etcd endpoint
-/// (`None` when it cannot be found, e.g. the name does not resolve).
-fn host_name_and_ip(cfg: &AgentConfig) -> (String, Option<String>) {
-    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    let ip = cfg.etcd.endpoints.first().and_then(|e| local_ip_towards(e));
-    (host_name, ip)
-}
-
-/// How `host_id = "auto"` is settled (pure): the id derived now
-/// (`<hostname>-<ip>`, if the ip could be found) against the one pinned in
-/// the data dir by an earlier start. The first derived id is pinned and kept:
-/// a host whose address changes (DHCP) or whose DNS fails at start keeps
-/// following its own etcd key instead of silently following another (empty)
-/// one. `Ok((id, pin_it, warning))`.
-///
-/// # Errors
-/// Nothing pinned and nothing derivable.
-pub fn settle_auto_host_id(
-    derived: Option<String>,
-    pinned: Option<String>,
-) -> Result<(String, bool, Option<String>), String> {
-    match (derived, pinned) {
-        (Some(d), Some(p)) if d == p => Ok((p, false, None)),
-        (Some(d), Some(p)) => Ok((
-            p.clone(),
-            false,
-            Some(format!(
-                "host_id \"auto\" would now be `{d}`, but this agent has been `{p}` (pinned in the data dir); it stays `{p}`: set host_id explicitly to change it"
-            )),
-        )),
-        (Some(d), None) => Ok((d, true, None)),
-        (None, Some(p)) => Ok((
-            p.clone(),
-            false,
-            Some(format!(
-                "host_id \"auto\": the address towards etcd cannot be found now; using `{p}` pinned by an earlier start"
-            )),
-        )),
-        (None, None) => Err(
-            "host_id = \"auto\" cannot be derived: the address towards the first etcd endpoint cannot be found (does its name resolve?); set host_id explicitly".into(),
-        ),
-    }
-}
-
-/// Resolves the agent's identity: `host_id` as configured, or `"auto"`
-/// settled by [`settle_auto_host_id`] against `<data_dir>/host_id`.
-///
-/// # Errors
-/// `"auto"` cannot be derived and was never pinned, or the pin file cannot
-/// be read or written.
-pub fn identity(cfg: &AgentConfig) -> Result<Identity, Error> {
-    let (host_name, ip) = host_name_and_ip(cfg);
-    let host_id = if cfg.host_id == "auto" {
-        let file = cfg.data_dir.join(HOST_ID_FILE);
-        let pinned = match std::fs::read_to_string(&file) {
-            Ok(s) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(Error::Io {
-                    path: file,
-                    source: e,
-                })
-            }
-        };
-        let derived = ip.as_ref().map(|ip| format!("{host_name}-{ip}"));
-        let (id, pin, warning) = settle_auto_host_id(derived, pinned).map_err(Error::Stopped)?;
-        if let Some(w) = warning {
-            tracing::warn!("{w}");
-        }
-        if pin {
-            write_atomically(&file, id.as_bytes()).map_err(|e| Error::Io {
-                path: file.clone(),
-                source: e,
-            })?;
-        }
-        id
-    } else {
-        cfg.host_id.clone()
-    };
-    Ok(Identity {
-        host_id,
-        host_name,
-        host_ip: ip.unwrap_or_else(|| "unknown".into()),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    })
-}
-
-/// Writes `bytes` to `path` so that a crash leaves the old or the new
-/// content: a temporary file, fsync, rename, fsync of the directory.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// The local address the kernel would use to reach `endpoint` (a UDP
-/// "connect" sends nothing).
-fn local_ip_towards(endpoint: &str) -> Option<String> {
-    use std::net::{ToSocketAddrs, UdpSocket};
-    let hostport = endpoint
-        .split("://")
-        .last()
-        .unwrap_or(endpoint)
-        .trim_end_matches('/');
-    let addr = hostport.to_socket_addrs().ok()?.next()?;
-    let bind = if addr.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    };
-    let sock = UdpSocket::bind(bind).ok()?;
-    sock.connect(addr).ok()?;
-    Some(sock.local_addr().ok()?.ip().to_string())
 }
 
 /// Step 2 of start-up: the WAL's unacknowledged records are the newest
@@ -229,269 +111,6 @@ pub fn reconcile(wal: &Wal, store: &mut Store, include_unsynced: bool) -> Result
         );
     }
     Ok(records)
-}
-
-/// The output settings of a running harvester; changed in place on reload.
-#[derive(Clone)]
-struct Output {
-    topic: String,
-    meta: Arc<Vec<u8>>,
-}
-
-struct Running {
-    glob: String,
-    output: Arc<RwLock<Output>>,
-    lp: HarvestLoop,
-    open: Arc<AtomicUsize>,
-    /// Set before stopping: a harvester waiting for room in the spool
-    /// channel (WAL full) gives its lines up instead of blocking the stop;
-    /// they were not checkpointed, so they are read again later.
-    cancel: Arc<AtomicBool>,
-}
-
-impl Running {
-    fn stop(self) {
-        self.cancel.store(true, Ordering::SeqCst);
-        self.lp.stop();
-    }
-}
-
-/// Harvesters by the settings that shape reading (path, exclude, multiline,
-/// line limit); topic and output settings change without a restart.
-struct Supervisor {
-    running: HashMap<String, Running>,
-    tx: SyncSender<SpoolMsg>,
-    /// Bytes waiting for the writer (bounded).
-    queued: crate::spool::Queued,
-    store: Arc<Mutex<Store>>,
-    /// Stored in every record (`event` module docs).
-    identity: Identity,
-    /// Every harvester's bound (`allowed_roots`); a change restarts them.
-    allowed_roots: Vec<PathBuf>,
-    metrics: Arc<Metrics>,
-    /// Per collect key: the revisions seen and applied (published).
-    key_states: BTreeMap<String, KeyState>,
-}
-
-/// The globs of the entries before one: the files they collect are theirs
-/// (see [`HarvestConfig::shadowed_by`]).
-type Shadows = Vec<(Vec<String>, Vec<String>)>;
-
-fn harvest_key(e: &CollectEntry, shadows: &Shadows, roots: &[PathBuf]) -> String {
-    serde_json::json!([
-        e.path,
-        e.exclude,
-        e.multiline,
-        e.max_line_bytes,
-        e.follow_symlinks,
-        shadows,
-        roots
-    ])
-    .to_string()
-}
-
-fn output_of(e: &CollectEntry, identity: &Identity) -> Output {
-    let spec = ShipSpec {
-        fields: e.fields.clone(),
-        json_key: e
-            .json
-            .then(|| e.json_key.clone().unwrap_or_else(|| "json".into())),
-        partition: e.partition.clone(),
-    };
-    Output {
-        topic: e.topic.clone(),
-        meta: Arc::new(RecordMeta::encode(&spec, identity)),
-    }
-}
-
-fn harvest_config(
-    e: &CollectEntry,
-    shadows: &Shadows,
-    roots: &[PathBuf],
-) -> Result<HarvestConfig, String> {
-    let multiline = match &e.multiline {
-        None => None,
-        Some(m) => {
-            let mut c = MultilineConfig::new(&m.start).map_err(|x| x.to_string())?;
-            c.max_lines = m.max_lines;
-            c.flush_timeout = Duration::from_millis(m.flush_timeout_ms);
-            Some(c)
-        }
-    };
-    let mut hc = HarvestConfig {
-        include: vec![e.path.clone()],
-        exclude: e.exclude.clone(),
-        shadowed_by: shadows.clone(),
-        multiline,
-        allowed_roots: roots.to_vec(),
-        follow_symlinks: e.follow_symlinks,
-        ..HarvestConfig::default()
-    };
-    if let Some(n) = e.max_line_bytes {
-        hc.max_line_bytes = n;
-    }
-    Ok(hc)
-}
-
-impl Supervisor {
-    /// Entries in merge order (the host's, `_all`'s, the static ones): a
-    /// file matched by several is collected by the first one only (one
-    /// checkpoint per file, never shared between entries).
-    fn apply(&mut self, entries: &[CollectEntry]) {
-        let mut wanted: BTreeMap<String, (&CollectEntry, Shadows)> = BTreeMap::new();
-        let mut shadows: Shadows = Vec::new();
-        for e in entries {
-            if shadows
-                .iter()
-                .any(|(inc, exc)| inc == std::slice::from_ref(&e.path) && exc == &e.exclude)
-            {
-                tracing::warn!(path = %e.path, topic = %e.topic, "the same path is collected by an earlier entry; this one is ignored");
-                continue;
-            }
-            wanted.insert(
-                harvest_key(e, &shadows, &self.allowed_roots),
-                (e, shadows.clone()),
-            );
-            shadows.push((vec![e.path.clone()], e.exclude.clone()));
-        }
-        let gone: Vec<String> = self
-            .running
-            .keys()
-            .filter(|k| !wanted.contains_key(*k))
-            .cloned()
-            .collect();
-        let stopped = !gone.is_empty();
-        for k in gone {
-            if let Some(r) = self.running.remove(&k) {
-                tracing::info!(path = %r.glob, "collect entry removed; harvesting stops (checkpoints stay)");
-                r.stop();
-            }
-        }
-        if stopped {
-            // What the stopped harvesters read must be checkpointed before
-            // another harvester may open the same files.
-            self.barrier();
-        }
-        for (k, (e, shadows)) in wanted {
-            let out = output_of(e, &self.identity);
-            if let Some(r) = self.running.get(&k) {
-                let mut cur = r.output.write().unwrap_or_else(|p| p.into_inner());
-                if cur.topic != out.topic || cur.meta != out.meta {
-                    tracing::info!(path = %e.path, topic = %e.topic, "output settings changed; new lines follow them");
-                    *cur = out;
-                }
-                continue;
-            }
-            match self.start(e, &shadows, out) {
-                Ok(r) => {
-                    tracing::info!(path = %e.path, topic = %e.topic, "harvesting");
-                    self.running.insert(k, r);
-                }
-                Err(err) => {
-                    tracing::error!(path = %e.path, error = %err, "cannot start harvesting")
-                }
-            }
-        }
-    }
-
-    fn start(&self, e: &CollectEntry, shadows: &Shadows, out: Output) -> Result<Running, String> {
-        let h = Harvester::new(harvest_config(e, shadows, &self.allowed_roots)?)
-            .map_err(|x| x.to_string())?
-            .with_observer(Arc::clone(&self.metrics) as Arc<dyn crate::harvester::Observer>);
-        let output = Arc::new(RwLock::new(out));
-        let open = Arc::new(AtomicUsize::new(0));
-        let tx = self.tx.clone();
-        let queued = self.queued.clone();
-        let o = Arc::clone(&output);
-        let cancel = Arc::new(AtomicBool::new(false));
-        let cancelled = Arc::clone(&cancel);
-        let lp = watch::spawn(
-            h,
-            Arc::clone(&self.store),
-            RESCAN,
-            Discovery::NotifyAndRescan,
-            Arc::clone(&open),
-            move |emitted| {
-                // Lines not handed over (writer gone, or this harvester
-                // cancelled) are not checkpointed: they are read again later.
-                // Once cancelled, nothing more is handed over — lines after
-                // given-up ones must not be checkpointed past them.
-                if cancelled.load(Ordering::SeqCst) {
-                    return None;
-                }
-                let out = o.read().unwrap_or_else(|p| p.into_inner()).clone();
-                let msg = SpoolMsg::Data(Spooled {
-                    topic: out.topic,
-                    meta: out.meta,
-                    read_ms: checkpoint::now_ms(),
-                    emitted,
-                });
-                // Bounded by bytes too: lines that do not fit now are
-                // offered again, as when the channel is full.
-                let n = match &msg {
-                    SpoolMsg::Data(s) => crate::spool::spooled_bytes(s),
-                    SpoolMsg::Barrier(_) => 0,
-                };
-                if !queued.try_reserve(n) {
-                    return match msg {
-                        SpoolMsg::Data(s) => Some(s.emitted),
-                        SpoolMsg::Barrier(_) => None,
-                    };
-                }
-                match tx.try_send(msg) {
-                    Ok(()) => None,
-                    Err(TrySendError::Disconnected(_)) => {
-                        queued.release(n);
-                        None
-                    }
-                    // Full: the loop offers them again (and opens new files
-                    // meanwhile).
-                    Err(TrySendError::Full(SpoolMsg::Data(s))) => {
-                        queued.release(n);
-                        Some(s.emitted)
-                    }
-                    Err(TrySendError::Full(_)) => {
-                        queued.release(n);
-                        None
-                    }
-                }
-            },
-        )
-        .map_err(|x| x.to_string())?;
-        Ok(Running {
-            glob: e.path.clone(),
-            output,
-            lp,
-            open,
-            cancel,
-        })
-    }
-
-    fn barrier(&self) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        if self.tx.send(SpoolMsg::Barrier(tx)).is_ok()
-            && rx.recv_timeout(Duration::from_secs(10)).is_err()
-        {
-            tracing::warn!("the spool writer did not confirm within 10 s (WAL full?); a file read by the new entries may be read again from its last checkpoint");
-        }
-    }
-
-    fn open_files(&self) -> usize {
-        self.running
-            .values()
-            .map(|r| r.open.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    fn globs(&self) -> Vec<String> {
-        self.running.values().map(|r| r.glob.clone()).collect()
-    }
-
-    fn stop_all(&mut self) {
-        for (_, r) in self.running.drain() {
-            r.stop();
-        }
-    }
 }
 
 fn wal_options(cfg: &AgentConfig) -> WalOptions {
@@ -555,57 +174,6 @@ fn watch_spec(cfg: &AgentConfig, host_id: &str, ca_pem: Option<Vec<u8>>) -> Watc
         allowed_roots: cfg.allowed_roots.clone(),
         static_entries: cfg.collect.clone(),
         ca_pem,
-    }
-}
-
-/// Keeps the registration key alive with a lease until the task is aborted.
-async fn register(spec: WatchSpec, key: String, info: Arc<Mutex<AgentState>>) {
-    use etcd_client::PutOptions;
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        let res: Result<(), etcd_client::Error> = async {
-            let mut client = etcd_config::connect_to(
-                &spec.endpoints,
-                spec.user.as_ref(),
-                spec.ca_pem.as_deref(),
-            )
-            .await?;
-            let lease = client.lease_grant(10, None).await?.id();
-            let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
-            let mut last = String::new();
-            loop {
-                let body = {
-                    let i = info.lock().unwrap_or_else(|p| p.into_inner());
-                    serde_json::to_string(&*i).unwrap_or_default()
-                };
-                if body != last {
-                    client
-                        .put(
-                            key.as_str(),
-                            body.as_str(),
-                            Some(PutOptions::new().with_lease(lease)),
-                        )
-                        .await?;
-                    last = body;
-                }
-                keeper.keep_alive().await?;
-                match stream.message().await? {
-                    Some(r) if r.ttl() > 0 => {}
-                    _ => {
-                        return Err(etcd_client::Error::LeaseKeepAliveError(
-                            "lease expired".into(),
-                        ))
-                    }
-                }
-                tokio::time::sleep(Duration::from_secs(3)).await;
-            }
-        }
-        .await;
-        if let Err(e) = res {
-            tracing::warn!(error = %e, key = %key, "registration lost; registering again");
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -702,16 +270,13 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
         path: PathBuf::from("shipper thread"),
         source: e,
     })?;
-    let mut sup = Supervisor {
-        running: HashMap::new(),
-        tx: spool.tx.clone(),
-        queued: spool.queued.clone(),
-        store: Arc::clone(&store),
-        identity: ident.clone(),
-        allowed_roots: cfg.allowed_roots.clone(),
-        metrics: Arc::clone(&metrics),
-        key_states: BTreeMap::new(),
-    };
+    let mut sup = Supervisor::new(
+        &spool,
+        Arc::clone(&store),
+        ident.clone(),
+        cfg.allowed_roots.clone(),
+        Arc::clone(&metrics),
+    );
 
     // Config: etcd, or the cache when etcd does not answer in time.
     let mut cfg = cfg;
@@ -948,45 +513,6 @@ fn handle_event(
     }
 }
 
-/// `allowed_roots` as published.
-fn roots_text(roots: &[PathBuf]) -> Vec<String> {
-    roots.iter().map(|r| r.display().to_string()).collect()
-}
-
-/// The slower parts of the published state: files (a stat each), the WAL,
-/// problems (a blocking thread, every `REFRESH_SECS`).
-fn refresh_state(
-    store: &Mutex<Store>,
-    wal: &Wal,
-    max_bytes: u64,
-    metrics: &Metrics,
-    reg: &Mutex<AgentState>,
-) {
-    let files = crate::report::files(store);
-    let files = common::agent_state::files_state(files);
-    let wal_state = crate::report::wal_state(wal, max_bytes, checkpoint::now_ms());
-    let problems: Vec<ProblemState> = metrics
-        .current_problems()
-        .into_iter()
-        .map(|(key, reason, for_secs)| ProblemState {
-            key,
-            reason,
-            for_secs,
-        })
-        .collect();
-    let mut r = reg.lock().unwrap_or_else(|p| p.into_inner());
-    r.kafka = if problems.iter().any(|p| p.key == "kafka") {
-        "stalled".into()
-    } else {
-        "ok".into()
-    };
-    r.etcd_connected = metrics.etcd_connected.get() == 1;
-    r.problems = problems;
-    r.files = files;
-    r.wal = wal_state;
-    r.updated_at = crate::event::timestamp(checkpoint::now_ms());
-}
-
 /// SIGHUP: the local config file again. Static entries, allowed roots and
 /// the etcd settings apply at once; other changes need a restart (logged).
 fn reload(path: &Path, cur: &AgentConfig) -> Option<AgentConfig> {
@@ -1020,93 +546,5 @@ fn reload(path: &Path, cur: &AgentConfig) -> Option<AgentConfig> {
             tracing::error!(error = %e, "SIGHUP: the config file is refused; keeping the current one");
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_host_id_is_hostname_and_the_address_towards_etcd() {
-        let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            r#"
-data_dir = "{}"
-[kafka]
-brokers = "127.0.0.1:9092"
-[etcd]
-endpoints = ["http://127.0.0.1:2379"]
-"#,
-            dir.path().display()
-        );
-        let path = Path::new("agent.toml");
-        let mut cfg: AgentConfig = common::config::parse_config(path, &text, |_| None).unwrap();
-        let id = identity(&cfg).unwrap();
-        assert_eq!(id.host_ip, "127.0.0.1");
-        assert_eq!(id.host_id, format!("{}-127.0.0.1", id.host_name));
-        // Pinned: a later start whose etcd name does not resolve keeps it.
-        cfg.etcd.endpoints = vec!["http://no-such-host.invalid:2379".into()];
-        assert_eq!(identity(&cfg).unwrap().host_id, id.host_id);
-        cfg.host_id = "web-7".into();
-        assert_eq!(identity(&cfg).unwrap().host_id, "web-7");
-        assert_eq!(local_ip_towards("no-such-host.invalid:2379"), None);
-    }
-
-    /// Issue #12 item 6: never a different identity silently.
-    #[test]
-    fn an_auto_host_id_is_pinned_and_never_falls_back_silently() {
-        let s = |d: Option<&str>, p: Option<&str>| {
-            settle_auto_host_id(d.map(String::from), p.map(String::from))
-        };
-        assert_eq!(
-            s(Some("h-10.0.0.1"), None),
-            Ok(("h-10.0.0.1".into(), true, None))
-        );
-        assert_eq!(
-            s(Some("h-10.0.0.1"), Some("h-10.0.0.1")),
-            Ok(("h-10.0.0.1".into(), false, None))
-        );
-        let (id, pin, warn) = s(Some("h-10.0.0.9"), Some("h-10.0.0.1")).unwrap();
-        assert_eq!((id.as_str(), pin), ("h-10.0.0.1", false));
-        assert!(warn.unwrap().contains("h-10.0.0.9"));
-        let (id, _, warn) = s(None, Some("h-10.0.0.1")).unwrap();
-        assert_eq!(id, "h-10.0.0.1");
-        assert!(warn.is_some());
-        assert!(s(None, None).unwrap_err().contains("set host_id"));
-    }
-
-    #[test]
-    fn output_settings_follow_the_entry() {
-        let e: Vec<CollectEntry> = collect::parse(
-            "k",
-            br#"[{"path":"/var/log/a.log","topic":"t","json":true,"fields":{"env":"x"},"partition":{"fixed":1}}]"#,
-            &[PathBuf::from("/var/log")],
-        )
-        .unwrap();
-        let who = Identity {
-            host_id: "h".into(),
-            host_name: "h".into(),
-            host_ip: "10.0.0.1".into(),
-            version: "0".into(),
-        };
-        let out = output_of(&e[0], &who);
-        let spec = RecordMeta::decode(&out.meta).spec;
-        assert_eq!(out.topic, "t");
-        assert_eq!(spec.json_key.as_deref(), Some("json"));
-        assert_eq!(spec.fields["env"], "x");
-        assert_eq!(spec.partition, collect::PartitionMode::Fixed(1));
-        // Reading settings key a harvester; output settings do not.
-        let mut other = e[0].clone();
-        other.topic = "u".into();
-        assert_eq!(
-            harvest_key(&e[0], &vec![], &[]),
-            harvest_key(&other, &vec![], &[])
-        );
-        other.exclude = vec!["/var/log/b.log".into()];
-        assert_ne!(
-            harvest_key(&e[0], &vec![], &[]),
-            harvest_key(&other, &vec![], &[])
-        );
     }
 }
