@@ -74,11 +74,22 @@ impl ProducerContext for Ctx {
                 self.0.metrics.delivery_errors.inc();
                 tracing::debug!(topic = msg.topic(), error = %e, seq = track.seq, "delivery failed");
                 let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
-                self.0.refused(Failed {
+                let failed = Failed {
                     msg: owned(msg),
                     code,
                     track,
-                });
+                };
+                // SAFETY: the message pointer is valid for the duration of
+                // the callback; the call only reads its status field.
+                let status = unsafe { rdkafka::bindings::rd_kafka_message_status(msg.ptr()) };
+                if status
+                    == rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED
+                {
+                    self.0.refused(failed);
+                } else {
+                    tracing::warn!(topic = msg.topic(), error = %e, "a failed message may be in Kafka all the same; the session restarts with a read-back");
+                    self.0.refused_maybe_persisted(failed);
+                }
             }
         }
     }

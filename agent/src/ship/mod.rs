@@ -18,7 +18,9 @@
 //! `max.message.bytes` (read from the broker) when it is below
 //! `kafka.max_message_bytes`. A fatal producer error (an idempotence fence) ends the session:
 //! a new producer is made and shipping resumes from the first unacknowledged
-//! record, after the read-back below.
+//! record, after the read-back below. So does a failure that librdkafka
+//! marks "possibly persisted": the message may be in Kafka, and only the
+//! read-back can tell before it is sent again.
 //!
 //! # No blind resend after a crash
 //!
@@ -281,6 +283,9 @@ pub(crate) struct Failed {
 pub(crate) struct Deliveries {
     done: Mutex<Sender<Seq>>,
     failed: Mutex<Vec<Failed>>,
+    /// A failed message may be in Kafka all the same (librdkafka's
+    /// "possibly persisted"): sending it again blindly could duplicate it.
+    ambiguous: AtomicBool,
     pub metrics: Arc<Metrics>,
 }
 
@@ -290,6 +295,7 @@ impl Deliveries {
         let d = Self {
             done: Mutex::new(done),
             failed: Mutex::new(Vec::new()),
+            ambiguous: AtomicBool::new(false),
             metrics,
         };
         (Arc::new(d), rx)
@@ -316,6 +322,13 @@ impl Deliveries {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(f);
+    }
+
+    /// A message failed but may be in Kafka: the session ends and the next
+    /// one reads back before sending anything again (module docs).
+    pub fn refused_maybe_persisted(&self, f: Failed) {
+        self.ambiguous.store(true, Ordering::SeqCst);
+        self.refused(f);
     }
 
     fn take_refused(&self) -> Vec<Failed> {
@@ -711,6 +724,12 @@ impl<'a, P: Produce> Session<'a, P> {
             return Err(format!("fatal producer error: {reason}"));
         }
         let mut progressed = self.collect_done();
+        if self.deliveries.ambiguous.load(Ordering::SeqCst) {
+            self.ack(true);
+            return Err(
+                "a failed message may be in Kafka all the same (possibly persisted); reading back before sending again".into(),
+            );
+        }
         if self.last_ack.elapsed() >= self.cfg.ack_every {
             self.ack(false);
         }

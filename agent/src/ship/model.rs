@@ -39,6 +39,9 @@ struct Broker {
     /// Topics that refuse every message, and with which error.
     refuse: HashMap<String, RDKafkaErrorCode>,
     readback_fails: bool,
+    /// This many of the next messages taken are reported failed all the
+    /// same ("possibly persisted": a timeout after the broker wrote them).
+    ambiguous: usize,
 }
 
 impl Broker {
@@ -59,7 +62,16 @@ impl Broker {
                     .entry(p.msg.topic.clone())
                     .or_default()
                     .push(p.msg.clone());
-                p.to.delivered(&p.track);
+                if self.ambiguous > 0 {
+                    self.ambiguous -= 1;
+                    p.to.refused_maybe_persisted(Failed {
+                        msg: p.msg,
+                        code: RDKafkaErrorCode::RequestTimedOut,
+                        track: p.track,
+                    });
+                } else {
+                    p.to.delivered(&p.track);
+                }
             }
         }
     }
@@ -205,6 +217,25 @@ impl Env {
     fn open(&self) -> Session<'_, FakeProducer> {
         Session::open(&self.kafka, &self.cfg, &self.deps, &self.flags.stop).expect("session")
     }
+
+    /// One step; a session that ends with an error is replaced, as the
+    /// shipper thread does. Returns whether the new one's read-back gave up.
+    fn step<'e>(&'e self, s: &mut Session<'e, FakeProducer>) -> bool {
+        match s.step(&self.flags) {
+            Ok(done) => {
+                assert!(!done, "the session ended without being asked to");
+                false
+            }
+            Err(_) => {
+                // The old producer is dropped (rdkafka purges what it
+                // holds): each message it had handed over reached Kafka or
+                // not, before the new session reads back.
+                self.kafka.broker().crash(0xAAAA_AAAA_AAAA_AAAA);
+                *s = self.open();
+                !s.readback_complete
+            }
+        }
+    }
 }
 
 /// What was written, to check Kafka against.
@@ -303,15 +334,19 @@ impl Written {
 
     /// The broker takes everything; the session runs until the WAL is
     /// acknowledged to its end. Returns the lines found twice.
-    fn settle<'e>(&self, env: &'e Env, mut s: Session<'e, FakeProducer>) -> usize {
-        env.kafka.broker().refuse.clear();
+    fn settle<'e>(&mut self, env: &'e Env, mut s: Session<'e, FakeProducer>) -> usize {
+        {
+            let mut b = env.kafka.broker();
+            b.refuse.clear();
+            b.ambiguous = 0;
+        }
         for _ in 0..10_000 {
             if env.deps.wal.acked_seq() == env.deps.wal.last_seq()
                 && env.kafka.broker().pending.is_empty()
             {
                 break;
             }
-            assert!(!s.step(&env.flags).expect("step"));
+            self.readback_gave_up |= env.step(&mut s);
             env.kafka.broker().resolve(usize::MAX);
         }
         assert_eq!(
@@ -346,6 +381,8 @@ enum Action {
     RefuseDeadLetters(bool),
     Crash(u64),
     ReadBackFails(bool),
+    /// The next messages taken are reported failed ("possibly persisted").
+    Ambiguous(u8),
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -362,6 +399,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => any::<bool>().prop_map(Action::RefuseDeadLetters),
         1 => any::<u64>().prop_map(Action::Crash),
         1 => any::<bool>().prop_map(Action::ReadBackFails),
+        1 => (1u8..4).prop_map(Action::Ambiguous),
     ]
 }
 
@@ -376,7 +414,7 @@ fn run_model(actions: &[Action], max_in_flight_lines: usize, dead_letter: bool) 
             Action::Append { topic, lines } => w.append(&env, TOPICS[*topic], *lines),
             Action::Step(n) => {
                 for _ in 0..*n {
-                    assert!(!s.step(&env.flags).expect("step"));
+                    w.readback_gave_up |= env.step(&mut s);
                 }
             }
             Action::Resolve(n) => env.kafka.broker().resolve(usize::from(*n)),
@@ -403,10 +441,12 @@ fn run_model(actions: &[Action], max_in_flight_lines: usize, dead_letter: bool) 
                 w.readback_gave_up |= !s.readback_complete;
             }
             Action::ReadBackFails(on) => env.kafka.broker().readback_fails = *on,
+            Action::Ambiguous(n) => env.kafka.broker().ambiguous = usize::from(*n),
         }
         w.check_acked(&env);
     }
-    (w.settle(&env, s), w.readback_gave_up)
+    let twice = w.settle(&env, s);
+    (twice, w.readback_gave_up)
 }
 
 proptest! {
@@ -460,6 +500,27 @@ fn a_refused_record_does_not_hold_the_others_back() {
         "the refused record holds the WAL"
     );
     assert_eq!(w.settle(&env, s), 0);
+}
+
+/// A message reported failed that Kafka has all the same ("possibly
+/// persisted") is not sent again blindly: the session restarts and its
+/// read-back finds it.
+#[test]
+fn a_possibly_persisted_failure_is_read_back_not_resent() {
+    let env = Env::new(100, true);
+    let mut w = Written::default();
+    w.append(&env, "t0", 4);
+    env.kafka.broker().ambiguous = 2;
+    let mut s = env.open();
+    for _ in 0..10 {
+        assert!(!env.step(&mut s), "the read-back completes");
+        env.kafka.broker().resolve(usize::MAX);
+    }
+    assert_eq!(
+        w.settle(&env, s),
+        0,
+        "possibly persisted messages sent twice"
+    );
 }
 
 /// A line dead-lettered just before a crash is found by the read-back in
