@@ -96,8 +96,15 @@ pub struct EtcdConfig {
     /// Never printed (`common::Secret`).
     #[serde(default)]
     pub password: Option<common::Secret>,
+    /// The CA that signed etcd's certificate (`https://` endpoints).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) and its key, for an etcd that requires
+    /// one (`--client-cert-auth`). Both or neither.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// Send `username`/`password` over `http://` endpoints anyway (they
     /// cross the network in clear text). Default false: refused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -2,14 +2,20 @@
 //! revision; on a disconnect, a compaction or a cancelled watch, get again
 //! and watch again, so no update is ever missed.
 //!
-//! Two keys count: `<prefix>/collect/<host_id>` and `<prefix>/collect/_all`.
-//! Each is parsed and validated as a whole ([`crate::collect::parse`]); a
-//! refused value is reported and that key keeps its last good value. Every
-//! time the merged entries change, [`ConfigEvent::Applied`] is sent.
+//! Two keys count: `<prefix>/collect/<host_id>` and `<prefix>/collect/_all`,
+//! and only those two are read: one transaction gets both at one revision,
+//! then one watch stream carries a watch of each from the next revision. So
+//! an etcd role that may read only these two keys is enough (issue #14 item
+//! 5: no host reads another's entry). Each is parsed and validated as a
+//! whole ([`crate::collect::parse`]); a refused value is reported and that
+//! key keeps its last good value. Every time the merged entries change,
+//! [`ConfigEvent::Applied`] is sent.
 
 use crate::collect::{all_key, host_key, merge, parse, CollectEntry};
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
-use std::path::PathBuf;
+use etcd_client::{
+    Client, ConnectOptions, EventType, OpenSslClientConfig, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -45,8 +51,73 @@ pub struct WatchSpec {
     pub allowed_roots: Vec<PathBuf>,
     /// Entries from the local config, merged after etcd's.
     pub static_entries: Vec<CollectEntry>,
-    /// PEM of the CA that signed etcd's certificate (`https://` endpoints).
+    /// The CA and client certificate for `https://` endpoints.
+    pub tls: EtcdTls,
+}
+
+/// TLS material for etcd: the CA that signed its certificate, and the
+/// client certificate with its key when etcd requires one
+/// (`--client-cert-auth`). The key is a [`common::Secret`]: never printed.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdTls {
     pub ca_pem: Option<Vec<u8>>,
+    pub client: Option<(Vec<u8>, common::Secret)>,
+}
+
+impl EtcdTls {
+    /// Reads the files named by a config's `ca_file`, `cert_file` and
+    /// `key_file`.
+    ///
+    /// # Errors
+    /// A file cannot be read (the error names its key and path), or only
+    /// one of `cert_file`/`key_file` is set.
+    pub fn load(
+        ca_file: Option<&Path>,
+        cert_file: Option<&Path>,
+        key_file: Option<&Path>,
+    ) -> Result<Self, (String, std::io::Error)> {
+        let read = |key: &str, p: &Path| {
+            std::fs::read(p).map_err(|e| (format!("etcd.{key} {}", p.display()), e))
+        };
+        let ca_pem = ca_file.map(|p| read("ca_file", p)).transpose()?;
+        let client = match (cert_file, key_file) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                let key = read("key_file", k)?;
+                let key = String::from_utf8(key).map_err(|_| {
+                    (
+                        format!("etcd.key_file {}", k.display()),
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, "not a PEM file"),
+                    )
+                })?;
+                Some((read("cert_file", c)?, common::Secret::new(key)))
+            }
+            (Some(p), None) | (None, Some(p)) => {
+                return Err((
+                    format!("etcd.cert_file/key_file {}", p.display()),
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "a client certificate needs both etcd.cert_file and etcd.key_file",
+                    ),
+                ))
+            }
+        };
+        Ok(Self { ca_pem, client })
+    }
+
+    fn openssl(&self) -> Option<OpenSslClientConfig> {
+        if self.ca_pem.is_none() && self.client.is_none() {
+            return None;
+        }
+        let mut c = OpenSslClientConfig::default();
+        if let Some(pem) = &self.ca_pem {
+            c = c.ca_cert_pem(pem);
+        }
+        if let Some((cert, key)) = &self.client {
+            c = c.client_cert_pem_and_key(cert, key.expose().as_bytes());
+        }
+        Some(c)
+    }
 }
 
 struct State {
@@ -104,7 +175,7 @@ impl State {
 }
 
 async fn connect(spec: &WatchSpec) -> Result<Client, etcd_client::Error> {
-    connect_to(&spec.endpoints, spec.user.as_ref(), spec.ca_pem.as_deref()).await
+    connect_to(&spec.endpoints, spec.user.as_ref(), &spec.tls).await
 }
 
 /// A client of `endpoints` with keep-alives and a connect timeout.
@@ -114,7 +185,7 @@ async fn connect(spec: &WatchSpec) -> Result<Client, etcd_client::Error> {
 pub async fn connect_to(
     endpoints: &[String],
     user: Option<&(String, String)>,
-    ca_pem: Option<&[u8]>,
+    tls: &EtcdTls,
 ) -> Result<Client, etcd_client::Error> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
@@ -122,8 +193,8 @@ pub async fn connect_to(
     if let Some((u, p)) = user {
         opts = opts.with_user(u.clone(), p.clone());
     }
-    if let Some(pem) = ca_pem {
-        opts = opts.with_openssl_tls(etcd_client::OpenSslClientConfig::default().ca_cert_pem(pem));
+    if let Some(c) = tls.openssl() {
+        opts = opts.with_openssl_tls(c);
     }
     Client::connect(endpoints, Some(opts)).await
 }
@@ -131,7 +202,6 @@ pub async fn connect_to(
 /// Follows the two keys until `tx` is closed. Never returns an error: etcd
 /// being unreachable is reported and retried with backoff.
 pub async fn run(spec: WatchSpec, tx: mpsc::Sender<ConfigEvent>) {
-    let dir = format!("{}/collect/", spec.prefix.trim_end_matches('/'));
     let keys = [host_key(&spec.prefix, &spec.host_id), all_key(&spec.prefix)];
     let mut state = State {
         host: Vec::new(),
@@ -143,7 +213,7 @@ pub async fn run(spec: WatchSpec, tx: mpsc::Sender<ConfigEvent>) {
         if tx.is_closed() {
             return;
         }
-        match follow(&spec, &dir, &keys, &mut state, &tx).await {
+        match follow(&spec, &keys, &mut state, &tx).await {
             Ok(()) => return, // receiver gone
             Err(e) => {
                 tracing::warn!(error = %e, "etcd: lost the watch; getting and watching again");
@@ -180,21 +250,32 @@ async fn send_if_changed(
 /// start over.
 async fn follow(
     spec: &WatchSpec,
-    dir: &str,
     keys: &[String; 2],
     state: &mut State,
     tx: &mpsc::Sender<ConfigEvent>,
 ) -> Result<(), etcd_client::Error> {
     let mut client = connect(spec).await?;
+    // Both keys at one revision, each read on its own (no range over
+    // `collect/`, which a per-host role may not read).
     let resp = client
-        .get(dir, Some(GetOptions::new().with_prefix()))
+        .txn(
+            Txn::new().and_then(
+                keys.iter()
+                    .map(|k| TxnOp::get(k.as_str(), None))
+                    .collect::<Vec<_>>(),
+            ),
+        )
         .await?;
     let revision = resp.header().map_or(0, |h| h.revision());
+    let gets = resp.op_responses();
     if tx.send(ConfigEvent::Connected).await.is_err() {
         return Ok(());
     }
-    for key in keys {
-        let kv = resp.kvs().iter().find(|kv| kv.key() == key.as_bytes());
+    for (key, got) in keys.iter().zip(gets) {
+        let kv = match &got {
+            TxnOpResponse::Get(g) => g.kvs().iter().find(|kv| kv.key() == key.as_bytes()),
+            _ => None,
+        };
         let value = kv.map(|kv| kv.value().to_vec());
         let rev = kv.map_or(0, |kv| kv.mod_revision());
         for ev in state.apply(spec, key, value.as_deref(), rev) {
@@ -206,16 +287,10 @@ async fn follow(
     if !send_if_changed(state, spec, tx).await {
         return Ok(());
     }
-    let mut stream = client
-        .watch(
-            dir,
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(revision + 1),
-            ),
-        )
-        .await?;
+    // One stream, one watch per key, both from the revision after the get.
+    let from = || WatchOptions::new().with_start_revision(revision + 1);
+    let mut stream = client.watch(keys[0].as_str(), Some(from())).await?;
+    stream.watch(keys[1].as_str(), Some(from())).await?;
     loop {
         let Some(resp) = stream.message().await? else {
             return Err(etcd_client::Error::WatchError("watch stream ended".into()));

@@ -28,7 +28,7 @@ use supervisor::Supervisor;
 
 use crate::collect::{self, CollectEntry};
 use crate::config::AgentConfig;
-use crate::etcd_config::{self, ConfigEvent, WatchSpec};
+use crate::etcd_config::{self, ConfigEvent, EtcdTls, WatchSpec};
 use crate::event::Identity;
 use crate::metrics::{KindLabels, Metrics};
 use crate::ship::{self, ShipConfig, Shipper};
@@ -162,7 +162,7 @@ fn ship_config(cfg: &AgentConfig, identity: &Identity) -> ShipConfig {
     }
 }
 
-fn watch_spec(cfg: &AgentConfig, host_id: &str, ca_pem: Option<Vec<u8>>) -> WatchSpec {
+fn watch_spec(cfg: &AgentConfig, host_id: &str, tls: EtcdTls) -> WatchSpec {
     WatchSpec {
         endpoints: cfg.etcd.endpoints.clone(),
         user: cfg.etcd.username.clone().map(|u| {
@@ -173,7 +173,7 @@ fn watch_spec(cfg: &AgentConfig, host_id: &str, ca_pem: Option<Vec<u8>>) -> Watc
         host_id: host_id.to_string(),
         allowed_roots: cfg.allowed_roots.clone(),
         static_entries: cfg.collect.clone(),
-        ca_pem,
+        tls,
     }
 }
 
@@ -206,13 +206,15 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
     // Start-up work blocks (DNS, fsync, a whole WAL scan): off the async
     // workers, like the barrier waits and store flushes later.
     let ident = tokio::task::block_in_place(|| identity(&cfg))?;
-    let ca_pem = match &cfg.etcd.ca_file {
-        None => None,
-        Some(p) => Some(std::fs::read(p).map_err(|e| Error::Io {
-            path: PathBuf::from(format!("etcd.ca_file {}", p.display())),
-            source: e,
-        })?),
-    };
+    let tls = EtcdTls::load(
+        cfg.etcd.ca_file.as_deref(),
+        cfg.etcd.cert_file.as_deref(),
+        cfg.etcd.key_file.as_deref(),
+    )
+    .map_err(|(what, source)| Error::Io {
+        path: PathBuf::from(what),
+        source,
+    })?;
     tracing::info!(host_id = %ident.host_id, ip = %ident.host_ip, "logagent starting");
     let (mut store, report) = tokio::task::block_in_place(|| {
         Store::open(cfg.data_dir.join("checkpoints"), Duration::from_secs(1))
@@ -282,7 +284,7 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
     let mut cfg = cfg;
     let (cfg_tx, mut cfg_rx) = mpsc::channel(64);
     let mut watcher = tokio::spawn(etcd_config::run(
-        watch_spec(&cfg, &ident.host_id, ca_pem.clone()),
+        watch_spec(&cfg, &ident.host_id, tls.clone()),
         cfg_tx.clone(),
     ));
     let started = tokio::time::Instant::now();
@@ -342,7 +344,7 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
         ident.host_id
     );
     let registry = tokio::spawn(register(
-        watch_spec(&cfg, &ident.host_id, ca_pem.clone()),
+        watch_spec(&cfg, &ident.host_id, tls.clone()),
         reg_key,
         Arc::clone(&reg_info),
     ));
@@ -372,7 +374,7 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
                 match reload(&cfg_path, &cfg) {
                     Some(new) => {
                         watcher.abort();
-                        watcher = tokio::spawn(etcd_config::run(watch_spec(&new, &ident.host_id, ca_pem.clone()), cfg_tx.clone()));
+                        watcher = tokio::spawn(etcd_config::run(watch_spec(&new, &ident.host_id, tls.clone()), cfg_tx.clone()));
                         // The watcher sends the entries again: harvesters
                         // restart under the new bound.
                         sup.allowed_roots = new.allowed_roots.clone();

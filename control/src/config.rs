@@ -8,7 +8,7 @@
 //! [etcd]
 //! endpoints = ["http://127.0.0.1:2379"]
 //! prefix = "/logagent"
-//! # username, password, ca_file as in the agent's [etcd]
+//! # username, password, ca_file, cert_file, key_file as in the agent's [etcd]
 //! [kafka]
 //! brokers = "127.0.0.1:9092"
 //! [elasticsearch]
@@ -37,6 +37,8 @@ pub struct EtcdConfig {
     pub username: Option<String>,
     pub password: Option<common::Secret>,
     pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for EtcdConfig {
@@ -47,6 +49,8 @@ impl Default for EtcdConfig {
             username: None,
             password: None,
             ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }

@@ -113,13 +113,15 @@ impl Control {
     /// No etcd endpoint answers, or the CA file cannot be read.
     pub async fn connect(cfg: &config::ControlConfig) -> Result<Self> {
         let endpoints = cfg.etcd.endpoints.join(",");
-        let ca = match &cfg.etcd.ca_file {
-            Some(p) => Some(std::fs::read(p).map_err(|e| Error::Io {
-                what: format!("etcd.ca_file {}", p.display()),
-                message: e.to_string(),
-            })?),
-            None => None,
-        };
+        let tls = agent::etcd_config::EtcdTls::load(
+            cfg.etcd.ca_file.as_deref(),
+            cfg.etcd.cert_file.as_deref(),
+            cfg.etcd.key_file.as_deref(),
+        )
+        .map_err(|(what, e)| Error::Io {
+            what,
+            message: e.to_string(),
+        })?;
         let user = cfg.etcd.username.as_ref().map(|u| {
             (
                 u.clone(),
@@ -130,13 +132,12 @@ impl Control {
                     .unwrap_or_default(),
             )
         });
-        let etcd =
-            agent::etcd_config::connect_to(&cfg.etcd.endpoints, user.as_ref(), ca.as_deref())
-                .await
-                .map_err(|source| Error::Etcd {
-                    endpoints: endpoints.clone(),
-                    source,
-                })?;
+        let etcd = agent::etcd_config::connect_to(&cfg.etcd.endpoints, user.as_ref(), &tls)
+            .await
+            .map_err(|source| Error::Etcd {
+                endpoints: endpoints.clone(),
+                source,
+            })?;
         Ok(Self {
             etcd,
             prefix: cfg.etcd.prefix.trim_end_matches('/').to_string(),

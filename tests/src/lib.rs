@@ -778,3 +778,142 @@ pub mod kafka_read {
         out
     }
 }
+
+/// The secure parts of the stack (`scripts/stack`, on unless
+/// `STACK_SECURE=0`): Kafka's SASL_SSL and mTLS listeners, etcd-tls and
+/// es-tls, their certificates and the test credentials, from the variables
+/// `scripts/stack env` prints.
+pub mod secure {
+    use std::path::PathBuf;
+
+    #[derive(Debug, Clone)]
+    pub struct Secure {
+        pub tls_dir: PathBuf,
+        pub sasl_brokers: String,
+        pub mtls_brokers: String,
+        pub scram_user: String,
+        pub scram_password: String,
+        pub etcd_endpoints: Vec<String>,
+        pub etcd_root_password: String,
+        pub es_url: String,
+        pub es_user: String,
+        pub es_password: String,
+        pub es_api_key: String,
+    }
+
+    fn required(var: &str) -> String {
+        match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => v,
+            _ => panic!(
+                "{var} is not set: these tests need the stack's secure parts (Kafka SASL_SSL \
+                 and mTLS listeners, etcd-tls, es-tls). `scripts/stack up` starts them unless \
+                 STACK_SECURE=0; export them with `eval \"$(scripts/stack env)\"`"
+            ),
+        }
+    }
+
+    impl Secure {
+        /// # Panics
+        /// With a message saying how to start the secure parts when a
+        /// variable is missing.
+        pub fn from_env() -> Self {
+            Self {
+                tls_dir: PathBuf::from(required("STACK_TLS_DIR")),
+                sasl_brokers: required("KAFKA_SASL_BROKERS"),
+                mtls_brokers: required("KAFKA_MTLS_BROKERS"),
+                scram_user: required("KAFKA_SCRAM_USER"),
+                scram_password: required("KAFKA_SCRAM_PASSWORD"),
+                etcd_endpoints: vec![required("ETCD_TLS_ENDPOINTS")],
+                etcd_root_password: required("ETCD_ROOT_PASSWORD"),
+                es_url: required("ES_TLS_URL"),
+                es_user: required("ES_TLS_USER"),
+                es_password: required("ES_TLS_PASSWORD"),
+                es_api_key: required("ES_TLS_API_KEY"),
+            }
+        }
+
+        /// A file of the stack's TLS directory (`ca.pem`, `other-ca.pem`,
+        /// `client.pem`, `client.key`).
+        pub fn file(&self, name: &str) -> String {
+            self.tls_dir.join(name).display().to_string()
+        }
+
+        /// librdkafka settings for the SASL_SSL listener with `password`.
+        pub fn sasl_settings(&self, password: &str) -> Vec<(&'static str, String)> {
+            vec![
+                ("security.protocol", "SASL_SSL".into()),
+                ("sasl.mechanism", "SCRAM-SHA-512".into()),
+                ("sasl.username", self.scram_user.clone()),
+                ("sasl.password", password.into()),
+                ("ssl.ca.location", self.file("ca.pem")),
+            ]
+        }
+
+        /// librdkafka settings for the mTLS listener, trusting `ca`.
+        pub fn mtls_settings(&self, ca: &str) -> Vec<(&'static str, String)> {
+            vec![
+                ("security.protocol", "SSL".into()),
+                ("ssl.ca.location", self.file(ca)),
+                ("ssl.certificate.location", self.file("client.pem")),
+                ("ssl.key.location", self.file("client.key")),
+            ]
+        }
+
+        /// An etcd client of etcd-tls as `user` (root: the stack's root).
+        ///
+        /// # Errors
+        /// etcd's, e.g. authentication failed.
+        pub async fn etcd_as(
+            &self,
+            user: &str,
+            password: &str,
+        ) -> Result<etcd_client::Client, etcd_client::Error> {
+            let tls = agent::etcd_config::EtcdTls::load(
+                Some(&self.tls_dir.join("ca.pem")),
+                Some(&self.tls_dir.join("client.pem")),
+                Some(&self.tls_dir.join("client.key")),
+            )
+            .expect("the stack's TLS files");
+            agent::etcd_config::connect_to(
+                &self.etcd_endpoints,
+                Some(&(user.to_string(), password.to_string())),
+                &tls,
+            )
+            .await
+        }
+
+        pub async fn etcd_root(&self) -> etcd_client::Client {
+            self.etcd_as("root", &self.etcd_root_password)
+                .await
+                .expect("etcd-tls as root")
+        }
+
+        /// Creates the user and role of one agent host (as an operator
+        /// would): it may read only `<prefix>/collect/<host>` and
+        /// `<prefix>/collect/_all` and write only `<prefix>/agents/<host>`.
+        /// Returns (user, password).
+        pub async fn etcd_agent_user(&self, prefix: &str, host: &str) -> (String, String) {
+            use etcd_client::Permission;
+            let (user, role) = (format!("agent-{host}"), format!("agent-{host}"));
+            let password = format!("pw-{host}");
+            let mut c = self.etcd_root().await;
+            c.role_add(role.as_str()).await.expect("role add");
+            for perm in [
+                Permission::read(format!("{prefix}/collect/{host}")),
+                Permission::read(format!("{prefix}/collect/_all")),
+                Permission::write(format!("{prefix}/agents/{host}")),
+            ] {
+                c.role_grant_permission(role.as_str(), perm)
+                    .await
+                    .expect("grant");
+            }
+            c.user_add(user.as_str(), password.as_str(), None)
+                .await
+                .expect("user add");
+            c.user_grant_role(user.as_str(), role.as_str())
+                .await
+                .expect("grant role");
+            (user, password)
+        }
+    }
+}

@@ -134,7 +134,7 @@ async fn the_collect_watch_survives_an_etcd_restart_without_missing_an_update() 
             host_id: "h1".into(),
             allowed_roots: vec![std::path::PathBuf::from("/var/log")],
             static_entries: Vec::new(),
-            ca_pem: None,
+            tls: Default::default(),
         },
         tx,
     ));

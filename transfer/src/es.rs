@@ -13,6 +13,22 @@ use elasticsearch::Elasticsearch;
 use serde_json::{json, Value};
 use std::time::Duration;
 
+/// `e` with every cause under it (`error sending request …: … certificate
+/// verify failed`): the top level alone does not say what went wrong.
+pub fn describe(e: &elasticsearch::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// A transport to the configured node with its credentials and CA.
 ///
 /// # Errors
@@ -130,7 +146,12 @@ pub async fn install_template(
             .body(body.clone())
             .send()
             .await
-            .map_err(|e| Error::Sink(format!("installing the index template {name}: {e}")))?;
+            .map_err(|e| {
+                Error::Sink(format!(
+                    "installing the index template {name}: {}",
+                    describe(&e)
+                ))
+            })?;
         let status = resp.status_code().as_u16();
         if status == 200 {
             return Ok(());
@@ -172,11 +193,11 @@ pub async fn delete_older_than(
         .h(&["index"])
         .send()
         .await
-        .map_err(|e| Error::Sink(format!("listing indices for retention: {e}")))?;
+        .map_err(|e| Error::Sink(format!("listing indices for retention: {}", describe(&e))))?;
     let rows: Value = resp
         .json()
         .await
-        .map_err(|e| Error::Sink(format!("listing indices for retention: {e}")))?;
+        .map_err(|e| Error::Sink(format!("listing indices for retention: {}", describe(&e))))?;
     let mut deleted = Vec::new();
     for row in rows.as_array().into_iter().flatten() {
         let Some(index) = row["index"].as_str() else {

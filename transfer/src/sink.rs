@@ -61,12 +61,12 @@ impl Sink for EsSink {
                 .body(vec![body])
                 .send()
                 .await
-                .map_err(|e| Error::Sink(format!("bulk request: {e}")))?;
+                .map_err(|e| Error::Sink(format!("bulk request: {}", crate::es::describe(&e))))?;
             let status = resp.status_code().as_u16();
             let bytes = resp
                 .bytes()
                 .await
-                .map_err(|e| Error::Sink(format!("bulk response: {e}")))?;
+                .map_err(|e| Error::Sink(format!("bulk response: {}", crate::es::describe(&e))))?;
             if status == 413 {
                 return Err(Error::TooLarge { bytes: body_len });
             }
@@ -90,7 +90,7 @@ impl Sink for EsSink {
                 .body(serde_json::json!({ "docs": wanted }))
                 .send()
                 .await
-                .map_err(|e| Error::Sink(format!("mget request: {e}")))?;
+                .map_err(|e| Error::Sink(format!("mget request: {}", crate::es::describe(&e))))?;
             let status = resp.status_code().as_u16();
             if status != 200 {
                 return Err(Error::Sink(format!("mget answered HTTP {status}")));
@@ -98,7 +98,7 @@ impl Sink for EsSink {
             let v: Value = resp
                 .json()
                 .await
-                .map_err(|e| Error::Sink(format!("mget response: {e}")))?;
+                .map_err(|e| Error::Sink(format!("mget response: {}", crate::es::describe(&e))))?;
             let mut out: Vec<Option<Value>> = v["docs"]
                 .as_array()
                 .map(|a| {

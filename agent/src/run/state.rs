@@ -16,12 +16,8 @@ pub(super) async fn register(spec: WatchSpec, key: String, info: Arc<Mutex<Agent
     let mut backoff = Duration::from_millis(500);
     loop {
         let res: Result<(), etcd_client::Error> = async {
-            let mut client = etcd_config::connect_to(
-                &spec.endpoints,
-                spec.user.as_ref(),
-                spec.ca_pem.as_deref(),
-            )
-            .await?;
+            let mut client =
+                etcd_config::connect_to(&spec.endpoints, spec.user.as_ref(), &spec.tls).await?;
             let lease = client.lease_grant(10, None).await?.id();
             let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
             let mut last = String::new();

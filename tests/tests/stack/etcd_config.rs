@@ -61,7 +61,7 @@ async fn collect_entries_follow_etcd_and_bad_values_are_refused_whole() {
             host_id: "h1".into(),
             allowed_roots: vec![PathBuf::from("/var/log")],
             static_entries: Vec::new(),
-            ca_pem: None,
+            tls: Default::default(),
         },
         tx,
     ));

@@ -11,6 +11,8 @@
 //! - `logctl_logs`: logctl search, context, tail, lag and dlq against the
 //!   whole pipeline (issue #15).
 //! - `security`: nothing outside allowed_roots is shipped (issue #14).
+//! - `security_tls`: Kafka SASL_SSL and mTLS, etcd TLS with a per-host role,
+//!   Elasticsearch behind TLS with basic auth or an API key (issue #14 item 5).
 //! - `state`: what an agent publishes about itself in etcd (issue #15).
 //! - `transfer`: logtransfer against Kafka and Elasticsearch.
 //! - `transfer_edges`: logtransfer at production edges (issue #13): recreated
@@ -25,6 +27,7 @@ mod kafka;
 mod logctl;
 mod logctl_logs;
 mod security;
+mod security_tls;
 mod state;
 mod transfer;
 mod transfer_edges;
