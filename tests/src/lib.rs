@@ -518,6 +518,23 @@ listen = "{metrics}"
         c.put(key, value, None).await.expect("etcd put");
     }
 
+    /// GET `path` on `addr` (an agent's or transfer's metrics address):
+    /// (status, body).
+    pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        let status = body.split(' ').nth(1)?.parse().ok()?;
+        let text = body.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        Some((status, text.to_string()))
+    }
+
     /// A running logagent.
     pub struct Agent {
         pub child: Child,
@@ -556,19 +573,7 @@ listen = "{metrics}"
 
         /// GET `path` on the agent's metrics address: (status, body).
         pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
-            let mut s = std::net::TcpStream::connect(&self.metrics).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                self.metrics
-            )
-            .ok()?;
-            let mut body = String::new();
-            s.read_to_string(&mut body).ok()?;
-            let status = body.split(' ').nth(1)?.parse().ok()?;
-            let text = body.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-            Some((status, text.to_string()))
+            http_get(&self.metrics, path)
         }
 
         /// The sum of a metric's samples (all label sets); 0 when absent.

@@ -163,14 +163,20 @@ impl Metrics {
     /// # Errors
     /// The 503 body.
     pub fn health(&self) -> Result<String, String> {
+        let p = self.problems.lock().unwrap_or_else(|p| p.into_inner());
         if !self.healthy.load(Ordering::Relaxed) {
+            // The last refusal when there was one (`template` problem: a
+            // 401, a certificate Elasticsearch's CA did not sign …).
+            let reason = p.get("template").map_or(
+                "the index template is not installed yet (Elasticsearch unreachable or refusing it)",
+                |r| r.0.as_str(),
+            );
             return Err(serde_json::json!({"status": "starting", "problems": [
-                {"key": "template", "reason": "the index template is not installed yet (Elasticsearch unreachable or refusing it)"}
+                {"key": "template", "reason": reason}
             ]})
             .to_string()
                 + "\n");
         }
-        let p = self.problems.lock().unwrap_or_else(|p| p.into_inner());
         if p.is_empty() {
             return Ok("ok\n".into());
         }

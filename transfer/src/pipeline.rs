@@ -480,9 +480,13 @@ pub async fn run(
         )
         .await
         {
-            Ok(()) => break,
+            Ok(()) => {
+                metrics.resolved("template");
+                break;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot install the index template yet; retrying");
+                metrics.problem("template", e.to_string());
                 metrics
                     .healthy
                     .store(false, std::sync::atomic::Ordering::Relaxed);

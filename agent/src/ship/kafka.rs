@@ -62,7 +62,12 @@ impl RdKafka {
 /// rdkafka's delivery callback, reporting to the session's [`Deliveries`].
 pub(crate) struct Ctx(Arc<Deliveries>);
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(target: "librdkafka", "librdkafka: {error} {reason}");
+        self.0.client_error(Some(reason.to_string()));
+    }
+}
 
 impl ProducerContext for Ctx {
     type DeliveryOpaque = Arc<Track>;

@@ -287,6 +287,10 @@ pub(crate) struct Deliveries {
     /// "possibly persisted"): sending it again blindly could duplicate it.
     ambiguous: AtomicBool,
     pub metrics: Arc<Metrics>,
+    /// The client's last error (a failed TLS handshake, SASL
+    /// authentication, an unreachable broker): `/health` names it while
+    /// nothing is acknowledged.
+    last_error: Mutex<Option<String>>,
 }
 
 impl Deliveries {
@@ -297,8 +301,22 @@ impl Deliveries {
             failed: Mutex::new(Vec::new()),
             ambiguous: AtomicBool::new(false),
             metrics,
+            last_error: Mutex::new(None),
         };
         (Arc::new(d), rx)
+    }
+
+    /// The client reports an error not tied to one message (librdkafka's
+    /// error callback); `None` once acknowledgements flow again.
+    pub fn client_error(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    fn last_client_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// One message of `track`'s record is in Kafka.
@@ -832,10 +850,15 @@ impl<'a, P: Produce> Session<'a, P> {
         let m = &self.deps.metrics;
         if stalled {
             let quiet = self.last_done.elapsed().min(oldest.unwrap_or_default());
+            let last_error = self
+                .deliveries
+                .last_client_error()
+                .map(|e| format!("; last client error: {e}"))
+                .unwrap_or_default();
             m.problem(
                 "kafka",
                 format!(
-                    "no acknowledgement from Kafka for {}s; {} records ({} lines) wait in the WAL",
+                    "no acknowledgement from Kafka for {}s; {} records ({} lines) wait in the WAL{last_error}",
                     quiet.as_secs(),
                     self.in_flight.len(),
                     self.in_flight_lines
@@ -848,7 +871,11 @@ impl<'a, P: Produce> Session<'a, P> {
                 );
             }
             self.stall_reported = true;
-        } else if self.stall_reported {
+        } else if self.last_done.elapsed() < Duration::from_secs(1) {
+            // Acknowledgements flow: an older client error is history.
+            self.deliveries.client_error(None);
+        }
+        if !stalled && self.stall_reported {
             m.clear_problem("kafka");
             self.stall_reported = false;
             tracing::info!("Kafka acknowledges again");

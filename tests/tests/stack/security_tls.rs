@@ -7,7 +7,9 @@
 //! integ-test-zip has no security module), and wrong credentials or an
 //! untrusted CA commit nothing.
 
-use integration::agent_run::{append_lines as append, fixture, setup, wait_for, AgentSetup};
+use integration::agent_run::{
+    append_lines as append, fixture, free_port, http_get, setup, wait_for, AgentSetup,
+};
 use integration::kafka_read::tally_in;
 use integration::secure::Secure;
 use integration::transfer_run::{config_text, start};
@@ -62,7 +64,7 @@ fn transfer_toml(
     es_url: &str,
     es: &str,
 ) -> String {
-    let metrics = format!("127.0.0.1:{}", integration::agent_run::free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
     let text = config_text(stack, &[topic], group, &metrics, "");
     let consumer = table("kafka.consumer", consumer);
     text.replacen("[kafka.consumer]\n", &consumer, 1).replacen(
@@ -160,6 +162,7 @@ async fn agent_fails_clearly_then_delivers(
     good_brokers: &str,
     good: Settings,
     cause: &[&str],
+    health_too: bool,
 ) {
     let stack = Stack::from_env();
     let (fx, topic, mut agent) = agent_via(&stack, brokers, &bad, 50).await;
@@ -170,6 +173,18 @@ async fn agent_fails_clearly_then_delivers(
     });
     assert!(named, "the log names {cause:?}:\n{}", a.log_text());
     eprintln!("{}", first_line_with(&a.log_text(), cause[0]));
+    if health_too {
+        // After `STALL_AFTER` (30 s) with nothing acknowledged, /health
+        // names the client error too.
+        let mut last = None;
+        let named = wait_for(Duration::from_secs(60), || {
+            last = a.http_get("/health");
+            last.as_ref()
+                .is_some_and(|(st, body)| *st == 503 && body.contains(cause[0]))
+        });
+        assert!(named, "/health names {}: {last:?}", cause[0]);
+        eprintln!("{last:?}");
+    }
     let sent = a.metric("logagent_lines_acked_total");
     assert_eq!(sent, 0.0, "nothing acknowledged by Kafka yet");
     agent.terminate(Duration::from_secs(30));
@@ -207,6 +222,7 @@ async fn a_wrong_scram_password_fails_clearly_and_loses_nothing() {
         &sec.sasl_brokers,
         sec.sasl_settings(&sec.scram_password),
         &["SASL authentication error", "invalid credentials"],
+        true,
     )
     .await;
 }
@@ -220,6 +236,7 @@ async fn an_untrusted_ca_fails_clearly_and_loses_nothing() {
         &sec.mtls_brokers,
         sec.mtls_settings("ca.pem"),
         &["certificate verify failed"],
+        false,
     )
     .await;
 }
@@ -238,6 +255,7 @@ async fn a_wrong_host_name_fails_clearly_and_loses_nothing() {
         &sec.sasl_brokers,
         settings,
         &["certificate verify failed"],
+        false,
     )
     .await;
 }
@@ -259,6 +277,12 @@ fn committed(brokers: &str, group: &str, topic: &str) -> Option<i64> {
         Some(Offset::Offset(o)) => Some(o),
         _ => None,
     }
+}
+
+/// The `[metrics] listen` address of a transfer config.
+fn metrics_addr(toml: &str) -> Option<String> {
+    let rest = toml.split("[metrics]\nlisten = \"").nth(1)?;
+    Some(rest.split('"').next()?.to_string())
 }
 
 /// logtransfer as a process (its log is what an operator reads).
@@ -306,6 +330,7 @@ async fn transfer_fails_clearly_then_writes(
     group: &str,
     topic: &str,
     cause: &[&str],
+    health_names: bool,
 ) {
     let stack = Stack::from_env();
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -315,8 +340,17 @@ async fn transfer_fails_clearly_then_writes(
         let t = text();
         cause.iter().all(|c| t.contains(c))
     });
+    let mut health = None;
+    let health_ok = !health_names
+        || wait_for(Duration::from_secs(10), || {
+            health = metrics_addr(&bad).and_then(|m| http_get(&m, "/health"));
+            health
+                .as_ref()
+                .is_some_and(|(st, body)| *st == 503 && body.contains(cause[0]))
+        });
     stop(&mut child);
     assert!(named, "the log names {cause:?}:\n{}", text());
+    assert!(health_ok, "/health names {}: {health:?}", cause[0]);
     eprintln!("{}", first_line_with(&text(), cause[0]));
     let pattern = format!("{topic}-*,-*-deadletter");
     assert_eq!(stack.es_count(&pattern).await, 0, "nothing written");
@@ -370,6 +404,7 @@ async fn transfer_with_a_wrong_scram_password_commits_nothing_then_delivers() {
         &group,
         &topic,
         &["SASL authentication error", "invalid credentials"],
+        false,
     )
     .await;
 }
@@ -454,6 +489,7 @@ async fn wrong_es_credentials_or_an_untrusted_ca_commit_nothing_then_deliver() {
             &group,
             &topic,
             &cause,
+            true,
         )
         .await;
     }
@@ -553,10 +589,15 @@ async fn an_agent_role_reads_only_its_own_keys_and_is_enough_to_run() {
         c.put(own_key.as_str(), "[]", None).await.map(|_| ()),
         "writing its own entry",
     );
-    // The client certificate alone (no user) gives nothing.
+    let wrong = sec
+        .etcd_as(&user, "wrong")
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(
-        sec.etcd_as(&user, "wrong").await.is_err(),
-        "a wrong etcd password is refused"
+        wrong.contains("authentication failed"),
+        "a wrong etcd password: {wrong}"
     );
 
     append(&logs.join("a.log"), &numbered(0, 20));
