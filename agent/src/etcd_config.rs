@@ -58,10 +58,19 @@ pub struct WatchSpec {
 /// TLS material for etcd: the CA that signed its certificate, and the
 /// client certificate with its key when etcd requires one
 /// (`--client-cert-auth`). The key is a [`common::Secret`]: never printed.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct EtcdTls {
     pub ca_pem: Option<Vec<u8>>,
     pub client: Option<(Vec<u8>, common::Secret)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("ca_pem_bytes", &self.ca_pem.as_ref().map(Vec::len))
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
 }
 
 impl EtcdTls {
