@@ -595,6 +595,7 @@ async fn main() {
     let faults = Arc::new(Faults::default());
     let t0 = Instant::now();
     let mut service_threads = Vec::new();
+    let mut restarting: HashMap<&str, Arc<std::sync::Mutex<()>>> = HashMap::new();
     for (at, kind) in schedule {
         if let Some(d) = Duration::from_secs_f64(at).checked_sub(t0.elapsed()) {
             tokio::time::sleep(d).await;
@@ -615,12 +616,20 @@ async fn main() {
             service => {
                 let down = Duration::from_secs(rng.random_range(3..12));
                 let f = Arc::clone(&faults);
+                let lock = Arc::clone(restarting.entry(service).or_default());
                 service_threads.push(std::thread::spawn(move || {
+                    // Restarts of one service never overlap (a second stop
+                    // while the first start still waits would leave two
+                    // instances fighting over the port).
+                    let _one = lock.lock().unwrap_or_else(|p| p.into_inner());
                     eprintln!("torture: {service} down for {down:?}");
                     stack_cmd(&["stop", service]);
                     std::thread::sleep(down);
                     while !stack_cmd(&["start", service]) {
-                        eprintln!("torture: {service} did not start; retrying");
+                        // A start that timed out may have left it running
+                        // (a loaded machine): stop it before trying again.
+                        eprintln!("torture: {service} did not start; stopping it and retrying");
+                        stack_cmd(&["stop", service]);
                         std::thread::sleep(Duration::from_secs(2));
                     }
                     let counter = match service {
