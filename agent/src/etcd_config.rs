@@ -45,7 +45,8 @@ pub enum ConfigEvent {
 #[derive(Debug, Clone)]
 pub struct WatchSpec {
     pub endpoints: Vec<String>,
-    pub user: Option<(String, String)>,
+    /// User name and password (a [`common::Secret`]: never printed).
+    pub user: Option<(String, common::Secret)>,
     pub prefix: String,
     pub host_id: String,
     pub allowed_roots: Vec<PathBuf>,
@@ -193,14 +194,14 @@ async fn connect(spec: &WatchSpec) -> Result<Client, etcd_client::Error> {
 /// No endpoint answers.
 pub async fn connect_to(
     endpoints: &[String],
-    user: Option<&(String, String)>,
+    user: Option<&(String, common::Secret)>,
     tls: &EtcdTls,
 ) -> Result<Client, etcd_client::Error> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
     if let Some((u, p)) = user {
-        opts = opts.with_user(u.clone(), p.clone());
+        opts = opts.with_user(u.clone(), p.expose());
     }
     if let Some(c) = tls.openssl() {
         opts = opts.with_openssl_tls(c);

@@ -165,10 +165,11 @@ fn ship_config(cfg: &AgentConfig, identity: &Identity) -> ShipConfig {
 fn watch_spec(cfg: &AgentConfig, host_id: &str, tls: EtcdTls) -> WatchSpec {
     WatchSpec {
         endpoints: cfg.etcd.endpoints.clone(),
-        user: cfg.etcd.username.clone().map(|u| {
-            let pw = cfg.etcd.password.as_ref().map(|p| p.expose().to_string());
-            (u, pw.unwrap_or_default())
-        }),
+        user: cfg
+            .etcd
+            .username
+            .clone()
+            .map(|u| (u, cfg.etcd.password.clone().unwrap_or_default())),
         prefix: cfg.etcd.prefix.clone(),
         host_id: host_id.to_string(),
         allowed_roots: cfg.allowed_roots.clone(),

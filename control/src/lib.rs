@@ -122,16 +122,11 @@ impl Control {
             what,
             message: e.to_string(),
         })?;
-        let user = cfg.etcd.username.as_ref().map(|u| {
-            (
-                u.clone(),
-                cfg.etcd
-                    .password
-                    .as_ref()
-                    .map(|p| p.expose().to_string())
-                    .unwrap_or_default(),
-            )
-        });
+        let user = cfg
+            .etcd
+            .username
+            .as_ref()
+            .map(|u| (u.clone(), cfg.etcd.password.clone().unwrap_or_default()));
         let etcd = agent::etcd_config::connect_to(&cfg.etcd.endpoints, user.as_ref(), &tls)
             .await
             .map_err(|source| Error::Etcd {

@@ -881,7 +881,7 @@ pub mod secure {
             .expect("the stack's TLS files");
             agent::etcd_config::connect_to(
                 &self.etcd_endpoints,
-                Some(&(user.to_string(), password.to_string())),
+                Some(&(user.to_string(), common::Secret::new(password))),
                 &tls,
             )
             .await
