@@ -126,3 +126,32 @@ pub async fn es_count(es: &elasticsearch::Elasticsearch, pattern: &str) -> u64 {
         Err(_) => 0,
     }
 }
+
+/// The sum of the samples of every metric whose name starts with `name` in
+/// the Prometheus text at `addr` (`ip:port`); -1 when it cannot be read.
+pub fn metric(addr: &str, name: &str) -> f64 {
+    metrics_text(addr).map_or(-1.0, |body| metric_in(&body, name))
+}
+
+/// The `/metrics` text served at `addr` (`ip:port`).
+pub fn metrics_text(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// The sum of the samples of every metric whose name starts with `name`.
+pub fn metric_in(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -92,20 +92,7 @@ impl Agent {
     }
 
     fn metric(&self, name: &str) -> f64 {
-        use std::io::Read;
-        let Ok(mut s) = std::net::TcpStream::connect(&self.metrics) else {
-            return -1.0;
-        };
-        let _ = write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        );
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        benches::metric(&self.metrics, name)
     }
 
     fn wait_acked(&self, n: u64, limit: Duration) -> bool {
