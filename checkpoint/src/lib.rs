@@ -4,9 +4,15 @@
 //!
 //! Tree `files`: key = [`FileId`] (device, inode, fingerprint), 24 bytes
 //! big-endian; value = a bincode 2.x encoding of [`StoredState`], an enum
-//! whose variant is the schema version: `V1(FileStateV1)` (read, never
-//! written any more) or `V2(FileState)`, which adds the [`Tail`] check of the
-//! resume point.
+//! whose variant is the schema version: `V1(FileStateV1)` and
+//! `V2(FileStateV2)` (read, never written any more; V2 added the [`Tail`]
+//! check of the resume point) or `V3(FileState)`, which adds `wal_seq`, the
+//! WAL seq of the last record holding the file's lines (issue #12 item 8: a
+//! gone file's entry is kept while that record is unacknowledged). V1 and
+//! V2 values decode with `wal_seq = 0` (nothing known to be pending); the
+//! agent's start-up sets it again from the WAL's unacknowledged records.
+//! A store written by this version is not readable by a logagent older
+//! than it (V3 values are undecodable there and dropped).
 //! Tree `meta`: `collect-config` = the last good collection config received
 //! from etcd (opaque bytes, so the agent can start when etcd is unreachable).
 //!
@@ -17,6 +23,18 @@
 //! after a crash the store holds the state of some flush, never a mix of two.
 //! Unchanged entries are never rewritten. The agent flushes at a bounded
 //! interval ([`Store::maybe_flush`]) and on shutdown.
+//!
+//! # Garbage collection
+//!
+//! An entry is collected by [`Store::gc`] once its file has not been seen
+//! for the retention ([`Store::set_retention`], [`DEFAULT_RETENTION`]) and
+//! its last WAL record is acknowledged ([`collectible`]). "Seen" is
+//! `last_seen_ms`: set when lines of the file are checkpointed, and
+//! refreshed by [`Store::mark_seen`] for the files the harvesters track (the
+//! agent calls it after its polls); a refresh changes the entry only when
+//! its `last_seen_ms` is older than [`Store::seen_every`] (1/8 of the
+//! retention, at most 10 minutes), so an idle file costs one write in that
+//! interval, not one per poll.
 //!
 //! # The snapshot
 //!
@@ -138,6 +156,18 @@ pub struct FileStateV1 {
     pub last_seen_ms: u64,
 }
 
+/// Frozen: the schema of `StoredState::V2`. Never change it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStateV2 {
+    pub path: String,
+    pub durable_offset: u64,
+    pub acked_offset: u64,
+    pub size: u64,
+    pub mtime_ms: i64,
+    pub last_seen_ms: u64,
+    pub tail: Option<Tail>,
+}
+
 /// What is known about one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileState {
@@ -154,6 +184,10 @@ pub struct FileState {
     /// The check of the content before `durable_offset` (when its offset is
     /// `durable_offset`; a check of another offset is not used).
     pub tail: Option<Tail>,
+    /// The WAL seq of the last record holding lines of this file (0: none
+    /// known); the entry is not collected while it is above the WAL's
+    /// acknowledged seq.
+    pub wal_seq: u64,
 }
 
 impl FileState {
@@ -168,6 +202,7 @@ impl FileState {
             mtime_ms: 0,
             last_seen_ms: now_ms(),
             tail: None,
+            wal_seq: 0,
         }
     }
 
@@ -177,14 +212,30 @@ impl FileState {
     }
 }
 
-/// How long checkpoints of files that are gone are kept by default.
-pub const DEFAULT_GC_AGE: Duration = Duration::from_secs(24 * 3600);
+/// How long checkpoints of files that are gone are kept by default: 7
+/// days. A file that comes back within it (an agent stopped, an entry
+/// removed and added again, a volume unmounted for a while) resumes where
+/// it was; one coming back later is read again from 0. An entry is about
+/// 100 bytes, so even 10,000 rotated files a day keep the store small.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The most `last_seen_ms` may lag behind a file that is seen (see
+/// [`Store::seen_every`]).
+pub const MAX_SEEN_EVERY: Duration = Duration::from_secs(600);
 
 /// The versioned value encoding. Add variants; never change an old one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoredState {
     V1(FileStateV1),
-    V2(FileState),
+    V2(FileStateV2),
+    V3(FileState),
+}
+
+/// Whether `state` may be collected (pure): its file was last seen before
+/// `cutoff_ms` and its last WAL record is acknowledged (`acked_seq`). A
+/// deleted file whose lines still wait in the WAL keeps its entry.
+pub fn collectible(state: &FileState, cutoff_ms: u64, acked_seq: u64) -> bool {
+    state.last_seen_ms < cutoff_ms && state.wal_seq <= acked_seq
 }
 
 /// Errors of the checkpoint store.
@@ -299,6 +350,8 @@ pub struct Store {
     last_snapshot: Option<Instant>,
     /// Flushed changes the snapshot does not have yet.
     snapshot_stale: bool,
+    /// How long entries of files not seen are kept ([`Store::gc`]).
+    retention: Duration,
 }
 
 fn bincode_cfg() -> impl bincode::config::Config {
@@ -310,9 +363,11 @@ fn encode(state: &FileState) -> Vec<u8> {
     enum Ref<'a> {
         #[allow(dead_code)]
         V1(&'a FileStateV1),
-        V2(&'a FileState),
+        #[allow(dead_code)]
+        V2(&'a FileStateV2),
+        V3(&'a FileState),
     }
-    bincode::serde::encode_to_vec(Ref::V2(state), bincode::config::standard()).unwrap_or_default()
+    bincode::serde::encode_to_vec(Ref::V3(state), bincode::config::standard()).unwrap_or_default()
 }
 
 fn decode(bytes: &[u8]) -> Option<FileState> {
@@ -325,8 +380,21 @@ fn decode(bytes: &[u8]) -> Option<FileState> {
             mtime_ms: s.mtime_ms,
             last_seen_ms: s.last_seen_ms,
             tail: None,
+            wal_seq: 0,
         }),
-        Ok((StoredState::V2(s), used)) if used == bytes.len() => Some(s),
+        // V2 knew no WAL seq: 0, nothing known to be pending (start-up sets
+        // it again from the WAL's unacknowledged records).
+        Ok((StoredState::V2(s), used)) if used == bytes.len() => Some(FileState {
+            path: s.path,
+            durable_offset: s.durable_offset,
+            acked_offset: s.acked_offset,
+            size: s.size,
+            mtime_ms: s.mtime_ms,
+            last_seen_ms: s.last_seen_ms,
+            tail: s.tail,
+            wal_seq: 0,
+        }),
+        Ok((StoredState::V3(s), used)) if used == bytes.len() => Some(s),
         _ => None,
     }
 }
@@ -452,6 +520,7 @@ impl Store {
             flush_every,
             last_snapshot: None,
             snapshot_stale: false,
+            retention: DEFAULT_RETENTION,
         };
         if report.moved_aside.is_some() || report.undecodable > 0 || store.view.is_empty() {
             report.from_snapshot = store.restore_snapshot()?;
@@ -627,14 +696,66 @@ impl Store {
         }
     }
 
-    /// Removes entries whose file was last seen before `now_ms - max_age`
-    /// (files that are gone); returns how many.
-    pub fn gc(&mut self, now_ms: u64, max_age: Duration) -> usize {
-        let cutoff = now_ms.saturating_sub(max_age.as_millis() as u64);
+    /// Sets how long entries of files not seen are kept
+    /// (default [`DEFAULT_RETENTION`]).
+    pub fn set_retention(&mut self, retention: Duration) {
+        self.retention = retention;
+    }
+
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    /// How stale `last_seen_ms` may get before [`Store::mark_seen`]
+    /// refreshes it: 1/8 of the retention, at most [`MAX_SEEN_EVERY`].
+    pub fn seen_every(&self) -> Duration {
+        (self.retention / 8).min(MAX_SEEN_EVERY)
+    }
+
+    /// Records that the files `ids` were seen at `now_ms` (tracked by a
+    /// harvester). Only entries whose `last_seen_ms` is older than
+    /// [`Store::seen_every`] change (and are written at the next flush);
+    /// unknown ids are ignored. Returns how many changed.
+    pub fn mark_seen(&mut self, ids: impl IntoIterator<Item = FileId>, now_ms: u64) -> usize {
+        let every = self.seen_every().as_millis() as u64;
+        let mut n = 0;
+        for id in ids {
+            if let Some(s) = self.view.get_mut(&id) {
+                if now_ms.saturating_sub(s.last_seen_ms) >= every && s.last_seen_ms < now_ms {
+                    s.last_seen_ms = now_ms;
+                    self.dirty.insert(id);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Makes `wal_seq`s agree with a WAL whose last seq is `last_seq`: one
+    /// above it names a record that no longer exists (the WAL was set aside
+    /// or replaced) and becomes 0, so that entry is not kept forever.
+    /// Returns how many changed.
+    pub fn forget_missing_records(&mut self, last_seq: u64) -> usize {
+        let mut n = 0;
+        for (id, s) in &mut self.view {
+            if s.wal_seq > last_seq {
+                s.wal_seq = 0;
+                self.dirty.insert(*id);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Removes the entries [`collectible`] at `now_ms` with the retention:
+    /// files not seen for that long whose last WAL record is acknowledged
+    /// (`acked_seq`). Returns how many; they leave sled at the next flush.
+    pub fn gc(&mut self, now_ms: u64, acked_seq: u64) -> usize {
+        let cutoff = now_ms.saturating_sub(self.retention.as_millis() as u64);
         let old: Vec<FileId> = self
             .view
             .iter()
-            .filter(|(_, s)| s.last_seen_ms < cutoff)
+            .filter(|(_, s)| collectible(s, cutoff, acked_seq))
             .map(|(id, _)| *id)
             .collect();
         for id in &old {
@@ -734,7 +855,29 @@ mod tests {
     }
 
     #[test]
-    fn v1_values_still_decode_and_v2_round_trips() {
+    fn v2_values_still_decode_with_no_record_known() {
+        let v2 = FileStateV2 {
+            path: "/var/log/a.log".into(),
+            durable_offset: 10,
+            acked_offset: 5,
+            size: 10,
+            mtime_ms: 1,
+            last_seen_ms: 2,
+            tail: Some(Tail { offset: 10, crc: 7 }),
+        };
+        let bytes = bincode::serde::encode_to_vec(StoredState::V2(v2), bincode::config::standard())
+            .unwrap();
+        let s = decode(&bytes).unwrap();
+        assert_eq!(
+            (s.durable_offset, s.last_seen_ms, s.tail, s.wal_seq),
+            (10, 2, Some(Tail { offset: 10, crc: 7 }), 0)
+        );
+        let v3 = FileState { wal_seq: 42, ..s };
+        assert_eq!(decode(&encode(&v3)), Some(v3));
+    }
+
+    #[test]
+    fn v1_values_still_decode_and_v3_round_trips() {
         let v1 = FileStateV1 {
             path: "/var/log/a.log".into(),
             durable_offset: 10,
@@ -768,6 +911,7 @@ mod tests {
             mtime_ms: 1,
             last_seen_ms: seen,
             tail: None,
+            wal_seq: 0,
         }
     }
 
@@ -808,14 +952,103 @@ mod tests {
     }
 
     #[test]
-    fn gc_removes_files_not_seen_for_max_age() {
+    fn gc_removes_files_not_seen_for_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp");
+        let day = 24 * 3600 * 1000;
+        {
+            let (mut s, _) = Store::open(&path, Duration::from_secs(1)).unwrap();
+            assert_eq!(s.retention(), DEFAULT_RETENTION);
+            s.set_retention(Duration::from_secs(24 * 3600));
+            s.update(id(1), st("/a", 1, 10 * day));
+            s.update(id(2), st("/b", 1, 12 * day - 1000));
+            s.flush().unwrap();
+            assert_eq!(s.gc(12 * day, 0), 1);
+            assert!(s.get(&id(1)).is_none() && s.get(&id(2)).is_some());
+            assert_eq!(s.flush().unwrap(), 1, "the removal reaches sled");
+        }
+        let (s, _) = Store::open(&path, Duration::from_secs(1)).unwrap();
+        assert_eq!((s.len(), s.get(&id(2)).is_some()), (1, true));
+    }
+
+    /// Issue #12 item 8: a file deleted while its lines wait in the WAL
+    /// keeps its entry until Kafka acknowledged its last record.
+    #[test]
+    fn gc_keeps_entries_whose_last_record_is_unacknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _) = Store::open(dir.path().join("cp"), Duration::from_secs(1)).unwrap();
-        let day = 24 * 3600 * 1000;
-        s.update(id(1), st("/a", 1, 10 * day));
-        s.update(id(2), st("/b", 1, 12 * day - 1000));
-        assert_eq!(s.gc(12 * day, Duration::from_secs(24 * 3600)), 1);
-        assert!(s.get(&id(1)).is_none() && s.get(&id(2)).is_some());
+        s.set_retention(Duration::from_secs(60));
+        let now = 1_000_000_000;
+        for (i, seq) in [(1, 0), (2, 7), (3, 9)] {
+            s.update(
+                id(i),
+                FileState {
+                    wal_seq: seq,
+                    ..st("/gone", 10, now - 61_000)
+                },
+            );
+        }
+        assert_eq!(s.gc(now, 6), 1, "only the entry with no record pending");
+        assert!(s.get(&id(2)).is_some() && s.get(&id(3)).is_some());
+        assert_eq!(s.gc(now, 7), 1, "its record acked: collected");
+        assert_eq!(s.gc(now, 100), 1);
+        assert!(s.is_empty());
+        // The rule itself: seen recently, or pending, is kept.
+        let e = |seen, seq| FileState {
+            wal_seq: seq,
+            ..st("/a", 1, seen)
+        };
+        assert!(collectible(&e(99, 5), 100, 5));
+        assert!(!collectible(&e(100, 5), 100, 5));
+        assert!(!collectible(&e(99, 6), 100, 5));
+    }
+
+    #[test]
+    fn seen_files_are_refreshed_at_most_once_per_interval_and_survive_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Store::open(dir.path().join("cp"), Duration::from_secs(1)).unwrap();
+        s.set_retention(Duration::from_secs(80));
+        assert_eq!(s.seen_every(), Duration::from_secs(10));
+        let t0 = 1_000_000_000;
+        s.update(id(1), st("/live", 5, t0));
+        s.update(id(2), st("/gone", 5, t0));
+        s.flush().unwrap();
+        // Seen again within the interval: nothing to write.
+        assert_eq!(s.mark_seen([id(1), id(9)], t0 + 9_999), 0);
+        assert_eq!(s.pending(), 0);
+        // Once the interval passed: one change, written at the next flush.
+        assert_eq!(s.mark_seen([id(1), id(9)], t0 + 10_000), 1);
+        assert_eq!(s.pending(), 1);
+        assert_eq!(s.get(&id(1)).unwrap().last_seen_ms, t0 + 10_000);
+        assert_eq!(s.mark_seen([id(1)], t0 + 10_001), 0);
+        // 81 s after t0 the file not seen is collected, the seen one kept.
+        assert_eq!(s.gc(t0 + 81_000, 0), 1);
+        assert!(s.get(&id(1)).is_some() && s.get(&id(2)).is_none());
+        let mut long = s;
+        long.set_retention(DEFAULT_RETENTION);
+        assert_eq!(long.seen_every(), MAX_SEEN_EVERY);
+    }
+
+    #[test]
+    fn records_no_longer_in_the_wal_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Store::open(dir.path().join("cp"), Duration::from_secs(1)).unwrap();
+        let at = |seq| FileState {
+            wal_seq: seq,
+            ..st("/a", 1, 1)
+        };
+        s.update(id(1), at(5));
+        s.update(id(2), at(50));
+        s.flush().unwrap();
+        assert_eq!(s.forget_missing_records(10), 1);
+        assert_eq!(
+            (
+                s.get(&id(1)).unwrap().wal_seq,
+                s.get(&id(2)).unwrap().wal_seq
+            ),
+            (5, 0)
+        );
+        assert_eq!(s.pending(), 1);
     }
 
     #[test]

@@ -30,6 +30,7 @@ fn state(i: u64, generation: u64) -> FileState {
         mtime_ms: 0,
         last_seen_ms: generation,
         tail: None,
+        wal_seq: generation,
     }
 }
 
