@@ -37,6 +37,8 @@ pub struct AgentConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub wal: WalConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
     /// Static collect entries, merged with the ones from etcd.
     #[serde(default)]
     pub collect: Vec<CollectEntry>,
@@ -149,6 +151,29 @@ impl Default for WalConfig {
             group_commit_ms: default_group_commit_ms(),
         }
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// The checkpoint of a file that no harvester has seen for this long
+    /// (deleted, rotated away and read to its end, its entry removed) and
+    /// whose lines Kafka acknowledged is forgotten; if the file comes back
+    /// later it is read from 0. Default 7 days, at least 60.
+    #[serde(default = "default_gc_after_secs")]
+    pub gc_after_secs: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            gc_after_secs: default_gc_after_secs(),
+        }
+    }
+}
+
+fn default_gc_after_secs() -> u64 {
+    checkpoint::DEFAULT_RETENTION.as_secs()
 }
 
 /// Static collect entries use the same schema as the ones in etcd.
@@ -319,6 +344,14 @@ impl AgentConfig {
         if self.wal.segment_bytes < 4096 {
             return Err(bad("wal.segment_bytes", "must be at least 4096".into()));
         }
+        if self.checkpoint.gc_after_secs < 60 {
+            // Files are marked seen about every second; a retention near
+            // that could collect a live file's entry during a slow walk.
+            return Err(bad(
+                "checkpoint.gc_after_secs",
+                "must be at least 60".into(),
+            ));
+        }
         if self.wal.max_bytes < self.wal.segment_bytes {
             return Err(bad(
                 "wal.max_bytes",
@@ -385,6 +418,11 @@ endpoints = ["http://127.0.0.1:2379"]
         assert_eq!(cfg.wal.max_bytes, 1 << 30);
         assert_eq!(cfg.allowed_roots, vec![PathBuf::from("/var/log")]);
         assert_eq!(cfg.metrics.listen, "127.0.0.1:9101");
+        assert_eq!(cfg.checkpoint.gc_after_secs, 7 * 24 * 3600);
+        let err = parse(&format!("{MINIMAL}[checkpoint]\ngc_after_secs = 5\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("checkpoint.gc_after_secs"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod collect;
 pub mod config;
 pub mod etcd_config;
 pub mod event;
+pub mod gc;
 pub mod harvester;
 pub mod metrics;
 pub mod refusal;

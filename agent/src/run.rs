@@ -75,29 +75,35 @@ pub fn reconcile(wal: &Wal, store: &mut Store, include_unsynced: bool) -> Result
     } else {
         wal.reader(from)
     };
-    let mut last: HashMap<FileId, (String, u64)> = HashMap::new();
+    let mut last: HashMap<FileId, (String, u64, u64)> = HashMap::new();
     let mut records = 0;
     while let Some(item) = reader.next_item()? {
-        if let ReadItem::Record { batch, .. } = item {
+        if let ReadItem::Record { seq, batch } = item {
             records += 1;
             let id = FileId {
                 device: batch.source.device,
                 inode: batch.source.inode,
                 fingerprint: batch.source.fingerprint,
             };
-            last.insert(id, (batch.source.path, batch.end_offset));
+            last.insert(id, (batch.source.path, batch.end_offset, seq));
         }
     }
+    // A seq past the WAL's end names a record of a WAL that is gone.
+    store.forget_missing_records(wal.last_seq());
     let mut changed = 0;
-    for (id, (path, end)) in last {
+    for (id, (path, end, seq)) in last {
         let state = match store.get(&id) {
-            Some(s) if s.durable_offset == end => continue,
+            Some(s) if s.durable_offset == end && s.wal_seq == seq => continue,
             Some(s) => FileState {
                 durable_offset: end,
                 path,
+                wal_seq: seq,
                 ..s.clone()
             },
-            None => FileState::durable_at(path, end),
+            None => FileState {
+                wal_seq: seq,
+                ..FileState::durable_at(path, end)
+            },
         };
         store.update(id, state);
         changed += 1;
@@ -359,6 +365,8 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
         source: e,
     })?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut gc =
+        crate::gc::Collector::new(Duration::from_secs(cfg.checkpoint.gc_after_secs), &store);
     let mut failed = None;
     let mut ticks: u64 = 0;
     loop {
@@ -392,6 +400,7 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
                 if ticks.is_multiple_of(10) {
                     release_free_memory();
                 }
+                gc.tick(&store, &wal);
                 {
                     // The checkpoint snapshot (fsync) off the async workers.
                     let st = Arc::clone(&store);

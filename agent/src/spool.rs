@@ -313,7 +313,7 @@ impl Writer {
             if self.wait_durable {
                 while !wal.wait_durable(*range.end(), Duration::from_secs(1))? {}
             }
-            checkpoint_batches(chunk, store, &tails);
+            checkpoint_batches(chunk, *range.start(), store, &tails);
             progress
                 .checkpointed
                 .fetch_max(*range.end(), Ordering::SeqCst);
@@ -354,15 +354,17 @@ pub fn spooled_bytes(s: &Spooled) -> usize {
         .sum()
 }
 
-/// Durable records' end offsets become their files' resume offsets.
+/// Durable records' end offsets become their files' resume offsets; each
+/// entry remembers its last record's seq (`first_seq` is the first batch's).
 fn checkpoint_batches(
     batches: &[Batch],
+    first_seq: u64,
     store: &Mutex<Store>,
     tails: &HashMap<(FileId, u64), Tail>,
 ) {
     let now = checkpoint::now_ms();
     let mut st = store.lock().unwrap_or_else(|p| p.into_inner());
-    for b in batches {
+    for (seq, b) in (first_seq..).zip(batches) {
         let id = FileId {
             device: b.source.device,
             inode: b.source.inode,
@@ -375,10 +377,12 @@ fn checkpoint_batches(
                 durable_offset: b.end_offset,
                 last_seen_ms: now,
                 tail: tail.or(old.tail),
+                wal_seq: seq,
                 ..old.clone()
             },
             None => FileState {
                 tail,
+                wal_seq: seq,
                 ..FileState::durable_at(b.source.path.clone(), b.end_offset)
             },
         };

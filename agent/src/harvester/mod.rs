@@ -236,6 +236,8 @@ pub struct Harvester {
     parked: HashMap<(u64, u64), (FileId, u64)>,
     /// Files seen too short to fingerprint, since when.
     unready: HashMap<(u64, u64), Instant>,
+    /// (device, inode) at a matched path in the last walk.
+    matched: Vec<(u64, u64)>,
     pub stats: HarvestStats,
 }
 
@@ -310,6 +312,7 @@ impl Harvester {
             first_poll: true,
             parked: HashMap::new(),
             unready: HashMap::new(),
+            matched: Vec::new(),
             stats: HarvestStats::default(),
             cfg,
         })
@@ -587,7 +590,27 @@ impl Harvester {
         // Forget what is gone from the globs.
         self.parked.retain(|k, _| at_path.contains_key(k));
         self.unready.retain(|k, _| at_path.contains_key(k));
+        self.matched.clear();
+        self.matched.extend(at_path.keys().copied());
         at_path
+    }
+
+    /// Marks every file this harvester tracks as seen at `now_ms` in
+    /// `store` (the agent's `gc` module): open ones (deleted or rotated ones
+    /// too, while their handle is open), parked ones, and — for a file at a
+    /// matched path that is neither (the open limit, not fingerprinted yet)
+    /// — every identity recorded for its inode. Returns how many entries
+    /// changed ([`Store::mark_seen`] writes each at most once per
+    /// [`Store::seen_every`]).
+    pub fn mark_seen(&self, store: &mut Store, now_ms: u64) -> usize {
+        let mut ids: Vec<FileId> = self.open.values().map(|t| t.id).collect();
+        ids.extend(self.parked.values().map(|(id, _)| *id));
+        for key in &self.matched {
+            if !self.open.contains_key(key) && !self.parked.contains_key(key) {
+                ids.extend(store.ids_on_inode(key.0, key.1).map(|(id, _)| *id));
+            }
+        }
+        store.mark_seen(ids, now_ms)
     }
 
     /// After a restart: files renamed out of the globs while the agent was

@@ -7,6 +7,10 @@
 //! event storm during an outage costs no memory. A new directory makes the
 //! loop poll again [`NEW_DIR_REPOLL`] after the poll it caused: files created
 //! in it before its watch was added give no event of their own.
+//!
+//! About every second (paused or not) the loop marks the files it tracks as
+//! seen in the store ([`Harvester::mark_seen`]), so their checkpoints are
+//! not garbage-collected (the agent's `gc` module).
 
 use super::{Emitted, Harvester};
 use checkpoint::Store;
@@ -36,6 +40,18 @@ pub enum Discovery {
 
 /// How often a loop whose sink is full opens new files meanwhile.
 pub const PAUSED_OPEN_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a loop marks the files it tracks as seen in the store
+/// ([`Harvester::mark_seen`]; paused or not).
+pub const MARK_SEEN_EVERY: Duration = Duration::from_secs(1);
+
+/// Marks what `h` tracks when [`MARK_SEEN_EVERY`] has passed since `at`.
+fn mark_seen(h: &Harvester, store: &mut Store, at: &mut Option<std::time::Instant>) {
+    if at.is_none_or(|t| t.elapsed() >= MARK_SEEN_EVERY) {
+        h.mark_seen(store, checkpoint::now_ms());
+        *at = Some(std::time::Instant::now());
+    }
+}
 
 /// Starts polling `harvester` on a thread; every non-empty poll result goes
 /// to `sink`, which gives the lines back (`Some`) when it cannot take them
@@ -76,14 +92,17 @@ pub fn spawn(
             // After a poll that found lines, poll again at once: a file may
             // have more than one read chunk waiting.
             let mut timeout = Duration::ZERO;
+            let mut marked_at = None;
             while let Ok(()) | Err(RecvTimeoutError::Timeout) = rx.recv_timeout(timeout) {
                 while rx.try_recv().is_ok() {}
                 if stop_flag.load(Ordering::SeqCst) {
                     break;
                 }
                 let out = {
-                    let store = store.lock().unwrap_or_else(|p| p.into_inner());
-                    h.poll(&store)
+                    let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+                    let out = h.poll(&store);
+                    mark_seen(&h, &mut store, &mut marked_at);
+                    out
                 };
                 open_files.store(h.open_files(), Ordering::Relaxed);
                 let busy = !out.is_empty();
@@ -95,8 +114,9 @@ pub fn spawn(
                         break; // given up: not checkpointed, read again later
                     }
                     if opened_at.elapsed() >= PAUSED_OPEN_EVERY {
-                        let store = store.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
                         h.open_new(&store);
+                        mark_seen(&h, &mut store, &mut marked_at);
                         open_files.store(h.open_files(), Ordering::Relaxed);
                         opened_at = std::time::Instant::now();
                     }
