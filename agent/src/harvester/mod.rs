@@ -700,7 +700,10 @@ impl Harvester {
         }
         // Where we were: a parked handle, else a checkpoint of this inode
         // whose covered first bytes are still the file's (the same file,
-        // however grown), else a new file from 0.
+        // however grown), else a new file from 0. Outside the globs
+        // (`only_known`: followed after a rename) only a checkpoint written
+        // at a path of ours counts: the inode of a file of ours that was
+        // deleted may now hold another entry's file.
         let parked = self.parked.remove(&key);
         let known = parked
             .into_iter()
@@ -708,6 +711,7 @@ impl Harvester {
             .chain(
                 store
                     .ids_on_inode(key.0, key.1)
+                    .filter(|(_, s)| !only_known || self.matches(Path::new(&s.path)))
                     .map(|(id, s)| (*id, s.durable_offset, s.tail_at_resume())),
             )
             .find(|(id, _, _)| fingerprint::matches(&file, id.fingerprint).unwrap_or(false));
@@ -943,6 +947,59 @@ mod tests {
             texts(h.poll(&st)),
             vec!["S2 start\n at frame 2\n at frame 3"]
         );
+    }
+
+    /// A parked file deleted and its inode given by the kernel to another
+    /// entry's new file (logrotate's `rotate N` delete, then a new file in
+    /// a subdirectory) is not "renamed out of the globs": the other entry's
+    /// checkpoint on that inode is not this entry's to resume (a 30-minute
+    /// torture run shipped 1,684 lines of `nest/sub/*.jsonl` to the topic
+    /// of `nest/*.log` this way).
+    #[test]
+    fn a_reused_inode_of_a_parked_file_does_not_pull_in_another_entrys_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = tmp.path().join("logs");
+        let sub = logs.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        let other = sub.join("j.jsonl");
+        std::fs::write(&other, b"{\"n\":1}\n{\"n\":2}\n").unwrap();
+        let mut st = store(tmp.path());
+        // Entry B collects it and checkpoints it.
+        let mut b = Harvester::new(HarvestConfig {
+            include: vec![format!("{}/*.jsonl", sub.display())],
+            ..HarvestConfig::default()
+        })
+        .unwrap();
+        for e in b.poll(&st) {
+            st.update(
+                e.id,
+                checkpoint::FileState::durable_at(e.path.display().to_string(), e.resume_offset),
+            );
+        }
+        // Entry A had parked a file on the same inode (since deleted).
+        let mut a = Harvester::new(HarvestConfig {
+            include: vec![format!("{}/*.log", logs.display())],
+            ..HarvestConfig::default()
+        })
+        .unwrap();
+        let md = std::fs::metadata(&other).unwrap();
+        let gone = FileId {
+            device: md.dev(),
+            inode: md.ino(),
+            fingerprint: 0x1234_5678,
+        };
+        a.parked.insert((md.dev(), md.ino()), (gone, 3));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&other)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"{\"n\":3}\n").unwrap();
+        assert_eq!(
+            texts(a.poll(&st)),
+            Vec::<String>::new(),
+            "entry A read entry B's file"
+        );
+        assert_eq!(texts(b.poll(&st)), vec![r#"{"n":3}"#]);
     }
 
     /// A temp dir with `logs/data.csv` (not written yet) and a config
