@@ -809,9 +809,15 @@ async fn tail_cmd(cfg: &ControlConfig, a: TailArgs, fmt: Format) -> Result<(), E
         max: a.max,
         duration: a.for_secs.map(Duration::from_secs),
     };
-    let stop = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+    // Registered now, before "tailing" is printed: a SIGINT right after it
+    // must stop the tail (exit 0), not kill the process.
+    let sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    let stop = async move {
+        match sigint {
+            Some(mut s) => {
+                s.recv().await;
+            }
+            None => std::future::pending::<()>().await,
         }
     };
     let started = |p: &[control::tail::Position]| {
