@@ -176,7 +176,7 @@ pub fn validate(entry: &CollectEntry, allowed_roots: &[PathBuf]) -> Result<(), S
         return Err(format!("`{}` is not a valid Kafka topic name", entry.topic));
     }
     if let Some(m) = &entry.multiline {
-        if let Err(e) = regex::bytes::Regex::new(&m.start) {
+        if let Err(e) = crate::harvester::multiline::start_regex(&m.start) {
             return Err(format!("multiline.start: {e}"));
         }
         if m.max_lines == 0 {
@@ -348,6 +348,29 @@ mod tests {
             assert!(err.contains("/logagent/collect/h1"), "{err}");
             assert!(err.contains(want), "{want}: {err}");
         }
+    }
+
+    /// Issue #14 item 6 (fuzzing, collect_entry): a huge repetition in a
+    /// multiline start was accepted (a 5 MB regex per harvester) or took
+    /// seconds to refuse on every etcd update.
+    #[test]
+    fn issue14_6_huge_multiline_patterns_are_refused() {
+        for start in ["a{200000}", r"^\\d{111112}-\\d{2}"] {
+            let v = format!(
+                r#"[{{"path":"/var/log/a.log","topic":"t","multiline":{{"start":"{start}"}}}}]"#
+            );
+            let err = parse("k", v.as_bytes(), &roots()).unwrap_err().to_string();
+            assert!(
+                err.contains("multiline.start") && err.contains("size limit"),
+                "{err}"
+            );
+        }
+        assert!(parse(
+            "k",
+            br#"[{"path":"/var/log/a.log","topic":"t","multiline":{"start":"^\\d{4}-\\d{2}-\\d{2} "}}]"#,
+            &roots()
+        )
+        .is_ok());
     }
 
     #[test]

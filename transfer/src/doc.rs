@@ -260,14 +260,32 @@ impl Doc {
 
 #[derive(Deserialize)]
 struct Probe<'a> {
-    #[serde(rename = "@timestamp", borrow, default)]
+    /// Absent: `None`. Present, it must be a string (`null` or a number
+    /// fails the probe, so the payload is wrapped as a message: adding a
+    /// second `@timestamp` would make a document Elasticsearch refuses).
+    #[serde(rename = "@timestamp", borrow, default, deserialize_with = "present")]
     timestamp: Option<Cow<'a, str>>,
 }
 
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Text::deserialize(d).map(|t| Some(t.0))
+}
+
+/// The Kafka timestamp as a time. Deterministic, so a message consumed
+/// again makes the same document: one beyond chrono's range (years
+/// ±262143) is clamped to it. Only a message without a timestamp gets the
+/// clock's time.
 fn kafka_time(ts_millis: Option<i64>) -> DateTime<Utc> {
-    ts_millis
-        .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-        .unwrap_or_else(Utc::now)
+    match ts_millis {
+        Some(ms) => Utc.timestamp_millis_opt(ms).single().unwrap_or(if ms < 0 {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            DateTime::<Utc>::MAX_UTC
+        }),
+        None => Utc::now(),
+    }
 }
 
 /// Builds the document for the message at (topic, partition, offset).
@@ -564,6 +582,43 @@ mod tests {
         );
         assert_eq!(v["original_truncated"], true);
         assert_eq!(v["original_bytes"], d.source.len());
+    }
+
+    /// Issue #14 item 6 (fuzzing, doc_convert): a Kafka timestamp beyond
+    /// chrono's range took the clock's time, so a replayed message made a
+    /// different document (and a duplicate under a distinct `_id`).
+    #[test]
+    fn issue14_6_out_of_range_kafka_times_are_deterministic() {
+        for ts in [i64::MAX, i64::MIN, 8_300_000_000_000_000] {
+            let a = make_doc("t", 0, 1, Some(b"text"), Some(ts), &pat());
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let b = make_doc("t", 0, 1, Some(b"text"), Some(ts), &pat());
+            assert_eq!(a, b, "{ts}");
+        }
+    }
+
+    /// Issue #14 item 6 (fuzzing, doc_convert): `"@timestamp": null` got a
+    /// second `@timestamp` inserted before it, a document with a repeated
+    /// key (Elasticsearch refuses it; JSON readers keep the null).
+    #[test]
+    fn issue14_6_a_null_timestamp_is_not_repeated() {
+        for p in [&br#"{"@timestamp":null,"a":1}"#[..], br#"{"@timestamp":5}"#] {
+            let d = make_doc("t", 0, 1, Some(p), Some(0), &pat());
+            let text = String::from_utf8_lossy(&d.source);
+            assert_eq!(text.matches("\"@timestamp\"").count(), 1, "{text}");
+            let v: Value = serde_json::from_slice(&d.source).unwrap();
+            assert_eq!(v["@timestamp"], "1970-01-01T00:00:00.000Z");
+            assert_eq!(v["message"], String::from_utf8_lossy(p).as_ref());
+        }
+        let with = make_doc(
+            "t",
+            0,
+            1,
+            Some(br#"{"@timestamp":"2026-01-01T00:00:00Z"}"#),
+            None,
+            &pat(),
+        );
+        assert_eq!(with.index, "t-2026.01.01");
     }
 
     proptest::proptest! {

@@ -9,8 +9,25 @@
 //! half of it twice. Joined bytes are capped at `max_bytes` ([`TRUNCATED`]).
 
 use super::lines::{SplitLine, TRUNCATED};
-use regex::bytes::Regex;
+use regex::bytes::{Regex, RegexBuilder};
 use std::time::Duration;
+
+/// The most memory a multiline start pattern may compile to. Sensible
+/// patterns (`^\d{4}-\d{2}-\d{2} `) take a few KiB; a big repetition
+/// (`a{200000}`, `\d{111112}`) would cost every harvester megabytes and the
+/// agent a long compile on each etcd update, so it is refused at once.
+pub const START_SIZE_LIMIT: usize = 1 << 20;
+
+/// Compiles a multiline start pattern within [`START_SIZE_LIMIT`] (the one
+/// place it is compiled, validation included).
+///
+/// # Errors
+/// The pattern is not a valid regex, or compiles to more than the limit.
+pub fn start_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern)
+        .size_limit(START_SIZE_LIMIT)
+        .build()
+}
 
 /// How to join lines into events.
 #[derive(Debug, Clone)]
@@ -30,7 +47,7 @@ impl MultilineConfig {
     /// The pattern is not a valid regex.
     pub fn new(start: &str) -> Result<Self, regex::Error> {
         Ok(Self {
-            start: Regex::new(start)?,
+            start: start_regex(start)?,
             max_lines: 500,
             max_bytes: 1 << 20,
             flush_timeout: Duration::from_secs(5),
