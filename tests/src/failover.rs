@@ -1,0 +1,140 @@
+//! Failover figures of the torture run (issue #13 item 5): how long after
+//! a fault the pipeline delivers again, measured on the probe lines
+//! (write → searchable).
+//!
+//! For each fault the figure is the *resume time*: from the fault's moment
+//! (a logtransfer restarted after its kill -9; the Kafka broker accepting
+//! TCP connections again after its restart) until the first probe line
+//! written at or after that moment is searchable. Targets: ≤ 10 s for both.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The target of both figures.
+pub const TARGET: Duration = Duration::from_secs(10);
+
+/// A fault whose recovery is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failover {
+    /// logtransfer killed (-9) and started again: the moment of the start.
+    TransferRestart,
+    /// The Kafka broker restarted: the moment its port accepts again.
+    KafkaBack,
+}
+
+impl Failover {
+    fn label(self) -> &'static str {
+        match self {
+            Failover::TransferRestart => "transfer_kill",
+            Failover::KafkaBack => "kafka_back",
+        }
+    }
+}
+
+/// Failover moments, as offsets from the probe's epoch.
+pub struct Failovers {
+    epoch: Instant,
+    at: Mutex<Vec<(Failover, Duration)>>,
+}
+
+impl Failovers {
+    /// `epoch` is the probe's: probe write times are offsets from it too.
+    pub fn new(epoch: Instant) -> Self {
+        Self {
+            epoch,
+            at: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records `fault` as happening now.
+    pub fn record(&self, fault: Failover) {
+        let at = self.epoch.elapsed();
+        self.at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((fault, at));
+    }
+
+    /// Polls `addr` (host:port) every 50 ms, for at most `limit`, and
+    /// records [`Failover::KafkaBack`] once it accepts a TCP connection. Run it
+    /// on its own thread while the broker starts.
+    pub fn record_when_accepting(&self, addr: &str, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                self.record(Failover::KafkaBack);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("torture: {addr} accepted no connection within {limit:?}");
+    }
+
+    /// One line per kind of fault: `failover <kind> n=… max_ms=… each_ms=[…]
+    /// target_ms=10000 met=<bool>`. `probes[i]` is probe `i`'s write time
+    /// and, when it was found, its write → searchable latency. A fault
+    /// after which no probe was found counts as unmet (`never`).
+    pub fn report(&self, probes: &[(Duration, Option<Duration>)]) -> Vec<String> {
+        let at = self.at.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        [Failover::TransferRestart, Failover::KafkaBack]
+            .into_iter()
+            .map(|kind| {
+                let each: Vec<Option<Duration>> = at
+                    .iter()
+                    .filter(|(k, _)| *k == kind)
+                    .map(|(_, t)| resume_after(*t, probes))
+                    .collect();
+                let shown: Vec<String> = each
+                    .iter()
+                    .map(|r| r.map_or("never".to_string(), |d| d.as_millis().to_string()))
+                    .collect();
+                let max = each.iter().flatten().max().copied().unwrap_or_default();
+                let met = each.iter().all(|r| r.is_some_and(|d| d <= TARGET));
+                format!(
+                    "failover {} n={} max_ms={} each_ms=[{}] target_ms={} met={met}",
+                    kind.label(),
+                    each.len(),
+                    max.as_millis(),
+                    shown.join(","),
+                    TARGET.as_millis(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// From `at` until the first probe written at or after it was searchable.
+fn resume_after(at: Duration, probes: &[(Duration, Option<Duration>)]) -> Option<Duration> {
+    let (written, latency) = probes.iter().find(|(w, _)| *w >= at)?;
+    Some(*written + (*latency)? - at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_probe_after_a_fault_gives_its_resume_time() {
+        let ms = Duration::from_millis;
+        let probes = vec![
+            (ms(0), Some(ms(900))),
+            (ms(250), Some(ms(9_000))),
+            (ms(500), Some(ms(8_800))),
+            (ms(750), None),
+        ];
+        assert_eq!(resume_after(ms(100), &probes), Some(ms(9_150)));
+        assert_eq!(resume_after(ms(600), &probes), None, "never found");
+        assert_eq!(resume_after(ms(800), &probes), None, "no probe after it");
+        let f = Failovers::new(Instant::now());
+        f.at.lock()
+            .unwrap()
+            .push((Failover::TransferRestart, ms(100)));
+        f.at.lock().unwrap().push((Failover::KafkaBack, ms(600)));
+        let lines = f.report(&probes);
+        assert_eq!(
+            lines[0],
+            "failover transfer_kill n=1 max_ms=9150 each_ms=[9150] target_ms=10000 met=true"
+        );
+        assert!(lines[1].contains("each_ms=[never]") && lines[1].ends_with("met=false"));
+    }
+}
