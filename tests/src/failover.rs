@@ -4,8 +4,14 @@
 //!
 //! For each fault the figure is the *resume time*: from the fault's moment
 //! (a logtransfer restarted after its kill -9; the Kafka broker accepting
-//! TCP connections again after its restart) until the first probe line
-//! written at or after that moment is searchable. Targets: ≤ 10 s for both.
+//! TCP connections again after its restart) until the first probe written
+//! at or after that moment is searchable. Targets: ≤ 10 s for both.
+//!
+//! Two probes: the torture's probe lines (file → agent → Kafka → transfer →
+//! Elasticsearch, `probe=agent`), and [`kafka_probe`]'s messages produced
+//! straight to their own topic every 250 ms (Kafka → transfer →
+//! Elasticsearch, `probe=kafka`), which isolates the transfer's failover
+//! from the agent's backlog.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -74,7 +80,7 @@ impl Failovers {
     /// target_ms=10000 met=<bool>`. `probes[i]` is probe `i`'s write time
     /// and, when it was found, its write → searchable latency. A fault
     /// after which no probe was found counts as unmet (`never`).
-    pub fn report(&self, probes: &[(Duration, Option<Duration>)]) -> Vec<String> {
+    pub fn report(&self, probe: &str, probes: &[(Duration, Option<Duration>)]) -> Vec<String> {
         let at = self.at.lock().unwrap_or_else(|p| p.into_inner()).clone();
         [Failover::TransferRestart, Failover::KafkaBack]
             .into_iter()
@@ -91,7 +97,7 @@ impl Failovers {
                 let max = each.iter().flatten().max().copied().unwrap_or_default();
                 let met = each.iter().all(|r| r.is_some_and(|d| d <= TARGET));
                 format!(
-                    "failover {} n={} max_ms={} each_ms=[{}] target_ms={} met={met}",
+                    "failover {} probe={probe} n={} max_ms={} each_ms=[{}] target_ms={} met={met}",
                     kind.label(),
                     each.len(),
                     max.as_millis(),
@@ -101,6 +107,82 @@ impl Failovers {
             })
             .collect()
     }
+}
+
+/// Produces `{"message":"failover probe <n>","failover_probe":<n>}` to
+/// `topic` every 250 ms (each with a fresh producer, so a librdkafka client
+/// stuck after a Kafka restart cannot hold the probe back) until `stop`,
+/// and looks for them in `index` every 100 ms; then keeps looking for up
+/// to `grace`. Returns, per probe, when its send began (from `epoch`) and
+/// its send → searchable latency if found.
+pub async fn kafka_probe(
+    stack: crate::Stack,
+    topic: String,
+    index: String,
+    epoch: Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    grace: Duration,
+) -> Vec<(Duration, Option<Duration>)> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use std::sync::atomic::Ordering;
+    let mut sent: Vec<Duration> = Vec::new();
+    let mut found: Vec<Option<Duration>> = Vec::new();
+    let mut stopped_at: Option<Instant> = None;
+    let mut last_send = Instant::now() - Duration::from_secs(1);
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        if stopping {
+            stopped_at.get_or_insert_with(Instant::now);
+        }
+        if !stopping && last_send.elapsed() >= Duration::from_millis(250) {
+            last_send = Instant::now();
+            let n = sent.len() as u64;
+            let value = format!(r#"{{"message":"failover probe {n}","failover_probe":{n}}}"#);
+            let (brokers, topic) = (stack.kafka_brokers.clone(), topic.clone());
+            sent.push(epoch.elapsed());
+            found.push(None);
+            tokio::spawn(async move {
+                let producer: Result<FutureProducer, _> = ClientConfig::new()
+                    .set("bootstrap.servers", &brokers)
+                    .set("message.timeout.ms", "20000")
+                    .create();
+                if let Ok(p) = producer {
+                    let record = FutureRecord::<(), _>::to(&topic).payload(&value);
+                    let _ = p.send(record, Duration::from_secs(20)).await;
+                }
+            });
+        }
+        let q = serde_json::json!({"size": 200, "_source": ["failover_probe"],
+            "sort": [{"failover_probe": "desc"}], "query": {"exists": {"field": "failover_probe"}}});
+        if let Ok(r) = stack
+            .es()
+            .search(elasticsearch::SearchParts::Index(&[&index]))
+            .body(q)
+            .send()
+            .await
+        {
+            if let Ok(v) = r.json::<serde_json::Value>().await {
+                for h in v["hits"]["hits"].as_array().into_iter().flatten() {
+                    let Some(n) = h["_source"]["failover_probe"].as_u64() else {
+                        continue;
+                    };
+                    let i = n as usize;
+                    if let (Some(at), Some(slot)) = (sent.get(i), found.get_mut(i)) {
+                        if slot.is_none() {
+                            *slot = Some(epoch.elapsed().saturating_sub(*at));
+                        }
+                    }
+                }
+            }
+        }
+        let all = found.iter().all(Option::is_some);
+        if stopped_at.is_some_and(|t| all || t.elapsed() > grace) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sent.into_iter().zip(found).collect()
 }
 
 /// From `at` until the first probe written at or after it was searchable.
@@ -130,10 +212,10 @@ mod tests {
             .unwrap()
             .push((Failover::TransferRestart, ms(100)));
         f.at.lock().unwrap().push((Failover::KafkaBack, ms(600)));
-        let lines = f.report(&probes);
+        let lines = f.report("agent", &probes);
         assert_eq!(
             lines[0],
-            "failover transfer_kill n=1 max_ms=9150 each_ms=[9150] target_ms=10000 met=true"
+            "failover transfer_kill probe=agent n=1 max_ms=9150 each_ms=[9150] target_ms=10000 met=true"
         );
         assert!(lines[1].contains("each_ms=[never]") && lines[1].ends_with("met=false"));
     }

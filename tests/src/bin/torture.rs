@@ -411,6 +411,9 @@ async fn main() {
     let json_topic = format!("{run}-json");
     stack.create_topic(&nest_topic, 2).await;
     stack.create_topic(&json_topic, 2).await;
+    // Issue #13 item 5: a probe straight into Kafka, outside `<run>-*`.
+    let failover_topic = format!("failover-{run}");
+    stack.create_topic(&failover_topic, 2).await;
 
     // The agent: collect entry in etcd, config on disk.
     let prefix = format!("/{run}");
@@ -456,7 +459,7 @@ async fn main() {
         &tcfg,
         integration::transfer_run::config_text(
             &stack,
-            &[&run, &nest_topic, &json_topic],
+            &[&run, &nest_topic, &json_topic, &failover_topic],
             &run,
             &metrics,
             "",
@@ -545,6 +548,14 @@ async fn main() {
     // Fault moments on the probe's clock (issue #13 item 5).
     let epoch = Instant::now();
     let failover = Arc::new(Failovers::new(epoch));
+    let kafka_probe = tokio::spawn(integration::failover::kafka_probe(
+        stack.clone(),
+        failover_topic.clone(),
+        format!("{failover_topic}-*"),
+        epoch,
+        Arc::clone(&stop),
+        Duration::from_secs(120),
+    ));
     let probe = tokio::spawn(async move {
         // One probe line every 250 ms carrying its write time; a checker
         // finds new probes in Elasticsearch every 100 ms.
@@ -825,7 +836,12 @@ async fn main() {
         faults.etcd_restart.load(Ordering::SeqCst),
         args.duration,
     );
-    for l in failover.report(&probe_log) {
+    let kafka_log = kafka_probe.await.unwrap_or_default();
+    for l in failover
+        .report("kafka", &kafka_log)
+        .into_iter()
+        .chain(failover.report("agent", &probe_log))
+    {
         println!("{l}");
     }
     if misrouted_total > 0 {
