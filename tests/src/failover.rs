@@ -109,9 +109,22 @@ impl Failovers {
     }
 }
 
+/// The probe producer's callbacks: statistics tell when librdkafka lost
+/// every broker (a starting Kafka's metadata, see `transfer::kafka`), so
+/// the probe cannot be held back by its own client.
+struct ProbeContext {
+    watch: std::sync::Arc<transfer::kafka::BrokerWatch>,
+}
+
+impl rdkafka::ClientContext for ProbeContext {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        self.watch.observe(&stats);
+    }
+}
+
 /// Produces `{"message":"failover probe <n>","failover_probe":<n>}` to
-/// `topic` every 250 ms (each with a fresh producer, so a librdkafka client
-/// stuck after a Kafka restart cannot hold the probe back) until `stop`,
+/// `topic` every 250 ms (one producer, bootstrapped again like
+/// logtransfer's when librdkafka lost every broker) until `stop`,
 /// and looks for them in `index` every 100 ms; then keeps looking for up
 /// to `grace`. Returns, per probe, when its send began (from `epoch`) and
 /// its send → searchable latency if found.
@@ -126,6 +139,27 @@ pub async fn kafka_probe(
     use rdkafka::config::ClientConfig;
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use std::sync::atomic::Ordering;
+    let watch = std::sync::Arc::new(transfer::kafka::BrokerWatch::default());
+    let producer: FutureProducer<ProbeContext> = match ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .set("message.timeout.ms", "0")
+        .set(
+            "statistics.interval.ms",
+            transfer::kafka::STATISTICS_INTERVAL_MS,
+        )
+        .set(
+            "reconnect.backoff.max.ms",
+            transfer::kafka::RECONNECT_BACKOFF_MAX_MS,
+        )
+        .create_with_context(ProbeContext {
+            watch: std::sync::Arc::clone(&watch),
+        }) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("torture: no failover probe producer: {e}");
+            return Vec::new();
+        }
+    };
     let mut sent: Vec<Duration> = Vec::new();
     let mut found: Vec<Option<Duration>> = Vec::new();
     let mut stopped_at: Option<Instant> = None;
@@ -139,19 +173,14 @@ pub async fn kafka_probe(
             last_send = Instant::now();
             let n = sent.len() as u64;
             let value = format!(r#"{{"message":"failover probe {n}","failover_probe":{n}}}"#);
-            let (brokers, topic) = (stack.kafka_brokers.clone(), topic.clone());
+            watch.repair(
+                rdkafka::producer::Producer::client(&producer),
+                &stack.kafka_brokers,
+            );
             sent.push(epoch.elapsed());
             found.push(None);
-            tokio::spawn(async move {
-                let producer: Result<FutureProducer, _> = ClientConfig::new()
-                    .set("bootstrap.servers", &brokers)
-                    .set("message.timeout.ms", "20000")
-                    .create();
-                if let Ok(p) = producer {
-                    let record = FutureRecord::<(), _>::to(&topic).payload(&value);
-                    let _ = p.send(record, Duration::from_secs(20)).await;
-                }
-            });
+            // Delivery is seen in Elasticsearch; the future is not needed.
+            let _ = producer.send_result(FutureRecord::<(), _>::to(&topic).payload(&value));
         }
         let q = serde_json::json!({"size": 200, "_source": ["failover_probe"],
             "sort": [{"failover_probe": "desc"}], "query": {"exists": {"field": "failover_probe"}}});
