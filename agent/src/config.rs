@@ -225,17 +225,7 @@ fn default_group_commit_ms() -> u64 {
     10
 }
 
-/// Whether `name` is a legal Kafka topic name (1–249 of `[a-zA-Z0-9._-]`,
-/// not `.` or `..`).
-pub fn valid_topic(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 249
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
+pub use common::valid_topic;
 
 impl AgentConfig {
     /// Loads and validates the config at `path`.

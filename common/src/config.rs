@@ -36,6 +36,18 @@ pub enum ConfigError {
     },
 }
 
+/// Whether `name` is a legal Kafka topic name (1–249 of `[a-zA-Z0-9._-]`,
+/// not `.` or `..`).
+pub fn valid_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// Checks a Kafka `bootstrap.servers` list: comma-separated `host:port`,
 /// optionally `protocol://host:port` (plaintext, ssl, sasl_plaintext,
 /// sasl_ssl), an IPv6 host in brackets. The error names the entry at fault.

@@ -14,7 +14,7 @@ pub mod event;
 pub mod http;
 pub mod secret;
 
-pub use config::{check_brokers, check_endpoint_url, load_config, ConfigError};
+pub use config::{check_brokers, check_endpoint_url, load_config, valid_topic, ConfigError};
 pub use event::{distinct_document_id, document_id, LogEvent};
 pub use secret::Secret;
 

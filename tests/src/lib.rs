@@ -120,6 +120,34 @@ impl Stack {
         offsets
     }
 
+    /// The committed offsets of `group` for partitions `0..partitions` of
+    /// `topic` (-1 where nothing is committed).
+    ///
+    /// # Panics
+    /// When Kafka does not answer within 10 s.
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka_brokers)
+            .set("group.id", group)
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let got = c
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        (0..partitions)
+            .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            })
+            .collect()
+    }
+
     /// Number of documents in indices matching `pattern` (after a refresh).
     pub async fn es_count(&self, pattern: &str) -> u64 {
         let es = self.es();
@@ -269,6 +297,46 @@ pub fn stack_cmd(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Polls `f` every 250 ms (without blocking the runtime) until it is true
+/// or `limit` passed; its last answer.
+pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    f()
+}
+
+/// Waits until the first of `brokers` (`host:port,…`) accepts a TCP
+/// connection (polled every 50 ms, for at most `limit`); returns when.
+///
+/// # Panics
+/// When `limit` passes first.
+pub async fn wait_accepting(brokers: &str, limit: Duration) -> Instant {
+    let addr = brokers
+        .split(',')
+        .next()
+        .unwrap_or(brokers)
+        .trim()
+        .to_string();
+    let start = Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            return Instant::now();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{addr} accepts no connection after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub mod failover;
+
 /// Running logtransfer pipelines in this process.
 pub mod transfer_run {
     use super::Stack;
@@ -354,6 +422,47 @@ listen = "{metrics}"
             stop: Some(tx),
             handle,
         }
+    }
+
+    /// Starts the logtransfer binary with `config`; its log (RUST_LOG=info)
+    /// is appended to `log`.
+    ///
+    /// # Panics
+    /// When the binary cannot be started.
+    pub fn spawn(config: &Path, log: &Path) -> std::process::Child {
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        std::process::Command::new(super::workspace_bin("logtransfer"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn logtransfer")
+    }
+
+    /// The last 40 lines of a log file.
+    pub fn tail(path: &Path) -> String {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The value of an unlabelled metric `name` in `metrics`' encoding.
+    pub fn metric(metrics: &Metrics, name: &str) -> f64 {
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == name).then(|| v.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
     }
 
     impl Running {

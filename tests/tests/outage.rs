@@ -11,9 +11,6 @@ use integration::agent_run::{append_lines as append, etcd_put, fixture, kafka_ke
 use integration::kafka_read::{read_topic, tally_in, tally_numbered};
 use integration::transfer_run::{config, start};
 use integration::{unique, Stack};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,24 +28,7 @@ fn stack_cmd(args: &[&str]) {
 
 /// The group's committed offsets for partitions 0..4 of `topic`.
 fn committed(stack: &Stack, group: &str, topic: &str) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &stack.kafka_brokers)
-        .set("group.id", group)
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..4 {
-        tpl.add_partition(topic, p);
-    }
-    let got = c
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
-    (0..4)
-        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => -1,
-        })
-        .collect()
+    stack.committed(group, topic, 4)
 }
 
 fn lines(from: u64, to: u64) -> Vec<String> {
@@ -505,18 +485,25 @@ async fn health_names_kafka_while_nothing_is_acknowledged() {
 
 /// Issue #13 item 5: after a Kafka restart, how long until a message
 /// produced once the broker accepts connections again is searchable
-/// (target ≤ 10 s; before: 52 s in the black-box run). Ignored: it measured
-/// 5.9 s on one run and more than 120 s on a CI run (the transfer resumed
-/// only after minutes) — the open part of item 5; run with `--ignored`.
+/// (target ≤ 10 s; before: 52 s in the black-box run, and more than 120 s
+/// on a CI run, 122 s here once in six runs: librdkafka left without any
+/// broker by the starting broker's metadata, see `transfer::kafka`).
+/// Measured from the moment the broker's port accepts a TCP connection,
+/// split into "in Kafka" (the test's producer acked) and "searchable".
+/// Static membership, as by default (`group_instance_id = "auto"`; the
+/// test's metrics port 0 would turn it off): a dynamic member also waits,
+/// after the restart, for its old self's session to expire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue #13 item 5: resuming after a Kafka restart sometimes takes minutes"]
 async fn a_kafka_restart_delays_new_messages_by_seconds() {
     let _serial = SERIAL.lock().await;
+    common::init_tracing();
     let stack = Stack::from_env();
     let topic = unique("it-kafka-restart");
     let pattern = format!("{topic}-*,-*-deadletter");
     stack.create_topic(&topic, 2).await;
-    let running = start(config(&stack, &[&topic], &unique("g"), ""));
+    let mut cfg = config(&stack, &[&topic], &unique("g"), "");
+    cfg.kafka.group_instance_id = unique("it-kafka-restart-instance");
+    let running = start(cfg);
     for p in 0..2 {
         stack
             .produce(&topic, p, &lines(p as u64, p as u64 + 1))
@@ -528,19 +515,214 @@ async fn a_kafka_restart_delays_new_messages_by_seconds() {
     );
     stack_cmd(&["stop", "kafka"]);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    stack_cmd(&["start", "kafka"]); // returns once the broker answers metadata
-    let back = std::time::Instant::now();
+    let starter = std::thread::spawn(|| integration::stack_cmd(&["start", "kafka"]));
+    let accepting =
+        integration::wait_accepting(&stack.kafka_brokers, Duration::from_secs(180)).await;
+    // Produced at once (the producer waits for the broker to answer),
+    // while `scripts/stack start` checks the broker's readiness.
     for p in 0..2 {
         stack
             .produce(&topic, p, &lines(p as u64 + 2, p as u64 + 3))
             .await;
     }
+    let acked = accepting.elapsed();
+    let started = tokio::task::spawn_blocking(move || starter.join().unwrap_or(false))
+        .await
+        .unwrap_or(false);
+    assert!(started, "scripts/stack start kafka");
+    let ready = accepting.elapsed();
     let got = stack
         .wait_count(&pattern, 4, Duration::from_secs(120))
         .await;
-    let took = back.elapsed();
+    let took = accepting.elapsed();
+    let rebootstraps =
+        integration::transfer_run::metric(&running.metrics, "logtransfer_rebootstraps_total");
     running.stop().await;
-    eprintln!("kafka restart: broker back → new messages searchable in {took:?}");
+    eprintln!(
+        "kafka restart: port accepting → produced and acked {acked:?}, → `stack start` returned {ready:?}, → searchable {took:?} (rebootstraps {rebootstraps})"
+    );
     assert_eq!(got, 4);
-    assert!(took <= Duration::from_secs(30), "took {took:?}");
+    assert!(took <= Duration::from_secs(10), "took {took:?}");
+}
+
+/// Issue #13 item 4: while Elasticsearch is down and the instance is
+/// paused, the group changes twice: a second logtransfer (a process, in the
+/// group since before the outage) is killed (-9), so its partitions move to
+/// the first; then another member joins (a plain consumer of the group:
+/// a logtransfer started while Elasticsearch is down waits for its index
+/// template and does not join) and leaves again. Before, the batches of the
+/// partitions taken away kept their in-flight slots (and their bytes), and
+/// librdkafka resumed every partition a rebalance assigned, so the buffer
+/// grew without bound. Now the revoked batches are cancelled, newly
+/// assigned partitions stay paused, the buffered bytes
+/// (`logtransfer_buffered_bytes`) stay under `bulk.max_buffered_bytes`, and
+/// once Elasticsearch is back every message is indexed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_while_elasticsearch_is_down_keeps_the_buffer_bounded() {
+    use integration::transfer_run::{config_text, metric, spawn, tail};
+    use integration::wait_until;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    const N: u64 = 12_000;
+    const BOUND: f64 = 262_144.0;
+    const MAX_BYTES: f64 = 65_536.0;
+    let _serial = SERIAL.lock().await;
+    common::init_tracing();
+    let stack = Stack::from_env();
+    let topic = unique("it-rebalance");
+    let pattern = format!("{topic}-*,-*-deadletter");
+    stack.create_topic(&topic, 4).await;
+    let group = unique("g");
+    let text = |listen: &str| {
+        config_text(&stack, &[&topic], &group, listen, "").replace(
+            "max_docs = 2000",
+            &format!("max_docs = 200\nmax_bytes = {MAX_BYTES}\nmax_buffered_bytes = {BOUND}"),
+        )
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a_path = dir.path().join("a.toml");
+    std::fs::write(&a_path, text("127.0.0.1:0")).expect("config a");
+    let a = start(transfer::config::TransferConfig::load(&a_path).expect("config a loads"));
+    let m = Arc::clone(&a.metrics);
+    let assigned = |m: &transfer::metrics::Metrics| metric(m, "logtransfer_assigned_partitions");
+    let in_flight = |m: &transfer::metrics::Metrics| metric(m, "logtransfer_batches_in_flight");
+    assert!(
+        wait_until(Duration::from_secs(60), || assigned(&m) == 4.0).await,
+        "the first member got every partition"
+    );
+    let b_path = dir.path().join("b.toml");
+    let b_listen = format!("127.0.0.1:{}", integration::agent_run::free_port());
+    std::fs::write(&b_path, text(&b_listen)).expect("config b");
+    let b_log = dir.path().join("b.log");
+    let mut b = spawn(&b_path, &b_log);
+    let shared = wait_until(Duration::from_secs(60), || {
+        (1.0..4.0).contains(&assigned(&m))
+    })
+    .await;
+    assert!(
+        shared,
+        "the second logtransfer took partitions\n{}",
+        tail(&b_log)
+    );
+
+    stack_cmd(&["stop", "elasticsearch"]);
+    let padded = |from: u64, to: u64| -> Vec<String> {
+        lines(from, to)
+            .into_iter()
+            .map(|l| {
+                l.replace(
+                    "\"message\":\"",
+                    &format!("\"pad\":\"{}\",\"message\":\"", "p".repeat(200)),
+                )
+            })
+            .collect()
+    };
+    let per = N / 4;
+    for p in 0..4 {
+        stack
+            .produce(&topic, p as i32, &padded(p * per, (p + 1) * per))
+            .await;
+    }
+    let paused = wait_until(Duration::from_secs(60), || {
+        metric(&m, "logtransfer_paused") == 1.0
+    })
+    .await;
+    // The largest buffer seen from here on, sampled every 20 ms.
+    let max_seen = Arc::new(AtomicU64::new(0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (m, max_seen, on) = (Arc::clone(&m), Arc::clone(&max_seen), Arc::clone(&sampling));
+        tokio::spawn(async move {
+            while on.load(Ordering::SeqCst) {
+                let b = metric(&m, "logtransfer_buffered_bytes");
+                max_seen.fetch_max(b as u64, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    // The second logtransfer dies: its partitions come over after its
+    // session times out (6 s), assigned while this instance is paused.
+    b.kill().expect("SIGKILL");
+    let _ = b.wait();
+    let took_over = wait_until(Duration::from_secs(60), || assigned(&m) == 4.0).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Another member joins and takes partitions away; then it leaves.
+    let joined = Arc::new(AtomicBool::new(true));
+    let member = {
+        let (brokers, group, topic, on) = (
+            stack.kafka_brokers.clone(),
+            group.clone(),
+            topic.clone(),
+            Arc::clone(&joined),
+        );
+        std::thread::spawn(move || {
+            let c: BaseConsumer = rdkafka::config::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .set("session.timeout.ms", "6000")
+                .create()
+                .expect("consumer");
+            c.subscribe(&[&topic]).expect("subscribe");
+            while on.load(Ordering::SeqCst) {
+                let _ = c.poll(Duration::from_millis(100));
+            }
+            c.unsubscribe();
+            let _ = c.poll(Duration::from_millis(500));
+        })
+    };
+    let shared_again = wait_until(Duration::from_secs(60), || {
+        (1.0..4.0).contains(&assigned(&m))
+    })
+    .await;
+    // The batches of the partitions taken away give their slots back.
+    let slots_freed = wait_until(Duration::from_secs(10), || in_flight(&m) <= assigned(&m)).await;
+    let (in_flight_then, assigned_then) = (in_flight(&m), assigned(&m));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    joined.store(false, Ordering::SeqCst);
+    let _ = tokio::task::spawn_blocking(move || member.join()).await;
+    let back = wait_until(Duration::from_secs(60), || assigned(&m) == 4.0).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    sampling.store(false, Ordering::SeqCst);
+    let _ = sampler.await;
+    let max_buffered = max_seen.load(Ordering::SeqCst) as f64;
+    let cancelled = metric(&m, "logtransfer_batches_cancelled_total");
+    let during = committed(&stack, &group, &topic);
+
+    stack_cmd(&["start", "elasticsearch"]);
+    let got = stack
+        .wait_count(&pattern, N, Duration::from_secs(240))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let settled = stack.es_count(&pattern).await;
+    a.stop().await;
+    eprintln!(
+        "rebalance under an outage: max buffered {max_buffered} bytes (bound {BOUND}), \
+         {in_flight_then} batches in flight for {assigned_then} partitions, \
+         {cancelled} batches cancelled, committed during {during:?}, indexed {got}"
+    );
+    assert!(paused, "paused while Elasticsearch is down");
+    assert!(took_over, "the killed member's partitions came over");
+    assert!(shared_again, "the new member took partitions");
+    assert!(
+        slots_freed,
+        "revoked partitions' batches keep no slot: {in_flight_then} in flight for {assigned_then} partitions"
+    );
+    assert!(back, "the partitions came back after the member left");
+    assert!(
+        max_buffered <= BOUND + MAX_BYTES,
+        "buffered {max_buffered} bytes, bound {BOUND}"
+    );
+    assert!(
+        during.iter().all(|o| *o <= 0),
+        "nothing committed while Elasticsearch was down: {during:?}"
+    );
+    assert_eq!((got, settled), (N, N));
+    let seqs = stack.all_values(&pattern, "seq").await;
+    assert_eq!(
+        seqs,
+        (0..N as i64).collect::<Vec<i64>>(),
+        "each message once"
+    );
 }

@@ -33,6 +33,44 @@ pub struct TransferConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+}
+
+/// Where dead letters go (issue #13 item 8). A dead letter stands in for a
+/// document Elasticsearch refused for good; by default it is written to
+/// `<index><elasticsearch.dead_letter_suffix>`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// A Kafka topic for dead letters (`""`, the default: none). With
+    /// `mode = "index_then_kafka"` it takes the dead letters the dead-letter
+    /// index refuses (else their partition stops); with `"kafka"` every
+    /// dead letter goes there instead of the index.
+    #[serde(default)]
+    pub kafka_topic: String,
+    #[serde(default)]
+    pub mode: DeadLetterMode,
+}
+
+/// See [`DeadLetterConfig`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterMode {
+    /// The dead-letter index; the Kafka topic (when set) when the index
+    /// refuses the dead letter.
+    #[default]
+    IndexThenKafka,
+    /// The Kafka topic only (needs `kafka_topic`).
+    Kafka,
+}
+
+impl DeadLetterConfig {
+    /// The topic dead letters go to when the index refused them, if any.
+    pub fn topic(&self) -> Option<&str> {
+        let t = self.kafka_topic.trim();
+        (!t.is_empty()).then_some(t)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -365,6 +403,25 @@ impl TransferConfig {
                 ));
             }
         }
+        if let Some(t) = self.dead_letter.topic() {
+            if !common::valid_topic(t) {
+                return Err(bad(
+                    "dead_letter.kafka_topic",
+                    format!("`{t}` is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"),
+                ));
+            }
+            if self.kafka.topics.iter().any(|c| c == t) {
+                return Err(bad(
+                    "dead_letter.kafka_topic",
+                    format!("`{t}` is also consumed (kafka.topics): dead letters would loop"),
+                ));
+            }
+        } else if self.dead_letter.mode == DeadLetterMode::Kafka {
+            return Err(bad(
+                "dead_letter.mode",
+                "is \"kafka\" but dead_letter.kafka_topic is not set".into(),
+            ));
+        }
         if self.elasticsearch.password.is_some() && self.elasticsearch.username.is_none() {
             return Err(bad(
                 "elasticsearch.password",
@@ -540,6 +597,28 @@ url = "http://127.0.0.1:9200"
             .unwrap_err()
             .to_string();
         assert!(err.contains("health.stuck_after_secs"), "{err}");
+    }
+
+    #[test]
+    fn dead_letter_topic_settings_are_checked() {
+        let cfg = parse(&format!("{MINIMAL}[dead_letter]\nkafka_topic = \"dlq\"\n")).unwrap();
+        assert_eq!(cfg.dead_letter.topic(), Some("dlq"));
+        assert_eq!(cfg.dead_letter.mode, DeadLetterMode::IndexThenKafka);
+        for (text, key) in [
+            ("kafka_topic = \"a/b\"", "dead_letter.kafka_topic"),
+            ("kafka_topic = \"web_log\"", "dead_letter.kafka_topic"),
+            ("mode = \"kafka\"", "dead_letter.mode"),
+        ] {
+            let err = parse(&format!("{MINIMAL}[dead_letter]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let cfg = parse(&format!(
+            "{MINIMAL}[dead_letter]\nkafka_topic = \"dlq\"\nmode = \"kafka\"\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.dead_letter.mode, DeadLetterMode::Kafka);
     }
 
     #[test]

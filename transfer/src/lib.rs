@@ -4,14 +4,19 @@
 //! - [`doc`]: Kafka message → document (index, `_id`, source); dead letters.
 //! - [`bulk`]: the `_bulk` body and per-item outcomes.
 //! - [`sink`]: the [`sink::Sink`] trait; Elasticsearch and NDJSON file sinks.
+//! - [`dlq`]: the dead-letter Kafka topic (fallback or instead of the index).
 //! - [`es`]: client construction and the index template.
+//! - [`kafka`]: librdkafka defaults; re-bootstrapping a client left with no
+//!   broker.
 //! - [`pipeline`]: consume, batch, write, commit (the commit rule is there).
 //! - [`metrics`]: Prometheus metrics, `/metrics` and `/health`.
 
 pub mod bulk;
 pub mod config;
+pub mod dlq;
 pub mod doc;
 pub mod es;
+pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod sink;

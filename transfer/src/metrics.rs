@@ -36,6 +36,11 @@ pub struct Metrics {
     pub buffered_bytes: Gauge,
     pub distinct_ids: Counter,
     pub stopped_partitions: Gauge,
+    pub assigned_partitions: Gauge,
+    pub batches_in_flight: Gauge,
+    pub batches_cancelled: Counter,
+    pub dead_letters_kafka: Counter,
+    pub rebootstraps: Counter,
     /// False until the index template is installed.
     pub healthy: AtomicBool,
     /// Why `/health` reports degraded, by what it is about
@@ -113,6 +118,36 @@ impl Metrics {
             "Partitions stopped because Elasticsearch refused even a dead letter",
             stopped_partitions.clone(),
         );
+        let assigned_partitions = Gauge::default();
+        registry.register(
+            "assigned_partitions",
+            "Partitions assigned to this instance by the consumer group",
+            assigned_partitions.clone(),
+        );
+        let batches_in_flight = Gauge::default();
+        registry.register(
+            "batches_in_flight",
+            "Bulk batches being written or waiting to retry (at most bulk.max_in_flight)",
+            batches_in_flight.clone(),
+        );
+        let batches_cancelled = Counter::default();
+        registry.register(
+            "batches_cancelled",
+            "Batches in flight cancelled uncommitted because their partition was revoked",
+            batches_cancelled.clone(),
+        );
+        let dead_letters_kafka = Counter::default();
+        registry.register(
+            "dead_letters_kafka",
+            "Dead letters written to the dead-letter Kafka topic (dead_letter.kafka_topic)",
+            dead_letters_kafka.clone(),
+        );
+        let rebootstraps = Counter::default();
+        registry.register(
+            "rebootstraps",
+            "Times librdkafka was left with no broker (a starting Kafka listed none) and was given the bootstrap brokers again",
+            rebootstraps.clone(),
+        );
         Arc::new(Self {
             registry,
             consumer_lag,
@@ -126,6 +161,11 @@ impl Metrics {
             buffered_bytes,
             distinct_ids,
             stopped_partitions,
+            assigned_partitions,
+            batches_in_flight,
+            batches_cancelled,
+            dead_letters_kafka,
+            rebootstraps,
             healthy: AtomicBool::new(true),
             problems: Mutex::new(BTreeMap::new()),
         })

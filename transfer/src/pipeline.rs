@@ -10,22 +10,26 @@
 //!   committed offset (last offset of the batch + 1) only moves forward;
 //! - a batch is retried (with exponential backoff and jitter) until every
 //!   document in it is written; a document refused for good is replaced by a
-//!   dead letter, which must itself be written before the batch completes;
+//!   dead letter, which must itself be written (to its index, or to the
+//!   dead-letter Kafka topic: [`crate::dlq`]) before the batch completes;
 //! - a completed batch is committed only if its partition is still assigned
 //!   to us in the same assignment epoch; batches of revoked partitions are
-//!   dropped uncommitted (the next owner writes them again; deterministic
-//!   `_id`s make that a no-op);
+//!   dropped, and cancelled when in flight, uncommitted (the next owner
+//!   writes them again; deterministic `_id`s make that a no-op);
 //! - while too many bytes wait to be written, the assigned partitions are
-//!   paused, so memory stays bounded whatever the sink's outage.
+//!   paused, and partitions assigned meanwhile start paused, so memory stays
+//!   bounded whatever the sink's outage and the group's rebalances.
 
 use crate::bulk::Outcome;
-use crate::config::{SinkKind, TransferConfig};
+use crate::config::{DeadLetterMode, SinkKind, TransferConfig};
+use crate::dlq::{DeadLetterTopic, Letter};
 use crate::doc::{dead_letter, make_doc, same_document, Doc, IndexPattern};
 use crate::es;
+use crate::kafka::{self, BrokerWatch};
 use crate::metrics::{Metrics, PartitionLabels, SinkLabels};
 use crate::sink::{EsSink, FileSink, Sink};
 use crate::Error;
-use futures::future::BoxFuture;
+use futures::future::{AbortHandle, Abortable, BoxFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
 use rdkafka::config::ClientConfig;
@@ -39,6 +43,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -52,15 +57,22 @@ struct Assignment {
     next_epoch: u64,
 }
 
-/// Consumer callbacks: rebalances update the assignment, statistics feed the
+/// Consumer callbacks: rebalances update the assignment (and pause newly
+/// assigned partitions while the pipeline is paused), statistics feed the
 /// lag gauges, commit results feed the counters.
 pub struct TransferContext {
     assignment: Arc<Mutex<Assignment>>,
     metrics: Arc<Metrics>,
+    /// True while the pipeline holds consumption paused (too many bytes
+    /// wait to be written).
+    paused: Arc<AtomicBool>,
+    /// Whether librdkafka has lost every broker ([`crate::kafka`]).
+    brokers: Arc<BrokerWatch>,
 }
 
 impl ClientContext for TransferContext {
     fn stats(&self, stats: Statistics) {
+        self.brokers.observe(&stats);
         for (topic, t) in stats.topics {
             for (partition, p) in t.partitions {
                 if partition >= 0 && p.consumer_lag >= 0 {
@@ -98,6 +110,35 @@ impl ConsumerContext for TransferContext {
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
+        self.metrics.assigned_partitions.set(a.epochs.len() as i64);
+    }
+
+    /// Newly assigned partitions get the pipeline's pause state, both ways:
+    /// paused while it is paused (librdkafka fetches every partition it
+    /// assigns, so without this the buffer grew without bound during a sink
+    /// outage, issue #13 item 4), resumed otherwise (a partition paused,
+    /// revoked and assigned again keeps librdkafka's application pause; the
+    /// pipeline may have resumed while it was not assigned, and it would
+    /// never be fetched again).
+    fn post_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(tpl) = rebalance else {
+            return;
+        };
+        if tpl.count() == 0 {
+            return;
+        }
+        let paused = self.paused.load(Ordering::SeqCst);
+        let result = if paused { c.pause(tpl) } else { c.resume(tpl) };
+        match result {
+            Ok(()) if paused => tracing::info!(
+                partitions = tpl.count(),
+                "newly assigned partitions paused (the sink has not caught up)"
+            ),
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, paused, "cannot set the pause state of newly assigned partitions")
+            }
+        }
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
@@ -129,9 +170,8 @@ fn build_consumer(cfg: &TransferConfig, ctx: TransferContext) -> Result<Consumer
     if !cfg.kafka.consumer.contains_key("auto.offset.reset") {
         c.set("auto.offset.reset", "earliest");
     }
-    if !cfg.kafka.consumer.contains_key("statistics.interval.ms") {
-        c.set("statistics.interval.ms", "5000");
-    }
+    // Issue #13 item 5: see `crate::kafka`.
+    kafka::set_defaults(&mut c, &cfg.kafka.consumer);
     if let Some(id) = cfg.instance_id() {
         if !cfg.kafka.consumer.contains_key("group.instance.id") {
             tracing::info!(group_instance_id = %id, "static group membership");
@@ -188,6 +228,11 @@ struct WriteCtx {
     max_bytes: usize,
     /// True once shutdown began: a batch that would wait is abandoned.
     stop: watch::Receiver<bool>,
+    /// The dead-letter Kafka topic, when configured, and whether it takes
+    /// every dead letter (`dead_letter.mode = "kafka"`) or only those the
+    /// dead-letter index refused.
+    dead_letter_topic: Option<Arc<DeadLetterTopic>>,
+    dead_letter_mode: DeadLetterMode,
     /// Per sink: since when every write has failed, and the last error.
     failing: Arc<Mutex<HashMap<&'static str, (Instant, String)>>>,
 }
@@ -207,39 +252,97 @@ impl WriteCtx {
             .remove(sink);
     }
 
-    /// A document refused for good: its dead letter goes into `again`. A
-    /// refused dead letter stays in `again` and sets `stop_reason`: the
-    /// partition is stopped (it never advances past a message it cannot
+    /// A document refused for good: its dead letter goes into `round.again`
+    /// (for the dead-letter index) or `round.to_kafka` (mode `kafka`). A
+    /// dead letter the index refused goes to the dead-letter topic when
+    /// there is one; otherwise it stays in `again` and sets `stop_reason`:
+    /// the partition is stopped (it never advances past a message it cannot
     /// account for).
-    fn refuse(
-        &self,
-        doc: Doc,
-        status: u16,
-        error: &serde_json::Value,
-        again: &mut Vec<Doc>,
-        stop_reason: &mut Option<String>,
-    ) {
+    fn refuse(&self, doc: Doc, status: u16, error: &serde_json::Value, round: &mut Round) {
         // The error type only: ES's `reason` quotes field values (log
         // content, maybe secrets); it stays in the dead letter.
         let why = error
             .get("type")
             .and_then(|r| r.as_str())
             .unwrap_or("unknown");
-        if doc.dead_letter {
-            let reason = format!(
-                "Elasticsearch refused even the dead letter of {}/{} offset {} in `{}` (HTTP {status}: {why}); the partition is stopped, retried every {} s",
-                doc.topic, doc.partition, doc.offset, doc.index, self.max_backoff.as_secs()
-            );
-            tracing::error!(index = %doc.index, id = %doc.id, status, error_type = why, "dead letter refused; partition stopped");
-            *stop_reason = Some(reason);
-        } else {
+        if !doc.dead_letter {
             tracing::warn!(index = %doc.index, id = %doc.id, status, error_type = why, "document refused; writing a dead letter (the reason is in it)");
             self.metrics.dead_lettered.inc();
-            again.push(dead_letter(&doc, status, error, &self.dead_letter_suffix));
+            self.route_dead_letter(
+                dead_letter(&doc, status, error, &self.dead_letter_suffix),
+                round,
+            );
             return;
         }
-        again.push(doc);
+        if self.dead_letter_topic.is_some() {
+            tracing::warn!(index = %doc.index, id = %doc.id, status, error_type = why, "dead letter refused by its index; sending it to the dead-letter topic");
+            round.to_kafka.push(Letter {
+                doc,
+                index_error: Some(format!("HTTP {status}: {why}")),
+            });
+            return;
+        }
+        let reason = format!(
+            "Elasticsearch refused even the dead letter of {}/{} offset {} in `{}` (HTTP {status}: {why}); the partition is stopped, retried every {} s",
+            doc.topic, doc.partition, doc.offset, doc.index, self.max_backoff.as_secs()
+        );
+        tracing::error!(index = %doc.index, id = %doc.id, status, error_type = why, "dead letter refused; partition stopped");
+        round.stop_reason = Some(reason);
+        round.again.push(doc);
     }
+
+    /// A new dead letter: to the topic with mode `kafka`, else to its index.
+    fn route_dead_letter(&self, letter: Doc, round: &mut Round) {
+        if self.dead_letter_topic.is_some() && self.dead_letter_mode == DeadLetterMode::Kafka {
+            round.to_kafka.push(Letter {
+                doc: letter,
+                index_error: None,
+            });
+        } else {
+            round.again.push(letter);
+        }
+    }
+
+    /// Sends `round.to_kafka` to the dead-letter topic; what Kafka did not
+    /// acknowledge stays there and stops the partition (retried every
+    /// `retry.max_backoff_ms`). Returns how many were acknowledged.
+    async fn send_dead_letters(&self, round: &mut Round) -> u64 {
+        let Some(topic) = self.dead_letter_topic.as_ref() else {
+            return 0;
+        };
+        if round.to_kafka.is_empty() {
+            return 0;
+        }
+        let letters = std::mem::take(&mut round.to_kafka);
+        let results = topic.send(&letters).await;
+        let mut sent = 0;
+        for (l, r) in letters.into_iter().zip(results) {
+            match r {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    tracing::error!(topic = topic.topic(), id = %l.doc.id, error = %e, "the dead-letter topic did not take a dead letter; partition stopped");
+                    round.stop_reason = Some(format!(
+                        "the dead letter of {}/{} offset {} could be written neither to Elasticsearch nor to the dead-letter topic `{}` ({e}); the partition is stopped, retried every {} s",
+                        l.doc.topic, l.doc.partition, l.doc.offset, topic.topic(), self.max_backoff.as_secs()
+                    ));
+                    round.to_kafka.push(l);
+                }
+            }
+        }
+        self.metrics.dead_letters_kafka.inc_by(sent);
+        sent
+    }
+}
+
+/// What one attempt at a batch leaves to do.
+#[derive(Default)]
+struct Round {
+    /// Documents (and dead letters) to write again.
+    again: Vec<Doc>,
+    /// Dead letters for the dead-letter topic.
+    to_kafka: Vec<Letter>,
+    /// Set when the partition cannot advance (a dead letter nobody takes).
+    stop_reason: Option<String>,
 }
 
 /// While a partition is stopped: its gauge and its `/health` problem;
@@ -284,8 +387,13 @@ impl Drop for StopMark {
 /// - A request answered 413 is split in halves until it fits; a single
 ///   document still too large, or larger than `bulk.max_bytes`, is
 ///   dead-lettered (its dead letter keeps the first 32 KiB).
-/// - When even a dead letter is refused, the partition stops: the batch is
-///   retried every `retry.max_backoff_ms`, `/health` names the partition.
+/// - When even a dead letter is refused, it goes to the dead-letter Kafka
+///   topic if there is one (with `dead_letter.mode = "kafka"` every dead
+///   letter does); otherwise, or when that topic does not take it, the
+///   partition stops: the batch is retried every `retry.max_backoff_ms`,
+///   `/health` names the partition.
+/// - A revoked partition's batch is cancelled by its caller (dropped at an
+///   `.await`); nothing of it is committed.
 async fn write_batch(sink: Arc<dyn Sink>, docs: Vec<Doc>, mut w: WriteCtx) -> bool {
     let labels = SinkLabels {
         sink: sink.name().to_string(),
@@ -298,28 +406,34 @@ async fn write_batch(sink: Arc<dyn Sink>, docs: Vec<Doc>, mut w: WriteCtx) -> bo
             .unwrap_or_default(),
         on: false,
     };
-    let mut pending: VecDeque<Doc> = docs
-        .into_iter()
-        .map(|d| {
-            if d.dead_letter || d.source.len() <= w.max_bytes {
-                return d;
-            }
-            tracing::warn!(index = %d.index, id = %d.id, bytes = d.source.len(), "document larger than bulk.max_bytes; writing a dead letter");
-            w.metrics.dead_lettered.inc();
-            let error = serde_json::json!({
-                "type": "document_too_large",
-                "reason": format!("the document is {} bytes, more than bulk.max_bytes ({})", d.source.len(), w.max_bytes),
-            });
-            dead_letter(&d, 413, &error, &w.dead_letter_suffix)
-        })
-        .collect();
+    let mut first = Round::default();
+    for d in docs {
+        if d.dead_letter || d.source.len() <= w.max_bytes {
+            first.again.push(d);
+            continue;
+        }
+        tracing::warn!(index = %d.index, id = %d.id, bytes = d.source.len(), "document larger than bulk.max_bytes; writing a dead letter");
+        w.metrics.dead_lettered.inc();
+        let error = serde_json::json!({
+            "type": "document_too_large",
+            "reason": format!("the document is {} bytes, more than bulk.max_bytes ({})", d.source.len(), w.max_bytes),
+        });
+        w.route_dead_letter(
+            dead_letter(&d, 413, &error, &w.dead_letter_suffix),
+            &mut first,
+        );
+    }
+    let mut pending: VecDeque<Doc> = first.again.into();
+    let mut to_kafka = first.to_kafka;
     // Documents per request: the whole batch, halved on every 413.
     let mut limit = pending.len().max(1);
     let mut attempt: u32 = 0;
-    while !pending.is_empty() {
-        let mut again = Vec::new();
+    while !pending.is_empty() || !to_kafka.is_empty() {
+        let mut round = Round {
+            to_kafka: std::mem::take(&mut to_kafka),
+            ..Round::default()
+        };
         let mut failure: Option<String> = None;
-        let mut stop_reason: Option<String> = None;
         let mut written = 0u64;
         while !pending.is_empty() {
             let chunk: Vec<Doc> = pending.drain(..limit.min(pending.len())).collect();
@@ -354,7 +468,7 @@ async fn write_batch(sink: Arc<dyn Sink>, docs: Vec<Doc>, mut w: WriteCtx) -> bo
                     tracing::warn!(sink = sink.name(), docs = chunk.len(), error = %e, attempt, "write failed; retrying");
                     w.sink_failed(sink.name(), e.to_string());
                     failure = Some(e.to_string());
-                    again.extend(chunk);
+                    round.again.extend(chunk);
                     continue;
                 }
             };
@@ -374,11 +488,11 @@ async fn write_batch(sink: Arc<dyn Sink>, docs: Vec<Doc>, mut w: WriteCtx) -> bo
                         failure.get_or_insert_with(|| {
                             "documents answered 429, 5xx, a write block or a missing index".into()
                         });
-                        again.push(doc);
+                        round.again.push(doc);
                     }
                     Outcome::Refused { status, error } => {
                         any_taken = true;
-                        w.refuse(doc, status, &error, &mut again, &mut stop_reason);
+                        w.refuse(doc, status, &error, &mut round);
                     }
                 }
             }
@@ -393,7 +507,7 @@ async fn write_batch(sink: Arc<dyn Sink>, docs: Vec<Doc>, mut w: WriteCtx) -> bo
             match sink.stored(&exists).await {
                 Err(e) => {
                     failure = Some(e.to_string());
-                    again.extend(exists);
+                    round.again.extend(exists);
                 }
                 Ok(stored) => {
                     for (mut doc, s) in exists.into_iter().zip(stored) {
@@ -403,29 +517,31 @@ async fn write_batch(sink: Arc<dyn Sink>, docs: Vec<Doc>, mut w: WriteCtx) -> bo
                                 doc.use_distinct_id();
                                 tracing::info!(index = %doc.index, id = %doc.id, "the _id holds a different message (the topic was recreated?); writing under a distinct _id");
                                 w.metrics.distinct_ids.inc();
-                                again.push(doc);
+                                round.again.push(doc);
                             }
                             Some(_) => {
                                 let error = serde_json::json!({"type": "id_collision", "reason": "both the plain and the distinct _id hold other documents"});
-                                w.refuse(doc, 409, &error, &mut again, &mut stop_reason);
+                                w.refuse(doc, 409, &error, &mut round);
                             }
                             None => {
                                 failure.get_or_insert_with(|| {
                                     "409, but no stored document was found".into()
                                 });
-                                again.push(doc);
+                                round.again.push(doc);
                             }
                         }
                     }
                 }
             }
         }
+        w.send_dead_letters(&mut round).await;
         w.metrics
             .docs_written
             .get_or_create(&labels)
             .inc_by(written);
-        pending = again.into();
-        let cap = match (stop_reason, failure) {
+        pending = round.again.into();
+        to_kafka = round.to_kafka;
+        let cap = match (round.stop_reason, failure) {
             (Some(reason), _) => {
                 stop_mark.set(reason);
                 w.max_backoff
@@ -442,7 +558,9 @@ async fn write_batch(sink: Arc<dyn Sink>, docs: Vec<Doc>, mut w: WriteCtx) -> bo
         if *w.stop.borrow() {
             return false;
         }
-        w.metrics.retries.inc_by(pending.len() as u64);
+        w.metrics
+            .retries
+            .inc_by((pending.len() + to_kafka.len()) as u64);
         let sleep = rand::rng().random_range(cap / 2..=cap);
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
@@ -543,11 +661,15 @@ pub async fn run(
     };
 
     let assignment = Arc::new(Mutex::new(Assignment::default()));
+    let paused = Arc::new(AtomicBool::new(false));
+    let brokers = Arc::new(BrokerWatch::default());
     let consumer = build_consumer(
         &cfg,
         TransferContext {
             assignment: Arc::clone(&assignment),
             metrics: Arc::clone(&metrics),
+            paused: Arc::clone(&paused),
+            brokers: Arc::clone(&brokers),
         },
     )?;
     let topics: Vec<&str> = cfg.kafka.topics.iter().map(String::as_str).collect();
@@ -564,6 +686,8 @@ pub async fn run(
         dead_letter_suffix: cfg.elasticsearch.dead_letter_suffix.clone(),
         max_bytes: cfg.bulk.max_bytes,
         stop: stop_rx,
+        dead_letter_topic: DeadLetterTopic::new(&cfg)?.map(Arc::new),
+        dead_letter_mode: cfg.dead_letter.mode,
         failing: Arc::default(),
     };
     let stuck_after = Duration::from_secs(cfg.health.stuck_after_secs);
@@ -575,10 +699,11 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut bufs: HashMap<Tp, PartBuf> = HashMap::new();
-    let mut in_flight_parts: HashSet<Tp> = HashSet::new();
+    // Per partition with a batch in flight: the batch's assignment epoch and
+    // how to cancel it once the partition is revoked.
+    let mut in_flight_parts: HashMap<Tp, (u64, AbortHandle)> = HashMap::new();
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
     let mut buffered: usize = 0;
-    let mut paused = false;
 
     let current_epoch = |tp: &Tp| -> Option<u64> {
         assignment
@@ -636,6 +761,20 @@ pub async fn run(
             _ = tick.tick() => {}
         }
 
+        if brokers.repair(consumer.client(), &cfg.kafka.brokers) {
+            metrics.rebootstraps.inc();
+        }
+        // Cancel the batches of revoked partitions: they are never committed,
+        // and a batch waiting out an outage (or a stopped partition) would
+        // keep its in-flight slot and its bytes (issue #13 item 4). The next
+        // owner writes them again; the deterministic `_id`s make that a 409.
+        for (tp, (epoch, handle)) in &in_flight_parts {
+            if !handle.is_aborted() && current_epoch(tp) != Some(*epoch) {
+                tracing::info!(topic = %tp.0, partition = tp.1, "partition revoked; its batch in flight is cancelled uncommitted");
+                metrics.batches_cancelled.inc();
+                handle.abort();
+            }
+        }
         // Drop what belongs to revoked partitions (never written, never committed).
         bufs.retain(|tp, b| {
             let keep = current_epoch(tp) == Some(b.epoch);
@@ -651,7 +790,7 @@ pub async fn run(
             if in_flight.len() >= cfg.bulk.max_in_flight {
                 break;
             }
-            if b.docs.is_empty() || in_flight_parts.contains(tp) {
+            if b.docs.is_empty() || in_flight_parts.contains_key(tp) {
                 continue;
             }
             let due = b.docs.len() >= cfg.bulk.max_docs
@@ -685,11 +824,14 @@ pub async fn run(
                 bytes,
                 complete: false,
             };
-            in_flight_parts.insert(tp.clone());
+            let (handle, registration) = AbortHandle::new_pair();
+            in_flight_parts.insert(tp.clone(), (b.epoch, handle));
             let sink = router.sink(&tp.0);
             let w = w.clone();
+            let batch = Abortable::new(write_batch(sink, batch, w), registration);
             in_flight.push(Box::pin(async move {
-                let complete = write_batch(sink, batch, w).await;
+                // Cancelled: not complete, so never committed.
+                let complete = batch.await.unwrap_or(false);
                 Done { complete, ..done }
             }));
         }
@@ -716,7 +858,7 @@ pub async fn run(
             let mut stuck = HashSet::new();
             for tp in assigned {
                 let waiting = bufs.get(&tp).is_some_and(|b| !b.docs.is_empty())
-                    || in_flight_parts.contains(&tp);
+                    || in_flight_parts.contains_key(&tp);
                 let lag = lag_of(&tp);
                 let since = progress.entry(tp.clone()).or_insert(now);
                 if lag <= 0 && !waiting {
@@ -758,23 +900,29 @@ pub async fn run(
         }
 
         // Bound memory: pause fetching while too much waits to be written.
+        // The flag is set before the assignment is paused, so a partition
+        // assigned meanwhile is paused by `post_rebalance`.
         metrics.buffered_bytes.set(buffered as i64);
-        if !paused && buffered >= cfg.bulk.max_buffered_bytes {
+        metrics.batches_in_flight.set(in_flight.len() as i64);
+        let is_paused = paused.load(Ordering::SeqCst);
+        if !is_paused && buffered >= cfg.bulk.max_buffered_bytes {
+            paused.store(true, Ordering::SeqCst);
             if let Ok(a) = consumer.assignment() {
-                if consumer.pause(&a).is_ok() {
-                    paused = true;
-                    metrics.paused.set(1);
-                    tracing::warn!(buffered, "pausing consumption until the sink catches up");
+                if let Err(e) = consumer.pause(&a) {
+                    tracing::warn!(error = %e, "cannot pause the assigned partitions");
                 }
             }
-        } else if paused && buffered < cfg.bulk.max_buffered_bytes / 2 {
+            metrics.paused.set(1);
+            tracing::warn!(buffered, "pausing consumption until the sink catches up");
+        } else if is_paused && buffered < cfg.bulk.max_buffered_bytes / 2 {
+            paused.store(false, Ordering::SeqCst);
             if let Ok(a) = consumer.assignment() {
-                if consumer.resume(&a).is_ok() {
-                    paused = false;
-                    metrics.paused.set(0);
-                    tracing::info!(buffered, "resuming consumption");
+                if let Err(e) = consumer.resume(&a) {
+                    tracing::warn!(error = %e, "cannot resume the assigned partitions");
                 }
             }
+            metrics.paused.set(0);
+            tracing::info!(buffered, "resuming consumption");
         }
     }
 
@@ -875,6 +1023,8 @@ mod tests {
             dead_letter_suffix: "-deadletter".into(),
             max_bytes: 100_000,
             stop: rx,
+            dead_letter_topic: None,
+            dead_letter_mode: DeadLetterMode::IndexThenKafka,
             failing: Arc::default(),
         };
         (tx, w)

@@ -23,6 +23,12 @@
 //! topic: a line found under another topic is `misrouted`. One more line
 //! per topic gives `written`, `lost`, `duplicated`, `misrouted`.
 //!
+//! Then, for issue #13 item 5, the failover figures (`failover
+//! transfer_kill …` and `failover kafka_back …`, see
+//! `integration::failover`): per logtransfer kill -9 and per Kafka restart,
+//! the time from the restart (Kafka: its port accepting again) until the
+//! first probe line written after it is searchable; target ≤ 10 s.
+//!
 //! Lines lost from a copytruncated file's last generation are copytruncate's
 //! inherent window (not yet read when the file was truncated): counted apart
 //! as `copytruncate_lost`, never hidden. Lines lost from a generation the
@@ -35,6 +41,7 @@
 
 use clap::Parser;
 use integration::agent_run::{etcd_put, free_port};
+use integration::failover::{Failover, Failovers};
 use integration::{stack_cmd, workspace_bin, Stack};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -404,6 +411,9 @@ async fn main() {
     let json_topic = format!("{run}-json");
     stack.create_topic(&nest_topic, 2).await;
     stack.create_topic(&json_topic, 2).await;
+    // Issue #13 item 5: a probe straight into Kafka, outside `<run>-*`.
+    let failover_topic = format!("failover-{run}");
+    stack.create_topic(&failover_topic, 2).await;
 
     // The agent: collect entry in etcd, config on disk.
     let prefix = format!("/{run}");
@@ -449,7 +459,7 @@ async fn main() {
         &tcfg,
         integration::transfer_run::config_text(
             &stack,
-            &[&run, &nest_topic, &json_topic],
+            &[&run, &nest_topic, &json_topic, &failover_topic],
             &run,
             &metrics,
             "",
@@ -535,11 +545,21 @@ async fn main() {
     let probe_stack = stack.clone();
     let probe_index = format!("{run}-*");
     let probe_stop = Arc::clone(&stop);
+    // Fault moments on the probe's clock (issue #13 item 5).
+    let epoch = Instant::now();
+    let failover = Arc::new(Failovers::new(epoch));
+    let kafka_probe = tokio::spawn(integration::failover::kafka_probe(
+        stack.clone(),
+        failover_topic.clone(),
+        format!("{failover_topic}-*"),
+        epoch,
+        Arc::clone(&stop),
+        Duration::from_secs(120),
+    ));
     let probe = tokio::spawn(async move {
         // One probe line every 250 ms carrying its write time; a checker
         // finds new probes in Elasticsearch every 100 ms.
         let mut f = open_append(&probe_dir.join("app.log"));
-        let epoch = Instant::now();
         let mut written: Vec<Duration> = Vec::new();
         let mut found: HashMap<u64, Duration> = HashMap::new();
         let mut last_write = Duration::ZERO;
@@ -573,7 +593,10 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let lat: Vec<f64> = found.values().map(|d| d.as_secs_f64() * 1000.0).collect();
-        (written.len() as u64, lat)
+        let each: Vec<(Duration, Option<Duration>)> = (0..written.len() as u64)
+            .map(|s| (written[s as usize], found.get(&s).copied()))
+            .collect();
+        (written.len() as u64, lat, each)
     });
 
     // The fault schedule.
@@ -611,12 +634,15 @@ async fn main() {
                 let mut t = transfer.lock().expect("transfer");
                 t.kill9();
                 t.start();
+                failover.record(Failover::TransferRestart);
                 faults.transfer_kill.fetch_add(1, Ordering::SeqCst);
             }
             service => {
                 let down = Duration::from_secs(rng.random_range(3..12));
                 let f = Arc::clone(&faults);
                 let lock = Arc::clone(restarting.entry(service).or_default());
+                let back = (service == "kafka")
+                    .then(|| (Arc::clone(&failover), stack.kafka_brokers.clone()));
                 service_threads.push(std::thread::spawn(move || {
                     // Restarts of one service never overlap (a second stop
                     // while the first start still waits would leave two
@@ -625,12 +651,21 @@ async fn main() {
                     eprintln!("torture: {service} down for {down:?}");
                     stack_cmd(&["stop", service]);
                     std::thread::sleep(down);
+                    let watch = back.map(|(failover, brokers)| {
+                        std::thread::spawn(move || {
+                            let addr = brokers.split(',').next().unwrap_or_default().to_string();
+                            failover.record_when_accepting(&addr, Duration::from_secs(300));
+                        })
+                    });
                     while !stack_cmd(&["start", service]) {
                         // A start that timed out may have left it running
                         // (a loaded machine): stop it before trying again.
                         eprintln!("torture: {service} did not start; stopping it and retrying");
                         stack_cmd(&["stop", service]);
                         std::thread::sleep(Duration::from_secs(2));
+                    }
+                    if let Some(w) = watch {
+                        let _ = w.join();
                     }
                     let counter = match service {
                         "kafka" => &f.kafka_restart,
@@ -654,7 +689,7 @@ async fn main() {
     for t in service_threads {
         let _ = t.join();
     }
-    let (probes, mut lat) = probe.await.expect("probe");
+    let (probes, mut lat, probe_log) = probe.await.expect("probe");
     written.insert(probe_w, probes);
     let total: u64 = written.values().sum();
     eprintln!("torture: writers stopped after {total} lines; draining");
@@ -801,6 +836,14 @@ async fn main() {
         faults.etcd_restart.load(Ordering::SeqCst),
         args.duration,
     );
+    let kafka_log = kafka_probe.await.unwrap_or_default();
+    for l in failover
+        .report("kafka", &kafka_log)
+        .into_iter()
+        .chain(failover.report("agent", &probe_log))
+    {
+        println!("{l}");
+    }
     if misrouted_total > 0 {
         eprintln!(
             "torture: MISROUTED {misrouted_total} lines; logs kept in {}",

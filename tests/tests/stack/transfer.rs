@@ -1,11 +1,11 @@
 //! logtransfer against the real Kafka and Elasticsearch (issue #6, tests 1,
 //! 2, 4, 5; the Elasticsearch outage is in `tests/outage.rs`).
 
-use integration::transfer_run::{config, start};
-use integration::{unique, workspace_bin, Stack};
+use integration::transfer_run::{config, spawn, start, tail};
+use integration::{unique, Stack};
 use rand::Rng;
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn event(seq: u64) -> String {
@@ -178,30 +178,6 @@ async fn two_instances_in_one_group_split_partitions_and_index_everything_once()
     assert_eq!(seqs, (0..2000).collect::<Vec<i64>>());
 }
 
-/// Starts the logtransfer binary; its log is appended to `log`.
-fn spawn_transfer(cfg_path: &std::path::Path, log: &std::path::Path) -> Child {
-    let err = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    Command::new(workspace_bin("logtransfer"))
-        .arg("--config")
-        .arg(cfg_path)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .expect("spawn logtransfer")
-}
-
-fn tail(path: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
     const N: u64 = 100_000;
@@ -239,7 +215,7 @@ listen = "127.0.0.1:0"
 
     let log = dir.path().join("transfer.log");
     let mut rng = rand::rng();
-    let mut child = spawn_transfer(&cfg_path, &log);
+    let mut child = spawn(&cfg_path, &log);
     let mut counts_at_kills = Vec::new();
     for _ in 0..KILLS {
         let wait = rng.random_range(300..1500);
@@ -247,7 +223,7 @@ listen = "127.0.0.1:0"
         child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL
         let _ = child.wait();
         counts_at_kills.push(stack.es_count(&main_indices(&topic)).await);
-        child = spawn_transfer(&cfg_path, &log);
+        child = spawn(&cfg_path, &log);
     }
     eprintln!("documents indexed at each kill: {counts_at_kills:?}");
     let mid_stream = counts_at_kills.iter().filter(|c| **c < N).count();
@@ -299,7 +275,7 @@ async fn a_restarted_instance_takes_its_partitions_back_at_once() {
     std::fs::write(&cfg_path, text).expect("write config");
     let log = dir.path().join("transfer.log");
     let idx = main_indices(&topic);
-    let mut child = spawn_transfer(&cfg_path, &log);
+    let mut child = spawn(&cfg_path, &log);
     for p in 0..2 {
         stack
             .produce(&topic, p, &[format!(r#"{{"seq":{p}}}"#)])
@@ -313,7 +289,7 @@ async fn a_restarted_instance_takes_its_partitions_back_at_once() {
     );
     child.kill().expect("SIGKILL");
     let _ = child.wait();
-    let mut child = spawn_transfer(&cfg_path, &log);
+    let mut child = spawn(&cfg_path, &log);
     let start = std::time::Instant::now();
     for p in 0..2 {
         stack

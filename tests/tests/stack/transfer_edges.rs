@@ -3,7 +3,7 @@
 
 use elasticsearch::indices::{IndicesCreateParts, IndicesPutSettingsParts};
 use integration::transfer_run::{config_text, start};
-use integration::{unique, Stack};
+use integration::{unique, wait_until, Stack};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -46,18 +46,6 @@ fn main_indices(topic: &str) -> String {
 
 fn dead_indices(topic: &str) -> String {
     format!("{topic}-*-deadletter")
-}
-
-/// Polls `f` every 250 ms until it is true or `limit` passed.
-async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    f()
 }
 
 fn admin(stack: &Stack) -> AdminClient<DefaultClientContext> {
@@ -471,4 +459,86 @@ async fn issue13_7_templates_are_per_deployment_and_old_indices_are_retired() {
     let p1 = &t1["index_templates"][0]["index_template"]["priority"];
     let p2 = &t2["index_templates"][0]["index_template"]["priority"];
     assert_ne!(p1, p2, "overlapping templates got distinct priorities");
+}
+
+/// Issue #13 item 8: a document Elasticsearch refuses for good whose dead
+/// letter is refused too (a regex topic whose name makes an illegal index)
+/// stopped its partition; with `dead_letter.kafka_topic` the dead letter
+/// goes to that topic instead, naming its origin, and the offset is
+/// committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue13_8_a_dead_letter_its_index_refuses_goes_to_the_dead_letter_topic() {
+    use integration::kafka_read::read_topic;
+    let stack = Stack::from_env();
+    let bad = format!("_{}", unique("itbad8"));
+    let dlq = unique("it-dlq");
+    stack.create_topic(&bad, 1).await;
+    stack.create_topic(&dlq, 1).await;
+    let offsets = stack.produce(&bad, 0, &events(0..3)).await;
+    let group = unique("g");
+    let regex = format!("^{bad}$");
+    let running = start(cfg(
+        &stack,
+        &[&regex],
+        &group,
+        &format!("[dead_letter]\nkafka_topic = \"{dlq}\"\n"),
+        &[],
+    ));
+    let brokers = stack.kafka_brokers.clone();
+    let t = dlq.clone();
+    let letters =
+        tokio::task::spawn_blocking(move || read_topic(&brokers, &t, 3, Duration::from_secs(120)))
+            .await
+            .expect("read the dead-letter topic");
+    let committed = {
+        let mut c = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            c = stack.committed(&group, &bad, 1);
+            if c == [3] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        c
+    };
+    let m = std::sync::Arc::clone(&running.metrics);
+    let health = m.health();
+    let text = m.encode();
+    running.stop().await;
+    assert_eq!(letters.len(), 3, "three dead letters in {dlq}");
+    for (l, offset) in letters.iter().zip(&offsets) {
+        let h = &l.headers;
+        assert_eq!(h.get("logpipe-dlq-topic"), Some(&bad), "{h:?}");
+        assert_eq!(
+            h.get("logpipe-dlq-partition").map(String::as_str),
+            Some("0")
+        );
+        assert_eq!(h.get("logpipe-dlq-offset"), Some(&offset.to_string()));
+        assert_eq!(
+            h.get("logpipe-dlq-error").map(String::as_str),
+            Some("invalid_index_name_exception"),
+            "{h:?}"
+        );
+        assert!(
+            h.get("logpipe-dlq-index-error")
+                .is_some_and(|e| e.contains("invalid_index_name_exception")),
+            "the dead-letter index's refusal is named: {h:?}"
+        );
+        assert_eq!(l.value["kafka"]["topic"], bad.as_str());
+        assert_eq!(l.value["kafka"]["offset"], *offset);
+        assert_eq!(l.value["error"]["type"], "invalid_index_name_exception");
+        assert!(l.value["original"].as_str().unwrap_or("").contains("line"));
+    }
+    assert_eq!(
+        committed,
+        vec![3],
+        "the offset is committed past the dead letters"
+    );
+    assert_eq!(health, Ok("ok\n".into()), "no partition stopped");
+    assert!(
+        text.lines()
+            .any(|l| l == "logtransfer_dead_letters_kafka_total 3"),
+        "{text}"
+    );
 }
