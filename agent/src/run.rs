@@ -18,6 +18,7 @@
 //! stopped on reload) and `state` (the registration lease and the state
 //! published under it).
 
+pub mod alive;
 mod identity;
 mod state;
 mod supervisor;
@@ -279,12 +280,20 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
         path: PathBuf::from("shipper thread"),
         source: e,
     })?;
+    // The previous run's alive stamp bounds which unknown files were born
+    // while nobody read them. This run's stamp starts where that window
+    // does: killed before its harvesters looked, it leaves the window to
+    // the next start whole.
+    let recover_born_after = alive::recover_born_after(alive::read(&cfg.data_dir));
+    let started_ms = recover_born_after.unwrap_or_else(checkpoint::now_ms);
+    stamp_alive(&cfg.data_dir, started_ms);
     let mut sup = Supervisor::new(
         &spool,
         Arc::clone(&store),
         ident.clone(),
         cfg.allowed_roots.clone(),
         Arc::clone(&metrics),
+        recover_born_after,
     );
 
     // Config: etcd, or the cache when etcd does not answer in time.
@@ -402,6 +411,10 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
                 }
                 gc.tick(&store, &wal);
                 {
+                    let dir = cfg.data_dir.clone();
+                    tokio::task::spawn_blocking(move || stamp_alive(&dir, started_ms));
+                }
+                {
                     // The checkpoint snapshot (fsync) off the async workers.
                     let st = Arc::clone(&store);
                     tokio::task::spawn_blocking(move || {
@@ -469,6 +482,14 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
 }
 
 /// Handles one config event; returns whether a config was applied.
+/// Writes the alive stamp (now); a failure is logged (the next start then
+/// looks back over a wider window, never a narrower one).
+fn stamp_alive(data_dir: &Path, started_ms: u64) {
+    if let Err(e) = alive::write(data_dir, started_ms, checkpoint::now_ms()) {
+        tracing::warn!(dir = %data_dir.display(), error = %e, "cannot write the alive stamp");
+    }
+}
+
 fn handle_event(
     ev: ConfigEvent,
     sup: &mut Supervisor,
@@ -480,6 +501,7 @@ fn handle_event(
             metrics.config_reloads.inc();
             metrics.etcd_connected.set(1);
             sup.apply(&entries);
+            sup.end_recovery();
             if let Ok(bytes) = serde_json::to_vec(&entries) {
                 let st = store.lock().unwrap_or_else(|p| p.into_inner());
                 if let Err(e) = st.save_config(&bytes) {

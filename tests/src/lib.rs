@@ -587,6 +587,24 @@ listen = "{metrics}"
         Fixture { tmp, logs, agent }
     }
 
+    /// A [`fixture`] whose one collect entry `<logs>/*.log` goes to a new
+    /// one-partition topic named after `prefix` (returned).
+    pub async fn fixture_one_entry(stack: &Stack, prefix: &str) -> (Fixture, String) {
+        let fx = fixture(stack, "");
+        let topic = super::unique(prefix);
+        stack.create_topic(&topic, 1).await;
+        etcd_put(
+            stack,
+            &fx.agent.collect_key(),
+            &format!(
+                r#"[{{"path":"{}/*.log","topic":"{topic}"}}]"#,
+                fx.logs.display()
+            ),
+        )
+        .await;
+        (fx, topic)
+    }
+
     /// Adds `kafka.*` keys to an agent's config (the fixture's `extra` comes
     /// after `[metrics]`).
     pub fn kafka_keys(a: &AgentSetup, keys: &str) {

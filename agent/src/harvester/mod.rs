@@ -39,7 +39,7 @@ pub mod multiline;
 pub mod safe_open;
 pub mod watch;
 
-use checkpoint::{FileId, Store, Tail};
+use checkpoint::{FileId, FileState, Store, Tail};
 use globset::{GlobSet, GlobSetBuilder};
 use lines::{LineSplitter, SplitLine};
 use std::collections::HashMap;
@@ -94,6 +94,80 @@ pub struct HarvestConfig {
     /// event's path is the link's. Off: symlinks are skipped (logged once,
     /// counted). Symlinked directories are never walked into.
     pub follow_symlinks: bool,
+    /// At start-up only: also read files no checkpoint knows that sit at a
+    /// rotated name of these globs and were born while no agent read them
+    /// (see [`Recover`]).
+    pub recover: Option<Recover>,
+}
+
+/// The start-up recovery of files born and rotated out of the globs while
+/// the agent was down (or between its last poll and a kill): no checkpoint
+/// knows them, so the first poll reads, from 0, every file under the glob
+/// roots that
+/// - sits at a *rotated name* of the globs ([`rotated_base`]: the name of a
+///   matching path followed by `.1`, `-20261201`, `.2026-12-01`, …; not a
+///   compressed one, `.gz`, `.bz2`, …),
+/// - was born (its inode's birth time; the modification time where the
+///   filesystem records none) at or after `born_after_ms`,
+/// - is not collected directly by another entry (`others`), and
+/// - is not a copy of a file we read (copytruncate's `app.log.1`: its
+///   first line and the bytes before that file's checkpoint are the same).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recover {
+    /// Unix ms (the agent's alive stamp, `run::alive`).
+    pub born_after_ms: u64,
+    /// Every other entry's (include, exclude) globs.
+    pub others: Vec<(Vec<String>, Vec<String>)>,
+}
+
+/// Most new identities held for [`Harvester::record_opened`] (a caller
+/// that never records them does not grow memory).
+const MAX_OPENED: usize = 65_536;
+
+/// Compression suffixes: a rotated name ending in one is not text.
+const COMPRESSED: &[&str] = &[
+    "gz", "bz2", "xz", "zst", "lz4", "zip", "z", "lzma", "lzo", "br", "7z", "sz",
+];
+
+/// The paths `path` would have had before rotation added suffixes to its
+/// name (pure): `app.log.2026-12-01` gives `app.log.2026-12`,
+/// `app.log.2026`, `app.log`. A suffix is `.`, `-` or `_` then letters and
+/// digits with at least one digit; nothing for a compressed name.
+pub fn rotated_base(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    if let Some((_, ext)) = name.rsplit_once('.') {
+        if COMPRESSED.contains(&ext.to_ascii_lowercase().as_str()) {
+            return Vec::new();
+        }
+    }
+    let mut out = Vec::new();
+    let mut rest = name;
+    for _ in 0..8 {
+        let Some(i) = rest.rfind(['.', '-', '_']) else {
+            break;
+        };
+        let group = &rest[i + 1..];
+        let ok = i > 0
+            && !group.is_empty()
+            && group.bytes().all(|b| b.is_ascii_alphanumeric())
+            && group.bytes().any(|b| b.is_ascii_digit());
+        if !ok {
+            break;
+        }
+        rest = &rest[..i];
+        out.push(dir.join(rest));
+    }
+    out
+}
+
+/// When the inode was born (Unix ms), or last modified where the
+/// filesystem keeps no birth time.
+fn born_ms(md: &std::fs::Metadata) -> Option<u64> {
+    let t = md.created().or_else(|_| md.modified()).ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    u64::try_from(d.as_millis()).ok()
 }
 
 impl Default for HarvestConfig {
@@ -114,6 +188,7 @@ impl Default for HarvestConfig {
             shadowed_by: Vec::new(),
             allowed_roots: Vec::new(),
             follow_symlinks: false,
+            recover: None,
         }
     }
 }
@@ -178,6 +253,9 @@ pub struct HarvestStats {
     pub open_limit_hits: u64,
     /// Files fingerprinted on a short, incomplete first line after the wait.
     pub fingerprint_timeouts: u64,
+    /// Files no checkpoint knew, read at start-up from a rotated name
+    /// ([`Recover`]).
+    pub recovered: u64,
     /// Files not read by policy or for a walk error, by reason.
     pub refused: std::collections::BTreeMap<Refusal, u64>,
 }
@@ -218,6 +296,10 @@ pub struct Harvester {
     exclude: GlobSet,
     /// Earlier entries' (include, exclude) sets.
     shadows: Vec<(GlobSet, GlobSet)>,
+    /// [`Recover::others`], built (empty without recovery).
+    others: Vec<(GlobSet, GlobSet)>,
+    /// New identities opened since [`Harvester::record_opened`].
+    opened: Vec<(FileId, PathBuf)>,
     /// Paths left to an earlier entry, logged once.
     shadow_logged: std::collections::HashSet<PathBuf>,
     roots: Vec<PathBuf>,
@@ -294,6 +376,12 @@ impl Harvester {
             .iter()
             .map(|(i, x)| Ok((build_set(i)?, build_set(x)?)))
             .collect::<Result<Vec<_>, HarvestError>>()?;
+        let others = cfg
+            .recover
+            .iter()
+            .flat_map(|r| r.others.iter())
+            .map(|(i, x)| Ok((build_set(i)?, build_set(x)?)))
+            .collect::<Result<Vec<_>, HarvestError>>()?;
         let mut roots: Vec<PathBuf> = cfg.include.iter().map(|g| glob_root(g)).collect();
         roots.sort();
         roots.dedup();
@@ -301,6 +389,8 @@ impl Harvester {
             include,
             exclude,
             shadows,
+            others,
+            opened: Vec::new(),
             shadow_logged: std::collections::HashSet::new(),
             roots,
             bounds: safe_open::resolve_roots(&cfg.allowed_roots),
@@ -615,8 +705,9 @@ impl Harvester {
 
     /// After a restart: files renamed out of the globs while the agent was
     /// down (rotation) still have unread lines. Any file under the glob roots
-    /// whose identity has a checkpoint short of its size is opened as
-    /// detached, read to its end and closed.
+    /// whose identity has a checkpoint of ours short of its size is opened as
+    /// detached, read to its end and closed. With [`HarvestConfig::recover`],
+    /// so are the files no checkpoint knows that [`Recover`] describes, from 0.
     fn reopen_rotated(
         &mut self,
         store: &Store,
@@ -631,7 +722,8 @@ impl Harvester {
             .filter(|(_, s)| self.matches(Path::new(&s.path)))
             .map(|(id, _)| (id.device, id.inode))
             .collect();
-        if known.is_empty() {
+        let born_after = self.cfg.recover.as_ref().map(|r| r.born_after_ms);
+        if known.is_empty() && born_after.is_none() {
             return;
         }
         for root in self.roots.clone() {
@@ -645,27 +737,81 @@ impl Harvester {
                 }
                 let Ok(md) = entry.metadata() else { continue };
                 let key = (md.dev(), md.ino());
-                if !known.contains(&key)
-                    || matched.contains_key(&key)
-                    || self.open.contains_key(&key)
-                {
+                if matched.contains_key(&key) || self.open.contains_key(&key) {
                     continue;
                 }
-                if let Ok(Some(mut t)) =
-                    self.open_file(entry.path(), entry.path(), key, store, now, true)
-                {
-                    if store
-                        .get(&t.id)
-                        .is_some_and(|s| s.durable_offset < md.len())
-                    {
+                let unknown_ok = born_after.is_some_and(|t| born_ms(&md).is_some_and(|b| b >= t))
+                    && self.is_rotated_name(entry.path());
+                if !known.contains(&key) && !unknown_ok {
+                    continue;
+                }
+                let Ok(Some(mut t)) =
+                    self.open_file(entry.path(), entry.path(), key, store, now, !unknown_ok)
+                else {
+                    continue;
+                };
+                match store.get(&t.id) {
+                    // Ours, with lines left.
+                    Some(s) if self.matches(Path::new(&s.path)) => {
+                        if s.durable_offset >= md.len() {
+                            continue;
+                        }
                         tracing::info!(path = %entry.path().display(), "reading the rest of a file rotated while stopped");
-                        t.detached_at = Some(now);
-                        self.stats.files_opened += 1;
-                        self.open.insert(key, t);
+                    }
+                    // Another entry's file (on an inode we once used).
+                    Some(_) => continue,
+                    None => {
+                        if self.is_copy_of_ours(store, &t, key) {
+                            continue;
+                        }
+                        self.stats.recovered += 1;
+                        tracing::info!(path = %entry.path().display(), "reading a file that was made and rotated away while no agent read it");
                     }
                 }
+                t.detached_at = Some(now);
+                self.stats.files_opened += 1;
+                self.open.insert(key, t);
             }
         }
+    }
+
+    /// Whether `path` is a rotated name of this harvester's globs that no
+    /// other entry collects directly ([`Recover`]).
+    fn is_rotated_name(&self, path: &Path) -> bool {
+        !self
+            .others
+            .iter()
+            .any(|(i, x)| i.is_match(path) && !x.is_match(path))
+            && rotated_base(path).iter().any(|b| self.matches(b))
+    }
+
+    /// Whether the file `t` (no checkpoint of its own) is a copy of a file
+    /// of ours on another inode: the same first line, and the bytes before
+    /// that file's checkpoint are its bytes too (copytruncate's copy).
+    fn is_copy_of_ours(&self, store: &Store, t: &Tracked, key: (u64, u64)) -> bool {
+        store.iter().any(|(id, s)| {
+            id.fingerprint == t.id.fingerprint
+                && (id.device, id.inode) != key
+                && s.durable_offset > 0
+                && self.matches(Path::new(&s.path))
+                && s.tail_at_resume().is_some_and(|tail| tail.matches(&t.file))
+        })
+    }
+
+    /// Records every file opened as a new identity since the last call in
+    /// `store` at offset 0 (when it has no entry yet), so a restart finds
+    /// it after a rename even when none of its lines was made durable (the
+    /// WAL full, a kill before the first sync). Returns how many entries
+    /// were added: the caller flushes the store when any were.
+    pub fn record_opened(&mut self, store: &mut Store) -> usize {
+        let mut n = 0;
+        for (id, path) in self.opened.drain(..) {
+            if store.get(&id).is_none() {
+                store.update(id, FileState::durable_at(path.display().to_string(), 0));
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Opens the file at `open` (`path` itself, or a followed symlink's
@@ -748,6 +894,9 @@ impl Harvester {
                     inode: key.1,
                     fingerprint: fp,
                 };
+                if self.opened.len() < MAX_OPENED {
+                    self.opened.push((id, path.to_path_buf()));
+                }
                 (id, 0)
             }
         };
@@ -1369,5 +1518,200 @@ mod poll_bytes_tests {
         }
         assert!(per_file.values().all(|n| *n == 1000), "{per_file:?}");
         assert!(polls >= 4, "{polls} polls");
+    }
+}
+
+/// Files that no checkpoint knows and that were renamed out of the globs
+/// before the agent read them: recorded when opened, recovered at start-up
+/// from a rotated name when born while no agent read them ([`Recover`]).
+#[cfg(test)]
+mod recover_tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn lines(out: Vec<Emitted>) -> Vec<String> {
+        let mut v: Vec<String> = out
+            .into_iter()
+            .flat_map(|e| e.lines)
+            .map(|l| String::from_utf8(l.bytes).unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn rotated_names_strip_numbered_and_dated_suffixes_but_not_compressed_ones() {
+        let base = |p: &str| rotated_base(Path::new(p));
+        assert_eq!(base("/d/app.log.1"), vec![PathBuf::from("/d/app.log")]);
+        assert_eq!(
+            base("/d/app.log-20261201"),
+            vec![PathBuf::from("/d/app.log")]
+        );
+        assert_eq!(
+            base("/d/app.log.2026-12-01"),
+            ["/d/app.log.2026-12", "/d/app.log.2026", "/d/app.log"]
+                .map(PathBuf::from)
+                .to_vec()
+        );
+        assert_eq!(base("/d/app.log_3"), vec![PathBuf::from("/d/app.log")]);
+        assert!(base("/d/app.log.1.gz").is_empty());
+        assert!(base("/d/app.log.2.bz2").is_empty());
+        assert!(base("/d/app.log").is_empty(), "`.log` has no digit");
+        assert!(base("/d/.1").is_empty(), "nothing before the suffix");
+    }
+
+    fn logs_dir() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = tmp.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        (tmp, logs)
+    }
+
+    /// Polls `h` and checkpoints what it read, as the spool writer does.
+    fn checkpoint_poll(h: &mut Harvester, st: &mut Store) {
+        for e in h.poll(st) {
+            st.update(
+                e.id,
+                FileState {
+                    tail: e.tail,
+                    ..FileState::durable_at(e.path.display().to_string(), e.resume_offset)
+                },
+            );
+        }
+    }
+
+    fn recover_all() -> Option<Recover> {
+        Some(Recover {
+            born_after_ms: 0,
+            others: Vec::new(),
+        })
+    }
+
+    /// Born and rotated twice while the agent was down (or between its last
+    /// poll and a kill): `app.log.1` was never at a path a running agent
+    /// looked at. Before `Recover` its lines were never read (a CI torture
+    /// run lost 1,304 lines of one `j0.jsonl` generation this way).
+    #[test]
+    fn a_file_born_and_rotated_away_while_down_is_read_at_the_next_start() {
+        let (tmp, logs) = logs_dir();
+        let mut st = Store::open(tmp.path().join("cp"), Duration::from_secs(60))
+            .unwrap()
+            .0;
+        let cfg = HarvestConfig {
+            include: vec![format!("{}/*.log", logs.display())],
+            ..HarvestConfig::default()
+        };
+        let f = logs.join("app.log");
+        // Before the agent ever ran: history, never read.
+        std::fs::write(logs.join("old.log.1"), b"history\n").unwrap();
+        std::fs::write(&f, b"gen0 a\n").unwrap();
+        checkpoint_poll(&mut Harvester::new(cfg.clone()).unwrap(), &mut st);
+        std::thread::sleep(Duration::from_millis(20));
+        let born_after_ms = checkpoint::now_ms();
+        std::thread::sleep(Duration::from_millis(20));
+        // Down: gen0 → app.log.2, gen1 born at app.log and rotated to
+        // app.log.1, gen2 at app.log; a compressed and a copied generation.
+        std::fs::rename(&f, logs.join("app.log.1")).unwrap();
+        std::fs::write(&f, b"gen1 a\ngen1 b\n").unwrap();
+        std::fs::rename(logs.join("app.log.1"), logs.join("app.log.2")).unwrap();
+        std::fs::rename(&f, logs.join("app.log.1")).unwrap();
+        std::fs::write(&f, b"gen2 a\n").unwrap();
+        std::fs::write(logs.join("app.log.3.gz"), b"\x1f\x8b not text\n").unwrap();
+        std::fs::copy(logs.join("app.log.2"), logs.join("app.log.2-copy1")).unwrap();
+        let got = |recover: Option<Recover>| {
+            let mut h = Harvester::new(HarvestConfig {
+                recover,
+                ..cfg.clone()
+            })
+            .unwrap();
+            let out = lines(h.poll(&st));
+            (out, h.stats.recovered)
+        };
+        assert_eq!(
+            got(None).0,
+            vec!["gen2 a"],
+            "without recovery gen1 is never read"
+        );
+        let (out, recovered) = got(Some(Recover {
+            born_after_ms,
+            others: Vec::new(),
+        }));
+        assert_eq!(out, vec!["gen1 a", "gen1 b", "gen2 a"]);
+        assert_eq!(recovered, 1);
+        // Another entry collecting `*.log.1` directly keeps its file.
+        let (out, _) = got(Some(Recover {
+            born_after_ms,
+            others: vec![(vec![format!("{}/*.log.1", logs.display())], Vec::new())],
+        }));
+        assert_eq!(out, vec!["gen2 a"]);
+    }
+
+    /// A copy of a file of ours (copytruncate's `app.log.1`) is not read
+    /// again: its first line and the bytes before our checkpoint are ours.
+    /// A file with the same first line but other content is read.
+    #[test]
+    fn a_copy_is_not_read_again_but_a_file_with_the_same_header_is() {
+        let (tmp, logs) = logs_dir();
+        let mut st = Store::open(tmp.path().join("cp"), Duration::from_secs(60))
+            .unwrap()
+            .0;
+        let cfg = HarvestConfig {
+            include: vec![format!("{}/*.csv", logs.display())],
+            recover: recover_all(),
+            ..HarvestConfig::default()
+        };
+        let f = logs.join("t.csv");
+        std::fs::write(&f, b"a,b\n1,2\n3,4\n").unwrap();
+        checkpoint_poll(&mut Harvester::new(cfg.clone()).unwrap(), &mut st);
+        std::fs::copy(&f, logs.join("t.csv.1")).unwrap();
+        std::fs::write(logs.join("t.csv.2"), b"a,b\n5,6\n7,8\n").unwrap();
+        let mut h = Harvester::new(cfg).unwrap();
+        assert_eq!(lines(h.poll(&st)), vec!["5,6", "7,8", "a,b"]);
+    }
+
+    /// Opened while paused (the WAL full, nothing read), then the agent is
+    /// killed and the file renamed away: the loop recorded it at offset 0
+    /// and flushed, so the next start reads it from the rotated name.
+    #[test]
+    fn a_file_opened_but_unread_before_a_kill_is_read_after_a_rename() {
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = tmp.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let cp = tmp.path().join("cp");
+        let cfg = HarvestConfig {
+            include: vec![format!("{}/*.log", logs.display())],
+            ..HarvestConfig::default()
+        };
+        let f = logs.join("app.log");
+        std::fs::write(&f, b"never durable\n").unwrap();
+        {
+            let store = Arc::new(std::sync::Mutex::new(
+                Store::open(&cp, Duration::from_secs(60)).unwrap().0,
+            ));
+            let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            // A sink that never takes anything: paused from the first poll.
+            let lp = watch::spawn(
+                Harvester::new(cfg.clone()).unwrap(),
+                Arc::clone(&store),
+                Duration::from_millis(50),
+                watch::Discovery::RescanOnly,
+                Arc::clone(&open),
+                Some,
+            )
+            .unwrap();
+            let t0 = Instant::now();
+            while open.load(std::sync::atomic::Ordering::Relaxed) == 0
+                && t0.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // "Killed": stopped without checkpointing anything (no one
+            // else flushes this store); sled is reopened from disk.
+            lp.stop();
+        }
+        std::fs::rename(&f, logs.join("app.log.1")).unwrap();
+        let st = Store::open(&cp, Duration::from_secs(60)).unwrap().0;
+        let mut h = Harvester::new(cfg).unwrap();
+        assert_eq!(lines(h.poll(&st)), vec!["never durable"]);
     }
 }

@@ -10,7 +10,11 @@
 //!
 //! About every second (paused or not) the loop marks the files it tracks as
 //! seen in the store ([`Harvester::mark_seen`]), so their checkpoints are
-//! not garbage-collected (the agent's `gc` module).
+//! not garbage-collected (the agent's `gc` module). After every poll (and
+//! every open while paused) it records the files opened as new identities
+//! in the store at offset 0 and flushes it ([`Harvester::record_opened`]):
+//! a file renamed out of the globs before any of its lines was durable is
+//! still found by the next start.
 
 use super::{Emitted, Harvester};
 use checkpoint::Store;
@@ -45,8 +49,15 @@ pub const PAUSED_OPEN_EVERY: Duration = Duration::from_secs(1);
 /// ([`Harvester::mark_seen`]; paused or not).
 pub const MARK_SEEN_EVERY: Duration = Duration::from_secs(1);
 
-/// Marks what `h` tracks when [`MARK_SEEN_EVERY`] has passed since `at`.
-fn mark_seen(h: &Harvester, store: &mut Store, at: &mut Option<std::time::Instant>) {
+/// Records the files `h` opened as new identities and flushes the store
+/// when there were any ([`Harvester::record_opened`]), then marks what `h`
+/// tracks when [`MARK_SEEN_EVERY`] has passed since `at`.
+fn mark_seen(h: &mut Harvester, store: &mut Store, at: &mut Option<std::time::Instant>) {
+    if h.record_opened(store) > 0 {
+        if let Err(e) = store.flush() {
+            tracing::warn!(error = %e, "cannot flush the checkpoints of newly opened files; a restart may miss them if they are renamed meanwhile");
+        }
+    }
     if at.is_none_or(|t| t.elapsed() >= MARK_SEEN_EVERY) {
         h.mark_seen(store, checkpoint::now_ms());
         *at = Some(std::time::Instant::now());
@@ -101,7 +112,7 @@ pub fn spawn(
                 let out = {
                     let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
                     let out = h.poll(&store);
-                    mark_seen(&h, &mut store, &mut marked_at);
+                    mark_seen(&mut h, &mut store, &mut marked_at);
                     out
                 };
                 open_files.store(h.open_files(), Ordering::Relaxed);
@@ -116,7 +127,7 @@ pub fn spawn(
                     if opened_at.elapsed() >= PAUSED_OPEN_EVERY {
                         let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
                         h.open_new(&store);
-                        mark_seen(&h, &mut store, &mut marked_at);
+                        mark_seen(&mut h, &mut store, &mut marked_at);
                         open_files.store(h.open_files(), Ordering::Relaxed);
                         opened_at = std::time::Instant::now();
                     }

@@ -6,7 +6,7 @@ use crate::collect::CollectEntry;
 use crate::event::{Identity, RecordMeta, ShipSpec};
 use crate::harvester::multiline::MultilineConfig;
 use crate::harvester::watch::{self, Discovery, HarvestLoop};
-use crate::harvester::{HarvestConfig, Harvester};
+use crate::harvester::{HarvestConfig, Harvester, Recover};
 use crate::metrics::Metrics;
 use crate::spool::{SpoolMsg, Spooled};
 use checkpoint::Store;
@@ -58,6 +58,10 @@ pub(super) struct Supervisor {
     metrics: Arc<Metrics>,
     /// Per collect key: the revisions seen and applied (published).
     pub(super) key_states: BTreeMap<String, KeyState>,
+    /// Until the first config from etcd is applied: harvesters started
+    /// read the files born since then that no checkpoint knows
+    /// ([`crate::harvester::Recover`], the `alive` module).
+    recover_born_after: Option<u64>,
 }
 
 /// The globs of the entries before one: the files they collect are theirs
@@ -127,6 +131,7 @@ impl Supervisor {
         identity: Identity,
         allowed_roots: Vec<PathBuf>,
         metrics: Arc<Metrics>,
+        recover_born_after: Option<u64>,
     ) -> Self {
         Self {
             running: HashMap::new(),
@@ -137,7 +142,14 @@ impl Supervisor {
             allowed_roots,
             metrics,
             key_states: BTreeMap::new(),
+            recover_born_after,
         }
+    }
+
+    /// Harvesters started from now on read only what they see (the
+    /// start-up recovery is over).
+    pub(super) fn end_recovery(&mut self) {
+        self.recover_born_after = None;
     }
 
     /// Entries in merge order (the host's, `_all`'s, the static ones): a
@@ -178,6 +190,10 @@ impl Supervisor {
             // another harvester may open the same files.
             self.barrier();
         }
+        let all: Shadows = wanted
+            .values()
+            .map(|(e, _)| (vec![e.path.clone()], e.exclude.clone()))
+            .collect();
         for (k, (e, shadows)) in wanted {
             let out = output_of(e, &self.identity);
             if let Some(r) = self.running.get(&k) {
@@ -188,7 +204,15 @@ impl Supervisor {
                 }
                 continue;
             }
-            match self.start(e, &shadows, out) {
+            let recover = self.recover_born_after.map(|born_after_ms| Recover {
+                born_after_ms,
+                others: all
+                    .iter()
+                    .filter(|(i, x)| i != std::slice::from_ref(&e.path) || x != &e.exclude)
+                    .cloned()
+                    .collect(),
+            });
+            match self.start(e, &shadows, out, recover) {
                 Ok(r) => {
                     tracing::info!(path = %e.path, topic = %e.topic, "harvesting");
                     self.running.insert(k, r);
@@ -200,8 +224,16 @@ impl Supervisor {
         }
     }
 
-    fn start(&self, e: &CollectEntry, shadows: &Shadows, out: Output) -> Result<Running, String> {
-        let h = Harvester::new(harvest_config(e, shadows, &self.allowed_roots)?)
+    fn start(
+        &self,
+        e: &CollectEntry,
+        shadows: &Shadows,
+        out: Output,
+        recover: Option<Recover>,
+    ) -> Result<Running, String> {
+        let mut hc = harvest_config(e, shadows, &self.allowed_roots)?;
+        hc.recover = recover;
+        let h = Harvester::new(hc)
             .map_err(|x| x.to_string())?
             .with_observer(Arc::clone(&self.metrics) as Arc<dyn crate::harvester::Observer>);
         let output = Arc::new(RwLock::new(out));

@@ -95,12 +95,16 @@ struct Args {
     drain: u64,
 }
 
-/// `bin --config config`, logging (RUST_LOG=warn) to `log`.
+/// `bin --config config`, logging to `log` at `TORTURE_LOG` (default
+/// `warn`; `info` to follow each file).
 fn command(bin: &'static str, config: PathBuf, log: PathBuf) -> Box<dyn Fn() -> Command + Send> {
     Box::new(move || {
         let mut c = Command::new(workspace_bin(bin));
         c.arg("--config").arg(&config);
-        c.env("RUST_LOG", "warn");
+        c.env(
+            "RUST_LOG",
+            std::env::var("TORTURE_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         c.stdout(Stdio::null());
         if let Ok(f) = std::fs::OpenOptions::new()
             .create(true)

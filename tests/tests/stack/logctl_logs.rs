@@ -4,7 +4,7 @@
 //! what arrives after it started, lag is the group's committed offsets.
 
 use super::logctl::text;
-use integration::agent_run::{append_lines, etcd_put, fixture};
+use integration::agent_run::append_lines;
 use integration::transfer_run::{config, config_text, start};
 use integration::{unique, workspace_bin, Stack};
 use serde_json::Value;
@@ -59,18 +59,7 @@ struct Pipeline {
 
 impl Pipeline {
     async fn start(stack: &Stack, name: &str) -> Self {
-        let fx = fixture(stack, "");
-        let topic = unique(name);
-        stack.create_topic(&topic, 1).await;
-        etcd_put(
-            stack,
-            &fx.agent.collect_key(),
-            &format!(
-                r#"[{{"path":"{}/*.log","topic":"{topic}"}}]"#,
-                fx.logs.display()
-            ),
-        )
-        .await;
+        let (fx, topic) = integration::agent_run::fixture_one_entry(stack, name).await;
         let agent = fx.agent.start();
         let a = &fx.agent;
         assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
