@@ -15,6 +15,14 @@
 //! itself refuses for good) the message is retried forever: nothing is
 //! dropped, but the WAL cannot be acknowledged past it. Either way the agent
 //! reports itself *degraded* on `/health`, naming the topic and the error.
+//!
+//! How long a refusal has lasted counts across restarts: the [`Ledger`]
+//! keeps, per (topic, partition, error), when it was first and last seen,
+//! in the checkpoint store (meta key `refusals`, JSON). Before, the clock
+//! started again with every process, so an agent restarted more often than
+//! `dead_letter_after_secs` (a crash loop, a torture run killing it every
+//! 10 s) never dead-lettered a poison message and never acknowledged its
+//! WAL past it.
 
 use rdkafka::error::RDKafkaErrorCode as Code;
 use std::time::Duration;
@@ -72,6 +80,72 @@ pub fn is_final(code: Code, failing_for: Duration, grace: Duration) -> bool {
     }
 }
 
+/// Since when refusals of one kind (topic, partition, error) have gone on,
+/// across restarts (pure; the session stores it, module docs). A kind not
+/// refused for `stale` starts again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ledger {
+    /// Key → (first refused, last refused), Unix ms.
+    kinds: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+/// Most kinds a ledger keeps (the oldest-refreshed go first).
+const LEDGER_MAX: usize = 1024;
+/// A kind's `last` is saved again at most this often.
+pub const LEDGER_SAVE_EVERY_MS: u64 = 5_000;
+
+impl Ledger {
+    /// The key of a refusal kind.
+    pub fn key(topic: &str, partition: Option<i32>, code: Code) -> String {
+        match partition {
+            Some(p) => format!("{topic}\u{1f}{p}\u{1f}{code:?}"),
+            None => format!("{topic}\u{1f}\u{1f}{code:?}"),
+        }
+    }
+
+    /// A refusal of kind `key` at `now_ms`, of a message this process has
+    /// seen refused for `local_ms`: how long the kind has been refused
+    /// (ms), and whether the ledger should be saved now.
+    pub fn note(&mut self, key: &str, now_ms: u64, local_ms: u64, stale_ms: u64) -> (u64, bool) {
+        let first_local = now_ms.saturating_sub(local_ms);
+        match self.kinds.get_mut(key) {
+            Some((first, last)) if now_ms.saturating_sub(*last) <= stale_ms => {
+                *first = (*first).min(first_local);
+                let save = now_ms.saturating_sub(*last) >= LEDGER_SAVE_EVERY_MS;
+                *last = (*last).max(now_ms);
+                (now_ms.saturating_sub(*first), save)
+            }
+            _ => {
+                self.kinds.insert(key.to_string(), (first_local, now_ms));
+                self.kinds
+                    .retain(|_, (_, l)| now_ms.saturating_sub(*l) <= stale_ms);
+                while self.kinds.len() > LEDGER_MAX {
+                    let oldest = self
+                        .kinds
+                        .iter()
+                        .min_by_key(|(_, (_, l))| *l)
+                        .map(|(k, _)| k.clone());
+                    match oldest {
+                        Some(k) => self.kinds.remove(&k),
+                        None => break,
+                    };
+                }
+                (local_ms, true)
+            }
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// A stored ledger; an unreadable one is empty (refusals then count
+    /// from now, as before the ledger existed).
+    pub fn decode(bytes: &[u8]) -> Self {
+        serde_json::from_slice(bytes).unwrap_or_default()
+    }
+}
+
 /// The payload of a dead letter: the original event, cut to `max` bytes
 /// when it is larger (a dead letter must fit where the original did not).
 /// Returns the payload and, when cut, the original size.
@@ -113,6 +187,31 @@ mod tests {
             assert!(!is_final(c, Duration::from_secs(59), grace), "{c:?}");
             assert!(is_final(c, grace, grace), "{c:?}");
         }
+    }
+
+    /// A poison message refused across restarts every 4 s with a 10 s
+    /// grace: each process alone sees it refused for under 4 s, the ledger
+    /// for the whole time.
+    #[test]
+    fn the_ledger_counts_a_refusal_across_restarts() {
+        let mut l = Ledger::default();
+        let key = Ledger::key("t", Some(99), Code::UnknownPartition);
+        let stale = 60_000;
+        let mut t = 1_000_000;
+        assert_eq!(l.note(&key, t, 0, stale), (0, true), "first refusal: saved");
+        for _ in 0..3 {
+            t += 4_000; // restarted: this process saw it refused just now
+            l = Ledger::decode(&l.encode());
+            let (failing, _) = l.note(&key, t, 0, stale);
+            assert_eq!(failing, t - 1_000_000);
+        }
+        assert!(l.note(&key, t, 0, stale).0 >= 10_000, "final by now");
+        // Not refused for longer than `stale`: it starts again.
+        assert_eq!(l.note(&key, t + stale + 1, 500, stale), (500, true));
+        // Other kinds do not mix.
+        let other = Ledger::key("t", Some(3), Code::UnknownPartition);
+        assert_eq!(l.note(&other, t + stale + 2, 0, stale).0, 0);
+        assert_eq!(Ledger::decode(b"not json"), Ledger::default());
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! A store written by this version is not readable by a logagent older
 //! than it (V3 values are undecodable there and dropped).
 //! Tree `meta`: `collect-config` = the last good collection config received
-//! from etcd (opaque bytes, so the agent can start when etcd is unreachable).
+//! from etcd (opaque bytes, so the agent can start when etcd is unreachable);
+//! `refusals` = the agent's refusal ledger (opaque, `agent::refusal`).
 //!
 //! # When it is durable
 //!
@@ -769,18 +770,41 @@ impl Store {
     /// # Errors
     /// sled's write or flush failed.
     pub fn save_config(&self, bytes: &[u8]) -> Result<()> {
-        let sled_err = |source| Error::Sled {
-            path: self.path.clone(),
-            source,
-        };
-        self.meta.insert(CONFIG_KEY, bytes).map_err(sled_err)?;
-        self.db.flush().map_err(sled_err)?;
-        Ok(())
+        self.save_meta_raw(CONFIG_KEY, bytes)
     }
 
     /// The last good collection config, if one was saved.
     pub fn load_config(&self) -> Option<Vec<u8>> {
-        self.meta.get(CONFIG_KEY).ok().flatten().map(|v| v.to_vec())
+        self.load_meta_raw(CONFIG_KEY)
+    }
+
+    /// Stores opaque bytes under `key` in tree `meta` (durable when this
+    /// returns; not in the snapshot). The agent keeps its refusal ledger
+    /// here (`refusals`).
+    ///
+    /// # Errors
+    /// sled's write or flush failed.
+    pub fn save_meta(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        self.save_meta_raw(key.as_bytes(), bytes)
+    }
+
+    /// What [`Store::save_meta`] stored under `key`.
+    pub fn load_meta(&self, key: &str) -> Option<Vec<u8>> {
+        self.load_meta_raw(key.as_bytes())
+    }
+
+    fn save_meta_raw(&self, key: &[u8], bytes: &[u8]) -> Result<()> {
+        let sled_err = |source| Error::Sled {
+            path: self.path.clone(),
+            source,
+        };
+        self.meta.insert(key, bytes).map_err(sled_err)?;
+        self.db.flush().map_err(sled_err)?;
+        Ok(())
+    }
+
+    fn load_meta_raw(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.meta.get(key).ok().flatten().map(|v| v.to_vec())
     }
 }
 

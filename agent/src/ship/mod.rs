@@ -117,6 +117,9 @@ pub struct ShipConfig {
 pub const EVENT_HEADROOM: usize = 2048;
 /// Events are never cut below this, whatever a topic's limit says.
 const MIN_EVENT_BYTES: usize = 1024;
+/// The checkpoint store's meta key of the refusal ledger.
+const LEDGER_KEY: &str = "refusals";
+
 /// How often a topic's `max.message.bytes` is read again.
 const TOPIC_LIMIT_TTL: Duration = Duration::from_secs(300);
 /// The default of [`ShipConfig::ack_every`].
@@ -634,6 +637,8 @@ struct Session<'a, P: Produce> {
     limits: HashMap<String, (usize, Instant)>,
     /// Per topic: messages refused for good so far (for the log and /health).
     refusals: HashMap<String, u64>,
+    /// How long each kind of refusal has lasted, across restarts.
+    ledger: refusal::Ledger,
     reader: wal::Reader,
     /// The seq the reader yields next.
     expect: Seq,
@@ -709,6 +714,13 @@ impl<'a, P: Produce> Session<'a, P> {
             readback_complete,
             limits: HashMap::new(),
             refusals: HashMap::new(),
+            ledger: deps
+                .store
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .load_meta(LEDGER_KEY)
+                .map(|b| refusal::Ledger::decode(&b))
+                .unwrap_or_default(),
             reader: if cfg.include_unsynced {
                 wal.reader_including_unsynced(start)
             } else {
@@ -1059,8 +1071,8 @@ impl<'a, P: Produce> Session<'a, P> {
         }
         self.retry_at = Some(Instant::now() + self.cfg.retry_every);
         for f in failed {
-            let since = f.track.refused_since();
-            if refusal::is_final(f.code, since.elapsed(), self.cfg.dead_letter_after) {
+            let failing_for = self.failing_for(&f);
+            if refusal::is_final(f.code, failing_for, self.cfg.dead_letter_after) {
                 match self.cfg.dead_letter_topic.clone() {
                     Some(dlq) if dlq != f.msg.topic => {
                         self.dead_letter(f, &dlq);
@@ -1080,6 +1092,29 @@ impl<'a, P: Produce> Session<'a, P> {
             }
         }
         true
+    }
+
+    /// How long `f`'s kind of refusal has lasted: in this process, or since
+    /// the ledger first saw it (across restarts) for refusals that count
+    /// only if they last.
+    fn failing_for(&mut self, f: &Failed) -> Duration {
+        let local = f.track.refused_since().elapsed();
+        if refusal::classify(f.code) != refusal::Kind::PermanentIfItLasts {
+            return local;
+        }
+        let key = refusal::Ledger::key(&f.msg.topic, f.msg.partition, f.code);
+        let stale = (self.cfg.dead_letter_after * 2).max(Duration::from_secs(60));
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (failing, save) = self
+            .ledger
+            .note(&key, checkpoint::now_ms(), ms(local), ms(stale));
+        if save {
+            let st = self.deps.store.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = st.save_meta(LEDGER_KEY, &self.ledger.encode()) {
+                tracing::warn!(error = %e, "cannot save the refusal ledger; a restart counts refusals from then");
+            }
+        }
+        Duration::from_millis(failing).max(local)
     }
 
     /// Sends a message refused for good to the dead-letter topic, in place

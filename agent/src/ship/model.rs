@@ -548,3 +548,43 @@ fn a_dead_letter_before_a_crash_is_not_sent_twice() {
     assert!(s.readback_complete);
     assert_eq!(w.settle(&env, s), 0, "dead letters sent twice");
 }
+
+/// A poison message (a partition the topic lacks) refused across restarts
+/// that come more often than `dead_letter_after`: it is dead-lettered all
+/// the same, and the WAL is acknowledged past it. Before the refusal
+/// ledger, every process started the clock again: never dead-lettered,
+/// the WAL never acknowledged (a torture run killing the agent every 10 s
+/// kept 30,000 records unacknowledged, each start reading them back).
+#[test]
+fn a_poison_message_is_dead_lettered_across_restarts_faster_than_the_grace() {
+    let mut env = Env::new(100, true);
+    env.cfg.dead_letter_after = Duration::from_millis(400);
+    let mut w = Written::default();
+    env.kafka
+        .broker()
+        .refuse
+        .insert("t0".into(), RDKafkaErrorCode::UnknownPartition);
+    w.append(&env, "t0", 1);
+    w.append(&env, "t1", 3);
+    for _restart in 0..10 {
+        let mut s = env.open();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(150) {
+            assert!(!s.step(&env.flags).expect("step"));
+            env.kafka.broker().resolve(usize::MAX);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(s); // killed
+        env.kafka.broker().crash(0);
+    }
+    assert_eq!(
+        env.kafka.broker().logs.get(DLQ).map_or(0, Vec::len),
+        1,
+        "dead-lettered once, although no process lived 400 ms"
+    );
+    assert_eq!(
+        env.deps.wal.acked_seq(),
+        2,
+        "the WAL is acknowledged past it"
+    );
+}

@@ -866,4 +866,11 @@ async fn main() {
         let _ = dir.keep();
         std::process::exit(1);
     }
+    if std::env::var_os("TORTURE_KEEP").is_some() {
+        eprintln!(
+            "torture: logs kept in {} (TORTURE_KEEP)",
+            dir.path().display()
+        );
+        let _ = dir.keep();
+    }
 }
