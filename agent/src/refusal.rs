@@ -87,11 +87,15 @@ pub fn is_final(code: Code, failing_for: Duration, grace: Duration) -> bool {
 pub struct Ledger {
     /// Key → (first refused, last refused), Unix ms.
     kinds: std::collections::BTreeMap<String, (u64, u64)>,
+    /// When [`Ledger::note`] last asked for a save (not stored).
+    #[serde(skip)]
+    saved_ms: u64,
 }
 
 /// Most kinds a ledger keeps (the oldest-refreshed go first).
 const LEDGER_MAX: usize = 1024;
-/// A kind's `last` is saved again at most this often.
+/// The ledger is saved again (a kind's `last` refreshed on disk) at most
+/// this often.
 pub const LEDGER_SAVE_EVERY_MS: u64 = 5_000;
 
 impl Ledger {
@@ -111,9 +115,13 @@ impl Ledger {
         match self.kinds.get_mut(key) {
             Some((first, last)) if now_ms.saturating_sub(*last) <= stale_ms => {
                 *first = (*first).min(first_local);
-                let save = now_ms.saturating_sub(*last) >= LEDGER_SAVE_EVERY_MS;
                 *last = (*last).max(now_ms);
-                (now_ms.saturating_sub(*first), save)
+                let failing = now_ms.saturating_sub(*first);
+                let save = now_ms.saturating_sub(self.saved_ms) >= LEDGER_SAVE_EVERY_MS;
+                if save {
+                    self.saved_ms = now_ms;
+                }
+                (failing, save)
             }
             _ => {
                 self.kinds.insert(key.to_string(), (first_local, now_ms));
@@ -130,6 +138,7 @@ impl Ledger {
                         None => break,
                     };
                 }
+                self.saved_ms = now_ms;
                 (local_ms, true)
             }
         }
@@ -206,6 +215,13 @@ mod tests {
             assert_eq!(failing, t - 1_000_000);
         }
         assert!(l.note(&key, t, 0, stale).0 >= 10_000, "final by now");
+        // Refused every 100 ms: saved every LEDGER_SAVE_EVERY_MS, so what a
+        // restart reads is never older than that.
+        let saves = (1..=100)
+            .filter(|i| l.note(&key, t + i * 100, 0, stale).1)
+            .count();
+        assert_eq!(saves, 2, "10 s of refusals, one save per 5 s");
+        t += 10_000;
         // Not refused for longer than `stale`: it starts again.
         assert_eq!(l.note(&key, t + stale + 1, 500, stale), (500, true));
         // Other kinds do not mix.

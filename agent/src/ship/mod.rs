@@ -1103,7 +1103,9 @@ impl<'a, P: Produce> Session<'a, P> {
             return local;
         }
         let key = refusal::Ledger::key(&f.msg.topic, f.msg.partition, f.code);
-        let stale = (self.cfg.dead_letter_after * 2).max(Duration::from_secs(60));
+        // A kind not refused for this long starts again: longer than a
+        // read-back between two sessions (which sends nothing) may take.
+        let stale = (self.cfg.dead_letter_after * 2).max(Duration::from_secs(300));
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let (failing, save) = self
             .ledger
