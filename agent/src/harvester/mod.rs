@@ -740,13 +740,19 @@ impl Harvester {
                 if matched.contains_key(&key) || self.open.contains_key(&key) {
                     continue;
                 }
-                let unknown_ok = born_after.is_some_and(|t| born_ms(&md).is_some_and(|b| b >= t))
-                    && self.is_rotated_name(entry.path());
-                if !known.contains(&key) && !unknown_ok {
+                // Unknown files: the path of ours the rotated name came from.
+                let base = born_after
+                    .filter(|t| born_ms(&md).is_some_and(|b| b >= *t))
+                    .and_then(|_| self.rotated_from(entry.path()));
+                if !known.contains(&key) && base.is_none() {
                     continue;
                 }
+                // Events and checkpoints name the path of ours the file was
+                // rotated from, as for a file followed after a rename: a
+                // restart in the middle of it still knows it as ours.
+                let named = base.clone().unwrap_or_else(|| entry.path().to_path_buf());
                 let Ok(Some(mut t)) =
-                    self.open_file(entry.path(), entry.path(), key, store, now, !unknown_ok)
+                    self.open_file(&named, entry.path(), key, store, now, base.is_none())
                 else {
                     continue;
                 };
@@ -756,16 +762,18 @@ impl Harvester {
                         if s.durable_offset >= md.len() {
                             continue;
                         }
+                        t.path = PathBuf::from(&s.path);
                         tracing::info!(path = %entry.path().display(), "reading the rest of a file rotated while stopped");
                     }
                     // Another entry's file (on an inode we once used).
                     Some(_) => continue,
                     None => {
                         if self.is_copy_of_ours(store, &t, key) {
+                            self.opened.retain(|(id, _)| *id != t.id);
                             continue;
                         }
                         self.stats.recovered += 1;
-                        tracing::info!(path = %entry.path().display(), "reading a file that was made and rotated away while no agent read it");
+                        tracing::info!(path = %entry.path().display(), from = %named.display(), "reading a file that was made and rotated away while no agent read it");
                     }
                 }
                 t.detached_at = Some(now);
@@ -775,14 +783,18 @@ impl Harvester {
         }
     }
 
-    /// Whether `path` is a rotated name of this harvester's globs that no
-    /// other entry collects directly ([`Recover`]).
-    fn is_rotated_name(&self, path: &Path) -> bool {
-        !self
+    /// When `path` is a rotated name of this harvester's globs that no
+    /// other entry collects directly ([`Recover`]): the path of ours it
+    /// came from.
+    fn rotated_from(&self, path: &Path) -> Option<PathBuf> {
+        if self
             .others
             .iter()
             .any(|(i, x)| i.is_match(path) && !x.is_match(path))
-            && rotated_base(path).iter().any(|b| self.matches(b))
+        {
+            return None;
+        }
+        rotated_base(path).into_iter().find(|b| self.matches(b))
     }
 
     /// Whether the file `t` (no checkpoint of its own) is a copy of a file
@@ -1644,6 +1656,55 @@ mod recover_tests {
             others: vec![(vec![format!("{}/*.log.1", logs.display())], Vec::new())],
         }));
         assert_eq!(out, vec!["gen2 a"]);
+    }
+
+    /// A file rotated while the agent was down is read from its rotated
+    /// name in several polls, with a restart in between: its checkpoints
+    /// keep the path of ours (`app.log`), so the second start still knows
+    /// it. Before, they took the rotated name, which the globs do not
+    /// match, and the rest of the file was never read.
+    #[test]
+    fn a_restart_while_reading_a_rotated_file_still_finishes_it() {
+        let (tmp, logs) = logs_dir();
+        let mut st = Store::open(tmp.path().join("cp"), Duration::from_secs(60))
+            .unwrap()
+            .0;
+        let cfg = HarvestConfig {
+            include: vec![format!("{}/*.log", logs.display())],
+            read_chunk: 8,
+            poll_bytes: 8,
+            ..HarvestConfig::default()
+        };
+        let f = logs.join("app.log");
+        std::fs::write(&f, b"a1\n").unwrap();
+        checkpoint_poll(&mut Harvester::new(cfg.clone()).unwrap(), &mut st);
+        // Down: it grows and is rotated.
+        let mut w = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+        std::io::Write::write_all(&mut w, b"b1\nb2\nb3\nb4\nb5\n").unwrap();
+        std::fs::rename(&f, logs.join("app.log.1")).unwrap();
+        // Start 2 reads a little of it, then is killed.
+        let mut h = Harvester::new(cfg.clone()).unwrap();
+        let first = h.poll(&st);
+        assert!(!first.is_empty());
+        assert!(first.iter().all(|e| e.path == f), "named after app.log");
+        for e in first {
+            st.update(
+                e.id,
+                FileState {
+                    tail: e.tail,
+                    ..FileState::durable_at(e.path.display().to_string(), e.resume_offset)
+                },
+            );
+        }
+        drop(h);
+        // Start 3 reads the rest.
+        let mut h = Harvester::new(cfg).unwrap();
+        let mut rest = Vec::new();
+        for _ in 0..5 {
+            rest.extend(lines(h.poll(&st)));
+        }
+        rest.sort();
+        assert_eq!(rest, vec!["b3", "b4", "b5"]);
     }
 
     /// A copy of a file of ours (copytruncate's `app.log.1`) is not read
