@@ -1581,7 +1581,12 @@ mod recover_tests {
 
     /// Polls `h` and checkpoints what it read, as the spool writer does.
     fn checkpoint_poll(h: &mut Harvester, st: &mut Store) {
-        for e in h.poll(st) {
+        let out = h.poll(st);
+        checkpoint(out, st);
+    }
+
+    fn checkpoint(out: Vec<Emitted>, st: &mut Store) {
+        for e in out {
             st.update(
                 e.id,
                 FileState {
@@ -1687,15 +1692,7 @@ mod recover_tests {
         let first = h.poll(&st);
         assert!(!first.is_empty());
         assert!(first.iter().all(|e| e.path == f), "named after app.log");
-        for e in first {
-            st.update(
-                e.id,
-                FileState {
-                    tail: e.tail,
-                    ..FileState::durable_at(e.path.display().to_string(), e.resume_offset)
-                },
-            );
-        }
+        checkpoint(first, &mut st);
         drop(h);
         // Start 3 reads the rest.
         let mut h = Harvester::new(cfg).unwrap();
