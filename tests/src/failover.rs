@@ -37,10 +37,16 @@ impl Failover {
     }
 }
 
+/// A service's outage: which, from when, until when (`None`: not over).
+type Outage = (&'static str, Duration, Option<Duration>);
+
 /// Failover moments, as offsets from the probe's epoch.
 pub struct Failovers {
     epoch: Instant,
     at: Mutex<Vec<(Failover, Duration)>>,
+    /// Other services' outages (stopped → ready again), to tell a failover
+    /// measured alone from one that overlapped them.
+    outages: Mutex<Vec<Outage>>,
 }
 
 impl Failovers {
@@ -49,6 +55,28 @@ impl Failovers {
         Self {
             epoch,
             at: Mutex::new(Vec::new()),
+            outages: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// `service` (`elasticsearch`, `kafka`, `etcd`) goes down now; returns
+    /// the outage's index for [`Failovers::outage_ended`].
+    pub fn outage_began(&self, service: &'static str) -> usize {
+        let mut o = self.outages.lock().unwrap_or_else(|p| p.into_inner());
+        o.push((service, self.epoch.elapsed(), None));
+        o.len() - 1
+    }
+
+    /// The outage `i` ended now (the service is ready again).
+    pub fn outage_ended(&self, i: usize) {
+        let now = self.epoch.elapsed();
+        if let Some(o) = self
+            .outages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(i)
+        {
+            o.2 = Some(now);
         }
     }
 
@@ -77,11 +105,18 @@ impl Failovers {
     }
 
     /// One line per kind of fault: `failover <kind> n=… max_ms=… each_ms=[…]
-    /// target_ms=10000 met=<bool>`. `probes[i]` is probe `i`'s write time
+    /// target_ms=10000 met=<bool> delay_before_ms=[…]` — the last, per fault,
+    /// the latency of the last probe found from the 10 s before it (`-`:
+    /// none): a backlog the pipeline already had. `probes[i]` is probe `i`'s write time
     /// and, when it was found, its write → searchable latency. A fault
     /// after which no probe was found counts as unmet (`never`).
     pub fn report(&self, probe: &str, probes: &[(Duration, Option<Duration>)]) -> Vec<String> {
         let at = self.at.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let outages = self
+            .outages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         [Failover::TransferRestart, Failover::KafkaBack]
             .into_iter()
             .map(|kind| {
@@ -90,19 +125,50 @@ impl Failovers {
                     .filter(|(k, _)| *k == kind)
                     .map(|(_, t)| resume_after(*t, probes))
                     .collect();
+                let before: Vec<String> = at
+                    .iter()
+                    .filter(|(k, _)| *k == kind)
+                    .map(|(_, t)| {
+                        delay_before(*t, probes)
+                            .map_or("-".to_string(), |d| d.as_millis().to_string())
+                    })
+                    .collect();
                 let shown: Vec<String> = each
                     .iter()
                     .map(|r| r.map_or("never".to_string(), |d| d.as_millis().to_string()))
                     .collect();
                 let max = each.iter().flatten().max().copied().unwrap_or_default();
                 let met = each.iter().all(|r| r.is_some_and(|d| d <= TARGET));
+                // Alone: no other service was down from 10 s before the
+                // fault until its probe was searchable (Kafka's own outage
+                // is the fault of `kafka_back`).
+                let others: Vec<Outage> = outages
+                    .iter()
+                    .filter(|o| kind != Failover::KafkaBack || o.0 != "kafka")
+                    .copied()
+                    .collect();
+                let alone: Vec<Option<Duration>> = at
+                    .iter()
+                    .filter(|(k, _)| *k == kind)
+                    .zip(&each)
+                    .filter(|((_, t), r)| {
+                        let end = *t + r.unwrap_or(Duration::from_secs(3600));
+                        !overlaps(&others, t.saturating_sub(Duration::from_secs(10)), end)
+                    })
+                    .map(|(_, r)| *r)
+                    .collect();
+                let alone_max = alone.iter().flatten().max().copied().unwrap_or_default();
+                let met_alone = alone.iter().all(|r| r.is_some_and(|d| d <= TARGET));
                 format!(
-                    "failover {} probe={probe} n={} max_ms={} each_ms=[{}] target_ms={} met={met}",
+                    "failover {} probe={probe} n={} max_ms={} each_ms=[{}] target_ms={} met={met} delay_before_ms=[{}] alone n={} max_ms={} met={met_alone}",
                     kind.label(),
                     each.len(),
                     max.as_millis(),
                     shown.join(","),
                     TARGET.as_millis(),
+                    before.join(","),
+                    alone.len(),
+                    alone_max.as_millis(),
                 )
             })
             .collect()
@@ -215,6 +281,24 @@ pub async fn kafka_probe(
 }
 
 /// From `at` until the first probe written at or after it was searchable.
+/// Whether an outage (`end` `None`: not over) intersects `from..=to`.
+fn overlaps(outages: &[Outage], from: Duration, to: Duration) -> bool {
+    outages
+        .iter()
+        .any(|(_, b, e)| *b <= to && e.is_none_or(|e| e >= from))
+}
+
+/// The pipeline's delay just before a fault at `at`: the latency of the
+/// last probe written in the 10 s before it that was found (a backlog
+/// shows here, and in every resume time after it).
+fn delay_before(at: Duration, probes: &[(Duration, Option<Duration>)]) -> Option<Duration> {
+    probes
+        .iter()
+        .rev()
+        .filter(|(w, _)| *w < at && at - *w <= Duration::from_secs(10))
+        .find_map(|(_, l)| *l)
+}
+
 fn resume_after(at: Duration, probes: &[(Duration, Option<Duration>)]) -> Option<Duration> {
     let (written, latency) = probes.iter().find(|(w, _)| *w >= at)?;
     Some(*written + (*latency)? - at)
@@ -236,6 +320,8 @@ mod tests {
         assert_eq!(resume_after(ms(100), &probes), Some(ms(9_150)));
         assert_eq!(resume_after(ms(600), &probes), None, "never found");
         assert_eq!(resume_after(ms(800), &probes), None, "no probe after it");
+        assert_eq!(delay_before(ms(600), &probes), Some(ms(8_800)));
+        assert_eq!(delay_before(ms(0), &probes), None, "nothing before");
         let f = Failovers::new(Instant::now());
         f.at.lock()
             .unwrap()
@@ -244,8 +330,18 @@ mod tests {
         let lines = f.report("agent", &probes);
         assert_eq!(
             lines[0],
-            "failover transfer_kill probe=agent n=1 max_ms=9150 each_ms=[9150] target_ms=10000 met=true"
+            "failover transfer_kill probe=agent n=1 max_ms=9150 each_ms=[9150] target_ms=10000 met=true delay_before_ms=[900] alone n=1 max_ms=9150 met=true"
         );
-        assert!(lines[1].contains("each_ms=[never]") && lines[1].ends_with("met=false"));
+        assert!(lines[1].contains("each_ms=[never]") && lines[1].contains("met=false"));
+        assert!(lines[1].contains("delay_before_ms=[8800]"), "{}", lines[1]);
+        // An outage from 50 ms to 200 ms overlaps the restart at 100 ms.
+        let i = f.outage_began("elasticsearch");
+        f.outages.lock().unwrap()[i] = ("elasticsearch", ms(50), Some(ms(200)));
+        let lines = f.report("agent", &probes);
+        assert!(
+            lines[0].ends_with("alone n=0 max_ms=0 met=true"),
+            "{}",
+            lines[0]
+        );
     }
 }

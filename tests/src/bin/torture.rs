@@ -645,6 +645,7 @@ async fn main() {
                 let down = Duration::from_secs(rng.random_range(3..12));
                 let f = Arc::clone(&faults);
                 let lock = Arc::clone(restarting.entry(service).or_default());
+                let failover_o = Arc::clone(&failover);
                 let back = (service == "kafka")
                     .then(|| (Arc::clone(&failover), stack.kafka_brokers.clone()));
                 service_threads.push(std::thread::spawn(move || {
@@ -653,6 +654,7 @@ async fn main() {
                     // instances fighting over the port).
                     let _one = lock.lock().unwrap_or_else(|p| p.into_inner());
                     eprintln!("torture: {service} down for {down:?}");
+                    let outage = failover_o.outage_began(service);
                     stack_cmd(&["stop", service]);
                     std::thread::sleep(down);
                     let watch = back.map(|(failover, brokers)| {
@@ -668,6 +670,7 @@ async fn main() {
                         stack_cmd(&["stop", service]);
                         std::thread::sleep(Duration::from_secs(2));
                     }
+                    failover_o.outage_ended(outage);
                     if let Some(w) = watch {
                         let _ = w.join();
                     }
