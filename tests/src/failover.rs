@@ -158,7 +158,13 @@ impl Failovers {
                     .map(|(_, r)| *r)
                     .collect();
                 let alone_max = alone.iter().flatten().max().copied().unwrap_or_default();
-                let met_alone = alone.iter().all(|r| r.is_some_and(|d| d <= TARGET));
+                let met_alone = if alone.is_empty() {
+                    "n/a" // every fault overlapped another outage
+                } else if alone.iter().all(|r| r.is_some_and(|d| d <= TARGET)) {
+                    "true"
+                } else {
+                    "false"
+                };
                 format!(
                     "failover {} probe={probe} n={} max_ms={} each_ms=[{}] target_ms={} met={met} delay_before_ms=[{}] alone n={} max_ms={} met={met_alone}",
                     kind.label(),
