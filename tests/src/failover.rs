@@ -345,7 +345,7 @@ mod tests {
         f.outages.lock().unwrap()[i] = ("elasticsearch", ms(50), Some(ms(200)));
         let lines = f.report("agent", &probes);
         assert!(
-            lines[0].ends_with("alone n=0 max_ms=0 met=true"),
+            lines[0].ends_with("alone n=0 max_ms=0 met=n/a"),
             "{}",
             lines[0]
         );
