@@ -276,7 +276,7 @@ pub struct OpenReport {
     pub from_snapshot: usize,
 }
 
-const CONFIG_KEY: &[u8] = b"collect-config";
+const CONFIG_KEY: &str = "collect-config";
 
 /// How old the snapshot may get while entries change (see the module docs).
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
@@ -770,12 +770,12 @@ impl Store {
     /// # Errors
     /// sled's write or flush failed.
     pub fn save_config(&self, bytes: &[u8]) -> Result<()> {
-        self.save_meta_raw(CONFIG_KEY, bytes)
+        self.save_meta(CONFIG_KEY, bytes)
     }
 
     /// The last good collection config, if one was saved.
     pub fn load_config(&self) -> Option<Vec<u8>> {
-        self.load_meta_raw(CONFIG_KEY)
+        self.load_meta(CONFIG_KEY)
     }
 
     /// Stores opaque bytes under `key` in tree `meta` (durable when this
@@ -785,15 +785,6 @@ impl Store {
     /// # Errors
     /// sled's write or flush failed.
     pub fn save_meta(&self, key: &str, bytes: &[u8]) -> Result<()> {
-        self.save_meta_raw(key.as_bytes(), bytes)
-    }
-
-    /// What [`Store::save_meta`] stored under `key`.
-    pub fn load_meta(&self, key: &str) -> Option<Vec<u8>> {
-        self.load_meta_raw(key.as_bytes())
-    }
-
-    fn save_meta_raw(&self, key: &[u8], bytes: &[u8]) -> Result<()> {
         let sled_err = |source| Error::Sled {
             path: self.path.clone(),
             source,
@@ -803,7 +794,8 @@ impl Store {
         Ok(())
     }
 
-    fn load_meta_raw(&self, key: &[u8]) -> Option<Vec<u8>> {
+    /// What [`Store::save_meta`] stored under `key`.
+    pub fn load_meta(&self, key: &str) -> Option<Vec<u8>> {
         self.meta.get(key).ok().flatten().map(|v| v.to_vec())
     }
 }

@@ -120,15 +120,16 @@ impl Failovers {
         [Failover::TransferRestart, Failover::KafkaBack]
             .into_iter()
             .map(|kind| {
-                let each: Vec<Option<Duration>> = at
+                // This kind's faults: (moment, resume time).
+                let faults: Vec<(Duration, Option<Duration>)> = at
                     .iter()
                     .filter(|(k, _)| *k == kind)
-                    .map(|(_, t)| resume_after(*t, probes))
+                    .map(|(_, t)| (*t, resume_after(*t, probes)))
                     .collect();
-                let before: Vec<String> = at
+                let each: Vec<Option<Duration>> = faults.iter().map(|(_, r)| *r).collect();
+                let before: Vec<String> = faults
                     .iter()
-                    .filter(|(k, _)| *k == kind)
-                    .map(|(_, t)| {
+                    .map(|(t, _)| {
                         delay_before(*t, probes)
                             .map_or("-".to_string(), |d| d.as_millis().to_string())
                     })
@@ -147,11 +148,9 @@ impl Failovers {
                     .filter(|o| kind != Failover::KafkaBack || o.0 != "kafka")
                     .copied()
                     .collect();
-                let alone: Vec<Option<Duration>> = at
+                let alone: Vec<Option<Duration>> = faults
                     .iter()
-                    .filter(|(k, _)| *k == kind)
-                    .zip(&each)
-                    .filter(|((_, t), r)| {
+                    .filter(|(t, r)| {
                         let end = *t + r.unwrap_or(Duration::from_secs(3600));
                         !overlaps(&others, t.saturating_sub(Duration::from_secs(10)), end)
                     })

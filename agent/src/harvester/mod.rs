@@ -1572,11 +1572,15 @@ mod recover_tests {
         assert!(base("/d/.1").is_empty(), "nothing before the suffix");
     }
 
-    fn logs_dir() -> (tempfile::TempDir, PathBuf) {
+    /// A temporary directory with `logs/` and a checkpoint store.
+    fn logs_and_store() -> (tempfile::TempDir, PathBuf, Store) {
         let tmp = tempfile::tempdir().unwrap();
         let logs = tmp.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
-        (tmp, logs)
+        let st = Store::open(tmp.path().join("cp"), Duration::from_secs(60))
+            .unwrap()
+            .0;
+        (tmp, logs, st)
     }
 
     /// Polls `h` and checkpoints what it read, as the spool writer does.
@@ -1610,10 +1614,7 @@ mod recover_tests {
     /// run lost 1,304 lines of one `j0.jsonl` generation this way).
     #[test]
     fn a_file_born_and_rotated_away_while_down_is_read_at_the_next_start() {
-        let (tmp, logs) = logs_dir();
-        let mut st = Store::open(tmp.path().join("cp"), Duration::from_secs(60))
-            .unwrap()
-            .0;
+        let (_tmp, logs, mut st) = logs_and_store();
         let cfg = HarvestConfig {
             include: vec![format!("{}/*.log", logs.display())],
             ..HarvestConfig::default()
@@ -1670,10 +1671,7 @@ mod recover_tests {
     /// match, and the rest of the file was never read.
     #[test]
     fn a_restart_while_reading_a_rotated_file_still_finishes_it() {
-        let (tmp, logs) = logs_dir();
-        let mut st = Store::open(tmp.path().join("cp"), Duration::from_secs(60))
-            .unwrap()
-            .0;
+        let (_tmp, logs, mut st) = logs_and_store();
         let cfg = HarvestConfig {
             include: vec![format!("{}/*.log", logs.display())],
             read_chunk: 8,
@@ -1709,10 +1707,7 @@ mod recover_tests {
     /// A file with the same first line but other content is read.
     #[test]
     fn a_copy_is_not_read_again_but_a_file_with_the_same_header_is() {
-        let (tmp, logs) = logs_dir();
-        let mut st = Store::open(tmp.path().join("cp"), Duration::from_secs(60))
-            .unwrap()
-            .0;
+        let (_tmp, logs, mut st) = logs_and_store();
         let cfg = HarvestConfig {
             include: vec![format!("{}/*.csv", logs.display())],
             recover: recover_all(),

@@ -52,7 +52,7 @@ pub const MARK_SEEN_EVERY: Duration = Duration::from_secs(1);
 /// Records the files `h` opened as new identities and flushes the store
 /// when there were any ([`Harvester::record_opened`]), then marks what `h`
 /// tracks when [`MARK_SEEN_EVERY`] has passed since `at`.
-fn mark_seen(h: &mut Harvester, store: &mut Store, at: &mut Option<std::time::Instant>) {
+fn record_and_mark(h: &mut Harvester, store: &mut Store, at: &mut Option<std::time::Instant>) {
     if h.record_opened(store) > 0 {
         if let Err(e) = store.flush() {
             tracing::warn!(error = %e, "cannot flush the checkpoints of newly opened files; a restart may miss them if they are renamed meanwhile");
@@ -112,7 +112,7 @@ pub fn spawn(
                 let out = {
                     let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
                     let out = h.poll(&store);
-                    mark_seen(&mut h, &mut store, &mut marked_at);
+                    record_and_mark(&mut h, &mut store, &mut marked_at);
                     out
                 };
                 open_files.store(h.open_files(), Ordering::Relaxed);
@@ -127,7 +127,7 @@ pub fn spawn(
                     if opened_at.elapsed() >= PAUSED_OPEN_EVERY {
                         let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
                         h.open_new(&store);
-                        mark_seen(&mut h, &mut store, &mut marked_at);
+                        record_and_mark(&mut h, &mut store, &mut marked_at);
                         open_files.store(h.open_files(), Ordering::Relaxed);
                         opened_at = std::time::Instant::now();
                     }
