@@ -16,6 +16,11 @@
 //! - [`tail`]: events live from Kafka, assigned partitions, no group.
 //! - [`lag`]: a consumer group's committed offsets against the partitions'
 //!   high watermarks.
+//! - [`explore`]: the console's search: a page of lines, the histogram and
+//!   the fields' top values in one request; export; a line's provenance.
+//! - [`live`]: the console's query evaluated on a live event.
+//! - [`completeness`]: why search results may be incomplete (agents down
+//!   or paused, the transfer behind).
 //! - [`dlq`]: the dead letters logtransfer wrote (`<index>-deadletter`).
 //!
 //! Every fallible call returns [`Error`]; [`Error::exit_code`] maps it to
@@ -28,6 +33,9 @@ pub mod config;
 pub mod context;
 pub mod dlq;
 mod es;
+pub mod explore;
+pub mod live;
+pub mod completeness;
 mod kafka;
 pub mod lag;
 pub mod search;
@@ -100,6 +108,7 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A connection to the control plane (etcd) with the prefix in use.
+#[derive(Clone)]
 pub struct Control {
     pub(crate) etcd: etcd_client::Client,
     pub(crate) prefix: String,

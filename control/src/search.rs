@@ -1,7 +1,7 @@
 //! `logctl search`: the documents logtransfer wrote, newest first.
 //!
 //! A query is an Elasticsearch `query_string` whose default field is
-//! `message` (so `timeout`, `"connection reset"`, `error AND db` and
+//! `message` and whose terms must all match (so `timeout`, `"connection reset"`, `error AND db` and
 //! `host.name:web-1` all work; empty or `*` matches everything), within a
 //! time range on `@timestamp`, optionally for one host and one file
 //! ([`Filter`], which `tail` applies to Kafka events the same way).
@@ -155,7 +155,7 @@ impl TimeRange {
         Ok(r)
     }
 
-    fn clause(&self) -> Option<Value> {
+    pub(crate) fn clause(&self) -> Option<Value> {
         if self.from.is_none() && self.to.is_none() {
             return None;
         }
@@ -279,6 +279,18 @@ impl Line {
     }
 }
 
+/// The query clause of a search (logctl's and the console's): a
+/// `query_string` on `message` whose terms must all match (`error db` is
+/// `error AND db`); empty or `*`: every document.
+pub fn query_clause(query: &str) -> Value {
+    let q = query.trim();
+    if q.is_empty() || q == "*" {
+        json!({"match_all": {}})
+    } else {
+        json!({"query_string": {"query": q, "default_field": "message", "default_operator": "AND"}})
+    }
+}
+
 /// A search: query, range, filter, how many.
 #[derive(Debug, Clone)]
 pub struct Search {
@@ -291,14 +303,9 @@ pub struct Search {
 impl Search {
     /// The `_search` body: query, filters, newest first.
     pub fn body(&self) -> Value {
-        let q = self.query.trim();
         let mut filter = self.filter.clauses();
         filter.extend(self.range.clause());
-        let must = if q.is_empty() || q == "*" {
-            json!({"match_all": {}})
-        } else {
-            json!({"query_string": {"query": q, "default_field": "message"}})
-        };
+        let must = query_clause(&self.query);
         json!({
             "size": self.limit,
             "query": {"bool": {"must": [must], "filter": filter}},
