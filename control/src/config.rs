@@ -125,7 +125,11 @@ impl ControlConfig {
         c
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+    /// Checks every value, naming the key at fault.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`].
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let bad = |key: &str, message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             key: key.to_string(),

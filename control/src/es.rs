@@ -58,8 +58,37 @@ impl Es {
                 reason: reason(&v),
             });
         }
+        // Shards that failed while others answered (a query that does not
+        // parse fails only on the shards not skipped by the time range): a
+        // partial result is an error, never silently fewer lines.
+        if let Some(e) = shard_failure(&v) {
+            return Err(Error::Elasticsearch {
+                address: self.address.clone(),
+                what: what.to_string(),
+                status: e.0,
+                reason: e.1,
+            });
+        }
         Ok(v)
     }
+}
+
+/// The status and reason of a response whose shards partly failed: 400
+/// when the query itself is at fault (`query_shard_exception`), else 502.
+fn shard_failure(v: &Value) -> Option<(u16, String)> {
+    let failed = v["_shards"]["failed"].as_u64().unwrap_or(0);
+    if failed == 0 {
+        return None;
+    }
+    let total = v["_shards"]["total"].as_u64().unwrap_or(0);
+    let first = &v["_shards"]["failures"][0]["reason"];
+    let status = if first["type"].as_str() == Some("query_shard_exception") {
+        400
+    } else {
+        502
+    };
+    let why = reason(&serde_json::json!({"error": first}));
+    Some((status, format!("{failed} of {total} shards failed: {why}")))
 }
 
 impl Es {
@@ -142,6 +171,17 @@ pub(crate) fn hits(v: &Value) -> &[Value] {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_partial_result_is_an_error() {
+        let v = json!({"_shards": {"total": 3, "failed": 1, "failures": [{"reason": {
+            "type": "query_shard_exception", "reason": "Failed to parse query [a:(]",
+            "caused_by": {"type": "parse_exception", "reason": "Cannot parse 'a:('"}}}]}});
+        let (status, why) = shard_failure(&v).unwrap();
+        assert_eq!(status, 400);
+        assert_eq!(why, "1 of 3 shards failed: query_shard_exception: Cannot parse 'a:('");
+        assert!(shard_failure(&json!({"_shards": {"total": 3, "failed": 0}})).is_none());
+    }
 
     #[test]
     fn the_deepest_reason_is_reported() {

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 /// The fields whose top values the sidebar shows, beside `fields.*`.
-pub const SIDEBAR_FIELDS: &[&str] = &["host.name", "log.file.path", "kafka.topic", "log.flags"];
+pub const SIDEBAR_FIELDS: &[&str] = &["host.name", "log.file.path", "_index", "log.flags"];
 /// Fields mapped as `keyword` by logtransfer's template: a filter on them
 /// is an exact term. Others (`fields.*`, `json.*`: dynamic text with a
 /// `.keyword` sub-field) match either the keyword or a token.
@@ -30,6 +30,7 @@ const KEYWORD_FIELDS: &[&str] = &[
     "agent.type",
     "agent.version",
     "kafka.topic",
+    "_index",
 ];
 /// The most lines in one page.
 pub const MAX_PAGE: usize = 500;
@@ -89,8 +90,12 @@ impl FieldFilter {
     }
 
     /// Whether `source` (an event's JSON) passes this filter: the field's
-    /// value (or one of its values, for an array) equals `value`.
+    /// value (or one of its values, for an array) equals `value`. A filter
+    /// on `_index` passes every event (an event has no index yet).
     pub fn matches(&self, source: &Value) -> bool {
+        if self.field == "_index" {
+            return true;
+        }
         let mut v = source;
         for part in self.field.split('.') {
             v = &v[part];
@@ -417,9 +422,13 @@ impl Logs {
         } else {
             Vec::new()
         };
-        let body = e.body(&extra)?;
+        let mut body = e.body(&extra)?;
+        // One more than asked for: whether there is a next page.
+        body["size"] = (e.size + 1).into();
         let v = self.search(&e.query, body).await?;
-        let lines: Vec<Hit> = hits(&v)
+        let all = hits(&v);
+        let page = &all[..all.len().min(e.size)];
+        let lines: Vec<Hit> = page
             .iter()
             .map(|h| {
                 let line = Line::from_hit(h);
@@ -430,8 +439,8 @@ impl Logs {
                 }
             })
             .collect();
-        let next = (lines.len() == e.size)
-            .then(|| hits(&v).last().map(|h| h["sort"].to_string()))
+        let next = (all.len() > e.size)
+            .then(|| page.last().map(|h| h["sort"].to_string()))
             .flatten();
         let histogram = v["aggregations"]["histogram"]["buckets"]
             .as_array()
