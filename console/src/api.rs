@@ -148,7 +148,9 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
 
 async fn session(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
     match caller(&app, &headers) {
-        Some(p) => Ok(Json(json!({"auth_required": app.auth.required(), "user": p}))),
+        Some(p) => Ok(Json(
+            json!({"auth_required": app.auth.required(), "user": p}),
+        )),
         None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "log in first")),
     }
 }
@@ -161,7 +163,11 @@ struct LoginBody {
 
 async fn login(State(app): State<Arc<App>>, Json(b): Json<LoginBody>) -> Response {
     if !app.auth.required() {
-        return ApiError::new(StatusCode::BAD_REQUEST, "no users are configured: no login needed").into_response();
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "no users are configured: no login needed",
+        )
+        .into_response();
     }
     match app.auth.login(&b.name, &b.password) {
         Some((id, p)) => {
@@ -194,7 +200,9 @@ async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let mut r = Json(json!({"ok": true})).into_response();
     r.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("logconsole_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+        HeaderValue::from_static(
+            "logconsole_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+        ),
     );
     r
 }
@@ -212,7 +220,10 @@ fn one<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
 fn number(p: &[(String, String)], k: &str, default: usize) -> ApiResult<usize> {
     one(p, k).map_or(Ok(default), |v| {
         v.parse().map_err(|_| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("{k}: `{v}` is not a number"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{k}: `{v}` is not a number"),
+            )
         })
     })
 }
@@ -228,7 +239,10 @@ fn filters(p: &[(String, String)]) -> ApiResult<Vec<FieldFilter>> {
 fn explore_of(p: &[(String, String)]) -> ApiResult<Explore> {
     let time = |k: &str| -> ApiResult<chrono::DateTime<Utc>> {
         let v = one(p, k).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("{k}: missing (an RFC 3339 time)"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{k}: missing (an RFC 3339 time)"),
+            )
         })?;
         control::search::parse_time(v)
             .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, format!("{k}: {m}")))
@@ -239,7 +253,9 @@ fn explore_of(p: &[(String, String)]) -> ApiResult<Explore> {
         to: time("to")?,
         filters: filters(p)?,
         size: number(p, "size", 100)?,
-        after: one(p, "after").filter(|s| !s.is_empty()).map(str::to_string),
+        after: one(p, "after")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
         aggregations: one(p, "aggs") != Some("0"),
     })
 }
@@ -282,7 +298,10 @@ async fn export(State(app): State<Arc<App>>, RawQuery(q): RawQuery) -> ApiResult
     let mut r = body.into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    let name = format!("attachment; filename=\"logs-{}.{ext}\"", Utc::now().format("%Y%m%dT%H%M%SZ"));
+    let name = format!(
+        "attachment; filename=\"logs-{}.{ext}\"",
+        Utc::now().format("%Y%m%dT%H%M%SZ")
+    );
     if let Ok(v) = HeaderValue::from_str(&name) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
@@ -359,17 +378,17 @@ async fn tail(
                     line: l.clone(),
                 };
                 let data = serde_json::to_string(&hit).unwrap_or_default();
-                if tx.try_send(Event::default().event("line").data(data)).is_err() {
+                if tx
+                    .try_send(Event::default().event("line").data(data))
+                    .is_err()
+                {
                     dropped += 1;
-                    let _ = tx.try_send(
-                        Event::default()
-                            .event("dropped")
-                            .data(dropped.to_string()),
-                    );
+                    let _ =
+                        tx.try_send(Event::default().event("dropped").data(dropped.to_string()));
                 }
             },
             |w| {
-                let _ = warn_tx.try_send(Event::default().event("warning").data(w.to_string()));
+                let _ = warn_tx.try_send(Event::default().event("warning").data(w));
             },
         )
         .await;
@@ -460,12 +479,17 @@ fn check_host(host: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn collect_get(State(app): State<Arc<App>>, Path(host): Path<String>) -> ApiResult<Json<Value>> {
+async fn collect_get(
+    State(app): State<Arc<App>>,
+    Path(host): Path<String>,
+) -> ApiResult<Json<Value>> {
     check_host(&host)?;
     let mut c = app.control().await?;
     let key = c.collect_key(&host);
     Ok(Json(match c.get(&host).await? {
-        Some(s) => json!({"key": key, "value": control::collect::pretty(&s.value), "revision": s.mod_revision}),
+        Some(s) => {
+            json!({"key": key, "value": control::collect::pretty(&s.value), "revision": s.mod_revision})
+        }
         None => json!({"key": key, "value": null, "revision": 0}),
     }))
 }
@@ -496,7 +520,9 @@ async fn collect_validate(
         control::collect::RootsSource::Published(h) => json!(h),
         control::collect::RootsSource::Given => json!([]),
     };
-    Ok(Json(json!({"entries": v.entries.len(), "diff": diff, "checked_against": roots})))
+    Ok(Json(
+        json!({"entries": v.entries.len(), "diff": diff, "checked_against": roots}),
+    ))
 }
 
 async fn collect_put(
@@ -510,7 +536,9 @@ async fn collect_put(
         .put(&host, b.value.as_bytes(), Some(b.expected), &[], false)
         .await?;
     tracing::info!(key = %w.key, revision = ?w.revision, "collect entries written from the console");
-    Ok(Json(json!({"key": w.key, "revision": w.revision, "previous": w.previous, "diff": w.diff})))
+    Ok(Json(
+        json!({"key": w.key, "revision": w.revision, "previous": w.previous, "diff": w.diff}),
+    ))
 }
 
 async fn collect_history(
@@ -541,5 +569,7 @@ async fn collect_rollback(
     let mut c = app.control().await?;
     let w = c.rollback(&host, b.revision, &[]).await?;
     tracing::info!(key = %w.key, to = b.revision, "collect entries rolled back from the console");
-    Ok(Json(json!({"key": w.key, "revision": w.revision, "previous": w.previous, "diff": w.diff})))
+    Ok(Json(
+        json!({"key": w.key, "revision": w.revision, "previous": w.previous, "diff": w.diff}),
+    ))
 }

@@ -158,7 +158,11 @@ impl Auth {
         let now = Instant::now();
         s.retain(|_, v| v.expires > now);
         if s.len() >= MAX_SESSIONS {
-            if let Some(oldest) = s.iter().min_by_key(|(_, v)| v.expires).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = s
+                .iter()
+                .min_by_key(|(_, v)| v.expires)
+                .map(|(k, _)| k.clone())
+            {
                 s.remove(&oldest);
             }
         }
@@ -229,7 +233,10 @@ mod tests {
         assert_eq!(a.check(Some(&who), true, p.csrf.as_deref()), Ok(()));
         let (vid, vp) = a.login("vic", "s3cret").unwrap();
         let viewer = a.principal(Some(&vid), None).unwrap();
-        assert_eq!(a.check(Some(&viewer), true, vp.csrf.as_deref()), Err(Denied::Forbidden));
+        assert_eq!(
+            a.check(Some(&viewer), true, vp.csrf.as_deref()),
+            Err(Denied::Forbidden)
+        );
         assert_eq!(a.check(None, false, None), Err(Denied::Unauthenticated));
         let t = a.principal(None, Some("tok-0123456789abcdef")).unwrap();
         assert_eq!(t.role, Role::Viewer);
@@ -242,7 +249,10 @@ mod tests {
 
     #[test]
     fn cookies_are_found_by_name() {
-        assert_eq!(cookie_value("a=1; logconsole_session=xyz; b=2", COOKIE), Some("xyz"));
+        assert_eq!(
+            cookie_value("a=1; logconsole_session=xyz; b=2", COOKIE),
+            Some("xyz")
+        );
         assert_eq!(cookie_value("a=1", COOKIE), None);
     }
 }

@@ -145,7 +145,10 @@ impl ConsoleConfig {
         let addr: SocketAddr = c.listen.parse().map_err(|e| {
             bad(
                 "console.listen",
-                format!("`{}`: {e} (expected IP:PORT such as 127.0.0.1:8480)", c.listen),
+                format!(
+                    "`{}`: {e} (expected IP:PORT such as 127.0.0.1:8480)",
+                    c.listen
+                ),
             )
         })?;
         if !addr.ip().is_loopback() && c.users.is_empty() && c.tokens.is_empty() {
@@ -184,7 +187,10 @@ impl ConsoleConfig {
             if t.name.is_empty() || !names.insert(t.name.clone()) {
                 return Err(bad(
                     &format!("console.tokens[{i}].name"),
-                    format!("`{}` is empty or given twice (users and tokens share names)", t.name),
+                    format!(
+                        "`{}` is empty or given twice (users and tokens share names)",
+                        t.name
+                    ),
                 ));
             }
         }
@@ -210,9 +216,15 @@ mod tests {
         let c = ConsoleConfig::parse("", None).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8480");
         assert!(!c.auth_required());
-        let e = ConsoleConfig::parse("", Some("0.0.0.0:8480")).unwrap_err().to_string();
-        assert!(e.contains("console.listen") && e.contains("loopback"), "{e}");
-        let with_token = "[[console.tokens]]\nname = \"t\"\ntoken = \"0123456789abcdef0\"\nrole = \"viewer\"\n";
+        let e = ConsoleConfig::parse("", Some("0.0.0.0:8480"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("console.listen") && e.contains("loopback"),
+            "{e}"
+        );
+        let with_token =
+            "[[console.tokens]]\nname = \"t\"\ntoken = \"0123456789abcdef0\"\nrole = \"viewer\"\n";
         let c = ConsoleConfig::parse(with_token, Some("0.0.0.0:8480")).unwrap();
         assert!(c.auth_required());
     }
@@ -221,9 +233,18 @@ mod tests {
     fn bad_values_are_named() {
         for (text, key) in [
             ("[console]\nlisten = \"nope\"\n", "console.listen"),
-            ("[[console.users]]\nname = \"a\"\npassword_hash = \"plain\"\nrole = \"admin\"\n", "console.users[0].password_hash"),
-            ("[[console.tokens]]\nname = \"a\"\ntoken = \"short\"\nrole = \"admin\"\n", "console.tokens[0].token"),
-            ("[console]\nsession_ttl_secs = 0\n", "console.session_ttl_secs"),
+            (
+                "[[console.users]]\nname = \"a\"\npassword_hash = \"plain\"\nrole = \"admin\"\n",
+                "console.users[0].password_hash",
+            ),
+            (
+                "[[console.tokens]]\nname = \"a\"\ntoken = \"short\"\nrole = \"admin\"\n",
+                "console.tokens[0].token",
+            ),
+            (
+                "[console]\nsession_ttl_secs = 0\n",
+                "console.session_ttl_secs",
+            ),
             ("[console]\nrole = 1\n", "role"),
         ] {
             let e = ConsoleConfig::parse(text, None).unwrap_err().to_string();

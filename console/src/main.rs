@@ -50,7 +50,10 @@ fn main() -> ExitCode {
         };
     }
     common::init_tracing();
-    let cfg = match console::config::ConsoleConfig::load(args.config.as_deref(), args.listen.as_deref()) {
+    let cfg = match console::config::ConsoleConfig::load(
+        args.config.as_deref(),
+        args.listen.as_deref(),
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("logconsole: {e}");
@@ -58,7 +61,15 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        println!("logconsole: config OK (listen {}, auth {})", cfg.listen, if cfg.auth_required() { "required" } else { "off: loopback only" });
+        println!(
+            "logconsole: config OK (listen {}, auth {})",
+            cfg.listen,
+            if cfg.auth_required() {
+                "required"
+            } else {
+                "off: loopback only"
+            }
+        );
         return ExitCode::SUCCESS;
     }
     let rt = match tokio::runtime::Runtime::new() {
@@ -71,10 +82,11 @@ fn main() -> ExitCode {
     let r = rt.block_on(async {
         let app = console::App::new(cfg)?;
         console::serve(app, async {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => return std::future::pending().await,
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => return std::future::pending().await,
+                };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}

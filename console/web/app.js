@@ -249,6 +249,7 @@ async function runSearch() {
     renderFields(page.fields);
     renderResults(false);
     $('summary').textContent = `${page.total.toLocaleString()} lines · ${page.took_ms} ms`;
+    say($('search-error'), page.warnings.length ? page.warnings.join('\n') : null);
     $('summary').dataset.total = String(page.total);
     document.body.dataset.searched = location.hash;
   } catch (e) {

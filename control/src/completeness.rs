@@ -17,13 +17,31 @@ pub const TRANSFER_LAG: i64 = 1000;
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Gap {
-    AgentDown { host: String },
-    AgentStale { host: String, age_secs: i64 },
-    AgentPaused { host: String, since: Option<String> },
-    AgentBehind { host: String, lag_secs: u64, unacked: u64 },
-    TransferBehind { topic: String, partitions: usize, lag: i64 },
+    AgentDown {
+        host: String,
+    },
+    AgentStale {
+        host: String,
+        age_secs: i64,
+    },
+    AgentPaused {
+        host: String,
+        since: Option<String>,
+    },
+    AgentBehind {
+        host: String,
+        lag_secs: u64,
+        unacked: u64,
+    },
+    TransferBehind {
+        topic: String,
+        partitions: usize,
+        lag: i64,
+    },
     /// The state could not be read (etcd or Kafka down).
-    Unknown { what: String },
+    Unknown {
+        what: String,
+    },
 }
 
 impl Gap {
@@ -42,7 +60,9 @@ impl Gap {
                 host,
                 lag_secs,
                 unacked,
-            } => format!("{host} has {unacked} lines not yet in Kafka, the oldest {lag_secs} s old"),
+            } => {
+                format!("{host} has {unacked} lines not yet in Kafka, the oldest {lag_secs} s old")
+            }
             Self::TransferBehind {
                 topic,
                 partitions,
@@ -134,8 +154,20 @@ mod tests {
             }),
         ];
         let lag = vec![
-            PartitionLag { topic: "a_log".into(), partition: 0, committed: 0, high: 5000, lag: 5000 },
-            PartitionLag { topic: "a_log".into(), partition: 1, committed: 0, high: 10, lag: 10 },
+            PartitionLag {
+                topic: "a_log".into(),
+                partition: 0,
+                committed: 0,
+                high: 5000,
+                lag: 5000,
+            },
+            PartitionLag {
+                topic: "a_log".into(),
+                partition: 1,
+                committed: 0,
+                high: 10,
+                lag: 10,
+            },
         ];
         let texts: Vec<String> = gaps(&agents, &lag).iter().map(Gap::text).collect();
         assert_eq!(

@@ -58,10 +58,13 @@ impl Es {
                 reason: reason(&v),
             });
         }
-        // Shards that failed while others answered (a query that does not
-        // parse fails only on the shards not skipped by the time range): a
-        // partial result is an error, never silently fewer lines.
-        if let Some(e) = shard_failure(&v) {
+        // A query that does not parse fails only on the shards the time
+        // range did not skip: an error, not "no line matches". Other shard
+        // failures while some shards answered are a partial result that
+        // callers report ([`partial`]); no shard answering is an error.
+        if let Some(e) = shard_failure(&v).filter(|(status, _)| {
+            *status == 400 || v["_shards"]["successful"].as_u64().unwrap_or(0) == 0
+        }) {
             return Err(Error::Elasticsearch {
                 address: self.address.clone(),
                 what: what.to_string(),
@@ -71,6 +74,11 @@ impl Es {
         }
         Ok(v)
     }
+}
+
+/// Why a response is partial (some shards failed), if it is.
+pub(crate) fn partial(v: &Value) -> Option<String> {
+    shard_failure(v).map(|(_, why)| format!("results may be partial: {why}"))
 }
 
 /// The status and reason of a response whose shards partly failed: 400
@@ -179,7 +187,10 @@ mod tests {
             "caused_by": {"type": "parse_exception", "reason": "Cannot parse 'a:('"}}}]}});
         let (status, why) = shard_failure(&v).unwrap();
         assert_eq!(status, 400);
-        assert_eq!(why, "1 of 3 shards failed: query_shard_exception: Cannot parse 'a:('");
+        assert_eq!(
+            why,
+            "1 of 3 shards failed: query_shard_exception: Cannot parse 'a:('"
+        );
         assert!(shard_failure(&json!({"_shards": {"total": 3, "failed": 0}})).is_none());
     }
 

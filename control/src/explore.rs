@@ -68,8 +68,14 @@ impl FieldFilter {
         let (field, value) = rest
             .split_once(':')
             .ok_or_else(|| bad("expected field:value"))?;
-        if field.is_empty() || !field.chars().all(|c| c.is_alphanumeric() || "._-@".contains(c)) {
-            return Err(bad("the field name is empty or has characters other than letters, digits, . _ - @"));
+        if field.is_empty()
+            || !field
+                .chars()
+                .all(|c| c.is_alphanumeric() || "._-@".contains(c))
+        {
+            return Err(bad(
+                "the field name is empty or has characters other than letters, digits, . _ - @",
+            ));
         }
         Ok(Self {
             field: field.to_string(),
@@ -103,7 +109,11 @@ impl FieldFilter {
         let eq = |x: &Value| match x {
             Value::String(s) => s == &self.value,
             Value::Null => false,
-            other => other.to_string() == self.value,
+            // 200 == "200": numbers and booleans by their JSON text.
+            other => {
+                let text = other.to_string();
+                text == self.value
+            }
         };
         let has = match v {
             Value::Array(a) => a.iter().any(eq),
@@ -165,7 +175,10 @@ impl Provenance {
         };
         Self {
             host: line.host.clone(),
-            host_id: line.source["host"]["id"].as_str().unwrap_or_default().to_string(),
+            host_id: line.source["host"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             file: line.file.clone(),
             offset: line.offset,
             kafka_topic: topic,
@@ -233,6 +246,9 @@ pub struct Page {
     pub fields: Vec<FieldValues>,
     /// Elasticsearch's `took`.
     pub took_ms: u64,
+    /// Why the result may be partial (shards that failed while others
+    /// answered), to be shown with it.
+    pub warnings: Vec<String>,
 }
 
 /// The histogram interval for a range: the smallest of the usual steps
@@ -334,8 +350,9 @@ impl Explore {
                     "field": "@timestamp",
                     "fixed_interval": format!("{}ms", interval_for(self.from, self.to)),
                     "min_doc_count": 0,
-                    "extended_bounds": {"min": self.from.timestamp_millis(), "max": self.to.timestamp_millis()},
-                    "hard_bounds": {"min": self.from.timestamp_millis(), "max": self.to.timestamp_millis()}
+                    // Not `hard_bounds`: it drops the documents of the
+                    // last bucket when the range ends inside it.
+                    "extended_bounds": {"min": self.from.timestamp_millis(), "max": self.to.timestamp_millis()}
                 }}),
             );
             for f in SIDEBAR_FIELDS
@@ -488,6 +505,7 @@ impl Logs {
             histogram,
             fields,
             took_ms: v["took"].as_u64().unwrap_or_default(),
+            warnings: crate::es::partial(&v).into_iter().collect(),
         })
     }
 
@@ -608,8 +626,14 @@ mod tests {
 
     #[test]
     fn kafka_coordinates_come_from_the_id() {
-        assert_eq!(kafka_coordinates("app_log-3-42"), Some(("app_log".into(), 3, 42)));
-        assert_eq!(kafka_coordinates("a-b_log-0-7"), Some(("a-b_log".into(), 0, 7)));
+        assert_eq!(
+            kafka_coordinates("app_log-3-42"),
+            Some(("app_log".into(), 3, 42))
+        );
+        assert_eq!(
+            kafka_coordinates("a-b_log-0-7"),
+            Some(("a-b_log".into(), 0, 7))
+        );
         assert_eq!(
             kafka_coordinates("app_log-1-9-0123456789abcdef"),
             Some(("app_log".into(), 1, 9))

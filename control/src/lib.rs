@@ -29,15 +29,15 @@
 pub mod agents;
 pub mod check;
 pub mod collect;
+pub mod completeness;
 pub mod config;
 pub mod context;
 pub mod dlq;
 mod es;
 pub mod explore;
-pub mod live;
-pub mod completeness;
 mod kafka;
 pub mod lag;
+pub mod live;
 pub mod search;
 pub mod tail;
 

@@ -134,7 +134,10 @@ fn lex(q: &str) -> Result<Vec<Tok>> {
             }
             i += 1;
             if matches!(cs.get(i), Some('~')) {
-                return Err(bad(q, "proximity (`\"…\"~N`) is not supported in the live view"));
+                return Err(bad(
+                    q,
+                    "proximity (`\"…\"~N`) is not supported in the live view",
+                ));
             }
             (s, true)
         } else {
@@ -425,7 +428,9 @@ mod tests {
     }
 
     fn m(q: &str, msg: &str) -> bool {
-        Query::parse(q).unwrap_or_else(|e| panic!("{q}: {e}")).matches(&ev(msg))
+        Query::parse(q)
+            .unwrap_or_else(|e| panic!("{q}: {e}"))
+            .matches(&ev(msg))
     }
 
     #[test]

@@ -25,7 +25,12 @@ impl Drop for Console {
     }
 }
 
-fn console(stack: &Stack, prefix: &str, config: Option<&std::path::Path>, log: &std::path::Path) -> Console {
+fn console(
+    stack: &Stack,
+    prefix: &str,
+    config: Option<&std::path::Path>,
+    log: &std::path::Path,
+) -> Console {
     let mut c = Command::new(workspace_bin("logconsole"));
     c.args(["--listen", "127.0.0.1:0"]);
     if let Some(p) = config {
@@ -48,10 +53,31 @@ fn console(stack: &Stack, prefix: &str, config: Option<&std::path::Path>, log: &
     let url = first
         .trim()
         .strip_prefix("logconsole: ")
-        .unwrap_or_else(|| panic!("logconsole printed `{first}`: {}", std::fs::read_to_string(log).unwrap_or_default()))
+        .unwrap_or_else(|| {
+            panic!(
+                "logconsole printed `{first}`: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
         .trim_end_matches('/')
         .to_string();
     Console { child, url }
+}
+
+/// A console config for the stack, etcd prefix and transfer group; `extra`
+/// is appended (users, tokens).
+fn console_config(stack: &Stack, prefix: &str, group: &str, extra: &str) -> String {
+    let etcd: Vec<String> = stack
+        .etcd_endpoints
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect();
+    format!(
+        "[etcd]\nendpoints = [{}]\nprefix = \"{prefix}\"\n[kafka]\nbrokers = \"{}\"\n[elasticsearch]\nurl = \"{}\"\n[console]\ngroup = \"{group}\"\n{extra}",
+        etcd.join(","),
+        stack.kafka_brokers,
+        stack.es_url
+    )
 }
 
 fn npm_ready() -> std::path::PathBuf {
@@ -62,7 +88,11 @@ fn npm_ready() -> std::path::PathBuf {
             .current_dir(&dir)
             .output()
             .expect("run npm ci in tests/browser");
-        assert!(o.status.success(), "npm ci: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "npm ci: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     dir
 }
@@ -97,13 +127,33 @@ async fn the_console_works_in_a_real_browser() {
         .collect();
     append_lines(&app, &lines);
     let mut agent = fx.agent.start();
-    assert!(fx.agent.wait_up(Duration::from_secs(30)), "{}", fx.agent.log_text());
-    let transfer = start(config(&stack, &[&topic], &unique("g"), ""));
+    assert!(
+        fx.agent.wait_up(Duration::from_secs(30)),
+        "{}",
+        fx.agent.log_text()
+    );
+    let group = unique("g");
+    let transfer = start(config(&stack, &[&topic], &group, ""));
     let docs = format!("{topic}-*");
-    assert_eq!(stack.wait_count(&docs, 300, Duration::from_secs(60)).await, 300);
+    assert_eq!(
+        stack.wait_count(&docs, 300, Duration::from_secs(60)).await,
+        300
+    );
 
-    let open = console(&stack, &fx.agent.prefix, None, &fx.tmp.path().join("console.log"));
-    // The second console: users and a token (password "s3cret-pass").
+    // The open console (loopback, no users) and a second one with users and
+    // a token (password "s3cret-pass"); both show the transfer's group.
+    let open_cfg = fx.tmp.path().join("console.toml");
+    std::fs::write(
+        &open_cfg,
+        console_config(&stack, &fx.agent.prefix, &group, ""),
+    )
+    .expect("write console.toml");
+    let open = console(
+        &stack,
+        &fx.agent.prefix,
+        Some(&open_cfg),
+        &fx.tmp.path().join("console.log"),
+    );
     let hash_out = Command::new(workspace_bin("logconsole"))
         .arg("hash-password")
         .stdin(Stdio::piped())
@@ -117,17 +167,8 @@ async fn the_console_works_in_a_real_browser() {
         .expect("hash-password");
     let hash = String::from_utf8_lossy(&hash_out.stdout).trim().to_string();
     let auth_cfg = fx.tmp.path().join("console-auth.toml");
-    std::fs::write(
-        &auth_cfg,
-        format!(
-            r#"[etcd]
-endpoints = [{etcd}]
-prefix = "{prefix}"
-[kafka]
-brokers = "{brokers}"
-[elasticsearch]
-url = "{es}"
-[[console.users]]
+    let users = format!(
+        r#"[[console.users]]
 name = "ann"
 password_hash = "{hash}"
 role = "admin"
@@ -139,20 +180,19 @@ role = "viewer"
 name = "reader"
 token = "viewer-token-0123456789"
 role = "viewer"
-"#,
-            etcd = stack
-                .etcd_endpoints
-                .iter()
-                .map(|e| format!("\"{e}\""))
-                .collect::<Vec<_>>()
-                .join(","),
-            prefix = fx.agent.prefix,
-            brokers = stack.kafka_brokers,
-            es = stack.es_url,
-        ),
+"#
+    );
+    std::fs::write(
+        &auth_cfg,
+        console_config(&stack, &fx.agent.prefix, &group, &users),
     )
     .expect("write console-auth.toml");
-    let guarded = console(&stack, &fx.agent.prefix, Some(&auth_cfg), &fx.tmp.path().join("console-auth.log"));
+    let guarded = console(
+        &stack,
+        &fx.agent.prefix,
+        Some(&auth_cfg),
+        &fx.tmp.path().join("console-auth.log"),
+    );
 
     let shots = repo_root().join("target/console-screenshots");
     std::fs::create_dir_all(&shots).expect("screenshots dir");
