@@ -1,7 +1,8 @@
 //! The console's search latency (issue #16) on the local Elasticsearch.
 //!
 //! 1. Installs logtransfer's index template for the topic
-//!    `bench_console_log` (indices `bench_console_log-%Y.%m.%d`) and, unless
+//!    `bench_console_log` (indices `bench_console_log-%Y.%m.%d`; its priority
+//!    raised if an overlapping template would win) and, unless
 //!    those indices already hold exactly N documents, deletes them and
 //!    bulk-loads N documents made as logtransfer makes them
 //!    (`transfer::doc::make_doc`, `_id` `topic-partition-offset`, `create`
@@ -23,8 +24,8 @@
 //!    show which part costs.
 //!
 //! Run on the local stack:
-//!   ES_URL=http://127.0.0.1:29200 cargo run --release -p benches --bin console_search [N] [R] [--split]
-//!   # N = 1000000 documents, R = 200 searches
+//!   ES_URL=http://127.0.0.1:29200 cargo run --release -p benches --bin console_search -- [N] [R] [--split] [--seed S]
+//!   # N = 1000000 documents, R = 200 searches; S (windows and queries): from the clock
 
 use chrono::{DateTime, Duration as Span, SecondsFormat, Utc};
 use common::event::{Agent, FileInfo, Host, LogInfo};
@@ -32,7 +33,10 @@ use common::LogEvent;
 use control::config::ControlConfig;
 use control::explore::{Explore, FieldFilter, Logs};
 use elasticsearch::http::transport::Transport;
-use elasticsearch::indices::{IndicesDeleteParts, IndicesGetParts, IndicesRefreshParts};
+use elasticsearch::indices::{
+    IndicesDeleteParts, IndicesGetIndexTemplateParts, IndicesGetParts,
+    IndicesPutIndexTemplateParts, IndicesRefreshParts, IndicesSimulateIndexTemplateParts,
+};
 use elasticsearch::{BulkParts, Elasticsearch, SearchParts};
 use futures::stream::{self, StreamExt};
 use rand::rngs::StdRng;
@@ -62,10 +66,36 @@ const PAGE: usize = 100;
 const WINDOW_MINUTES: i64 = 15;
 
 const WORDS: &[&str] = &[
-    "laptop", "monitor", "keyboard", "mouse", "headphones", "camera", "tablet", "charger",
-    "backpack", "speaker", "router", "printer", "lamp", "chair", "desk", "bottle", "jacket",
-    "sneakers", "watch", "wallet", "umbrella", "blender", "kettle", "toaster", "guitar",
-    "bicycle", "helmet", "tent", "novel", "puzzle",
+    "laptop",
+    "monitor",
+    "keyboard",
+    "mouse",
+    "headphones",
+    "camera",
+    "tablet",
+    "charger",
+    "backpack",
+    "speaker",
+    "router",
+    "printer",
+    "lamp",
+    "chair",
+    "desk",
+    "bottle",
+    "jacket",
+    "sneakers",
+    "watch",
+    "wallet",
+    "umbrella",
+    "blender",
+    "kettle",
+    "toaster",
+    "guitar",
+    "bicycle",
+    "helmet",
+    "tent",
+    "novel",
+    "puzzle",
 ];
 const QUEUES: &[&str] = &["emails", "invoices", "thumbnails", "exports", "webhooks"];
 const PROVIDERS: &[&str] = &["stripe", "adyen", "paypal"];
@@ -177,9 +207,18 @@ fn message(rng: &mut StdRng, host: &str, file: usize, ts: DateTime<Utc>) -> Stri
             let queue = QUEUES.choose(rng).unwrap_or(&"emails");
             match rng.random_range(0..10) {
                 0..6 => format!("{t} INFO job {id} ({queue}) finished in {ms} ms"),
-                6 => format!("{t} ERROR job {id} ({queue}) failed: upstream returned 503, will retry in {}s", rng.random_range(5..120)),
-                7 | 8 => format!("{t} INFO picked up {} jobs from queue {queue}", rng.random_range(1..50)),
-                _ => format!("{t} DEBUG heartbeat ok, {} workers idle", rng.random_range(0..8)),
+                6 => format!(
+                    "{t} ERROR job {id} ({queue}) failed: upstream returned 503, will retry in {}s",
+                    rng.random_range(5..120)
+                ),
+                7 | 8 => format!(
+                    "{t} INFO picked up {} jobs from queue {queue}",
+                    rng.random_range(1..50)
+                ),
+                _ => format!(
+                    "{t} DEBUG heartbeat ok, {} workers idle",
+                    rng.random_range(0..8)
+                ),
             }
         }
         _ => {
@@ -219,7 +258,8 @@ impl Generator {
         for i in self.next..end {
             let f = (i % (HOSTS * FILES.len()) as u64) as usize;
             let (h, file) = (f / FILES.len(), f % FILES.len());
-            let ts = self.start + Span::milliseconds((i as i128 * 86_400_000 / self.n as i128) as i64);
+            let ts =
+                self.start + Span::milliseconds((i as i128 * 86_400_000 / self.n as i128) as i64);
             let host = host_name(h);
             let msg = message(&mut self.rng, &host, file, ts);
             let ipaddr = format!("10.0.{}.{}", h / 10, 10 + h);
@@ -235,7 +275,10 @@ impl Generator {
                         path: FILES[file].to_string(),
                         device: 2049,
                         inode: 1_000_000 + f as u64 * 7919,
-                        fingerprint: format!("{:016x}", (f as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                        fingerprint: format!(
+                            "{:016x}",
+                            (f as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                        ),
                     },
                     offset: self.file_offsets[f],
                     flags: if self.rng.random_range(0..2000) == 0 {
@@ -261,13 +304,82 @@ impl Generator {
             let offset = self.kafka_offsets[partition as usize];
             self.kafka_offsets[partition as usize] += 1;
             let payload = serde_json::to_vec(&ev).expect("an event serialises");
-            docs.push(make_doc(TOPIC, partition, offset, Some(&payload), None, &self.pattern));
+            docs.push(make_doc(
+                TOPIC,
+                partition,
+                offset,
+                Some(&payload),
+                None,
+                &self.pattern,
+            ));
         }
         self.next = end;
         let mut body = Vec::with_capacity(docs.len() * 700);
         build_body(&docs, &mut body);
         Some(body)
     }
+}
+
+/// Installs logtransfer's template for [`TOPIC`] (`transfer::es`), then
+/// makes sure it is the one a new bench index gets: an overlapping template
+/// of a higher priority (another test's `*-*.*.*`) would win otherwise. Its
+/// body stays logtransfer's; only the priority is raised above all others.
+async fn install_template(es: &Elasticsearch, pattern: &IndexPattern) {
+    let topics = [TOPIC.to_string()];
+    transfer::es::install_template(es, TOPIC, pattern, &topics)
+        .await
+        .expect("install the template");
+    let probe = pattern.render(TOPIC, Utc::now());
+    let sim: Value = es
+        .indices()
+        .simulate_index_template(IndicesSimulateIndexTemplateParts::Name(&probe))
+        .send()
+        .await
+        .expect("simulate the template")
+        .json()
+        .await
+        .expect("simulate JSON");
+    // `overlapping` lists the matching templates that lose.
+    let loses = sim["overlapping"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|t| t["name"] == TOPIC));
+    if !loses {
+        return;
+    }
+    let all: Value = es
+        .indices()
+        .get_index_template(IndicesGetIndexTemplateParts::None)
+        .send()
+        .await
+        .expect("list templates")
+        .json()
+        .await
+        .expect("templates JSON");
+    let top = all["index_templates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["index_template"]["priority"].as_u64())
+        .max()
+        .unwrap_or(200);
+    let mut body = transfer::es::template_body(pattern, &topics);
+    body["priority"] = json!(top + 1);
+    let r = es
+        .indices()
+        .put_index_template(IndicesPutIndexTemplateParts::Name(TOPIC))
+        .body(body)
+        .send()
+        .await
+        .expect("raise the template's priority");
+    assert!(
+        r.status_code().is_success(),
+        "raise the template's priority: {}",
+        r.text().await.unwrap_or_default()
+    );
+    println!(
+        "template {TOPIC}: priority raised to {} above an overlapping template",
+        top + 1
+    );
 }
 
 async fn delete_bench_indices(es: &Elasticsearch) {
@@ -338,9 +450,10 @@ async fn load(es: &Elasticsearch, n: u64, pattern: IndexPattern) -> f64 {
                         .unwrap_or_else(|| v.to_string().chars().take(500).collect());
                     return Err(format!("bulk HTTP {status}: {first}"));
                 }
-                let done = loaded.fetch_add(PER_REQUEST as u64, std::sync::atomic::Ordering::Relaxed)
+                let done = loaded
+                    .fetch_add(PER_REQUEST as u64, std::sync::atomic::Ordering::Relaxed)
                     + PER_REQUEST as u64;
-                if done % 100_000 == 0 {
+                if done.is_multiple_of(100_000) {
                     println!("  {done} docs in {:.0} s", t0.elapsed().as_secs_f64());
                 }
                 Ok(())
@@ -403,7 +516,10 @@ const QUERIES: &[(Kind, &str)] = &[
     (Kind::Phrase, "\"connection reset by peer\""),
     (Kind::Field, "fields.env:staging"),
     (Kind::Field, "host.name:web-03"),
-    (Kind::Field, "log.file.path:\"/var/log/app/app.log\" AND ERROR"),
+    (
+        Kind::Field,
+        "log.file.path:\"/var/log/app/app.log\" AND ERROR",
+    ),
 ];
 
 struct Case {
@@ -545,16 +661,28 @@ async fn split(es: &Elasticsearch, logs: &Logs, cases: &[Case]) {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let do_split = args.iter().any(|a| a == "--split");
-    let mut nums = args.iter().filter(|a| !a.starts_with("--"));
-    let n: u64 = nums.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    // Windows and queries from a seed: a new one each run (printed), so a
+    // run does not repeat the searches, and caches, of the one before.
+    let seed: u64 = args
+        .iter()
+        .position(|a| a == "--seed")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or_else(|| Utc::now().timestamp_micros().unsigned_abs());
+    let mut nums = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--seed"))
+        .map(|(_, a)| a);
+    let n: u64 = nums
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let rounds: usize = nums.next().and_then(|s| s.parse().ok()).unwrap_or(200);
     let es_url = benches::stack_env("ES_URL");
     let es = Elasticsearch::new(Transport::single_node(&es_url).expect("ES_URL"));
 
     let pattern = IndexPattern::new("{topic}-%Y.%m.%d").expect("pattern");
-    transfer::es::install_template(&es, TOPIC, &pattern, &[TOPIC.to_string()])
-        .await
-        .expect("install the template");
+    install_template(&es, &pattern).await;
 
     let have = benches::es_count(&es, INDICES).await;
     if have == n {
@@ -594,13 +722,13 @@ async fn main() {
     cfg.elasticsearch.index = INDICES.to_string();
     let logs = Logs::new(&cfg).expect("control config");
 
-    let all = cases(WARM_UP + rounds, from, to, 16);
+    let all = cases(WARM_UP + rounds, from, to, seed);
     let (warm, measured) = all.split_at(WARM_UP);
     for c in warm {
         logs.explore(&c.explore).await.expect("warm-up search");
     }
     println!(
-        "{WARM_UP} warm-up searches done; measuring {rounds} (load average {})",
+        "{WARM_UP} warm-up searches done; measuring {rounds} (seed {seed}, load average {})",
         loadavg()
     );
     let mut wall = Vec::with_capacity(rounds);
