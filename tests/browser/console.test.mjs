@@ -322,9 +322,19 @@ await step('10 collect editor: form, validation before the write, diff, save cha
   await shot('collect.png');
   await page.click('#collect-save');
   await until('saved', async () => (await page.locator('#collect-ok').textContent()).startsWith('Saved at revision'));
-  // The agent now collects other.log.
+  // The agent now collects other.log; its second line is not UTF-8.
   fs.appendFileSync(OTHER_LOG, 'beta 1 from the new entry\n');
-  await until('beta in ES', async () => (await esCount({ bool: { must: [qs('beta')], filter: [hostFilter, { term: { 'log.file.path': OTHER_LOG } }] } })) === 1, 30000);
+  fs.appendFileSync(OTHER_LOG, Buffer.from([0x62, 0x65, 0x74, 0x61, 0x20, 0x32, 0x20, 0xff, 0xfe, 0x0a]));
+  await until('beta in ES', async () => (await esCount({ bool: { must: [qs('beta')], filter: [hostFilter, { term: { 'log.file.path': OTHER_LOG } }] } })) === 2, 30000);
+});
+
+await step('4 flags in the sidebar: invalid_utf8 found and kept on click', async () => {
+  await page.goto(searchUrl({ q: 'beta' }));
+  await waitResults();
+  await page.locator('#fields button[aria-label="include log.flags invalid_utf8"]').click();
+  await until('one line', async () => (await page.locator('#summary').getAttribute('data-total')) === '1');
+  assert.match(await page.locator('#results li[data-id] .m').first().textContent(), /^beta 2 \uFFFD/);
+  assert.match(await page.locator('#chips').textContent(), /log\.flags: invalid_utf8/);
 });
 
 await step('10 CAS conflict shown; raw JSON; history with rollback', async () => {
