@@ -339,9 +339,11 @@ async fn context(
     Ok(Json(serde_json::to_value(c).unwrap_or_default()))
 }
 
-/// Lines buffered for one live view before the oldest are dropped (the
+/// Lines buffered for one live view before new ones are dropped (the
 /// page is told how many).
 const TAIL_BUFFER: usize = 2000;
+/// Live views open at once (each is a Kafka consumer of every partition).
+pub const MAX_LIVE_VIEWS: usize = 32;
 
 async fn tail(
     State(app): State<Arc<App>>,
@@ -350,9 +352,17 @@ async fn tail(
     let p = pairs(q)?;
     let query = control::live::Query::parse(one(&p, "q").unwrap_or(""))?;
     let fs = filters(&p)?;
+    let permit = Arc::clone(&app.live_views).try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_LIVE_VIEWS} live views are open already (each reads Kafka); close one and retry"),
+        )
+    })?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(TAIL_BUFFER);
     let cfg = app.cfg.control.clone();
     tokio::spawn(async move {
+        // Held until the tail ends (the page closed the view).
+        let _permit = permit;
         let closed = tx.clone();
         let started_tx = tx.clone();
         let warn_tx = tx.clone();

@@ -32,6 +32,9 @@ pub struct App {
     pub auth: auth::Auth,
     pub logs: control::explore::Logs,
     control: tokio::sync::Mutex<Option<control::Control>>,
+    /// Live views open now (each is a Kafka consumer): at most
+    /// [`api::MAX_LIVE_VIEWS`].
+    pub live_views: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
@@ -42,6 +45,7 @@ impl App {
             auth: auth::Auth::new(&cfg),
             logs: control::explore::Logs::new(&cfg.control)?,
             control: tokio::sync::Mutex::new(None),
+            live_views: Arc::new(tokio::sync::Semaphore::new(api::MAX_LIVE_VIEWS)),
             cfg,
         }))
     }

@@ -169,6 +169,74 @@ pub async fn install_template(
     )))
 }
 
+/// Index names the template must apply to, as `pattern` names them today:
+/// a topic name's own index; for a regex (`^app_.*`), its literal prefix
+/// followed by `x`.
+pub fn sample_indices(pattern: &IndexPattern, topics: &[String]) -> Vec<String> {
+    let now = chrono::Utc::now();
+    let mut out: Vec<String> = topics
+        .iter()
+        .map(|t| match t.strip_prefix('^') {
+            None => pattern.render(t, now),
+            Some(re) => {
+                let lit: String = re
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || "_-".contains(*c))
+                    .collect();
+                pattern.render(&format!("{lit}x"), now)
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Whether the mapping Elasticsearch would give a new `index` lacks ours:
+/// another index template of a higher priority that matches our indices
+/// wins silently (composable templates do not merge), and without our
+/// properties (`host.id` and `log.file.path` as keywords, `log.offset` a
+/// number) sorting, context and the console's sidebar break. Then the names
+/// Elasticsearch lists as overlapping but not applied (ours among them).
+/// Another logtransfer's template with the same properties is no problem.
+///
+/// # Errors
+/// Elasticsearch unreachable or refusing the simulation.
+pub async fn shadowed(
+    client: &Elasticsearch,
+    pattern: &IndexPattern,
+    topics: &[String],
+    index: &str,
+) -> Result<Option<Vec<String>>, Error> {
+    use elasticsearch::indices::IndicesSimulateIndexTemplateParts;
+    let fail = |m: String| Error::Sink(format!("simulating the template of index {index}: {m}"));
+    let resp = client
+        .indices()
+        .simulate_index_template(IndicesSimulateIndexTemplateParts::Name(index))
+        .send()
+        .await
+        .map_err(|e| fail(describe(&e)))?;
+    let status = resp.status_code().as_u16();
+    let v: Value = resp.json().await.map_err(|e| fail(e.to_string()))?;
+    if status != 200 {
+        return Err(fail(format!("HTTP {status}: {v}")));
+    }
+    let want = &template_body(pattern, topics)["template"]["mappings"]["properties"];
+    if &v["template"]["mappings"]["properties"] == want {
+        return Ok(None);
+    }
+    Ok(Some(
+        v["overlapping"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|o| o["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    ))
+}
+
 /// Deletes our indices (matching `patterns`) whose day, read from their
 /// name by `pattern`, is before `cutoff`; returns their names. ILM-free
 /// retention.

@@ -600,6 +600,21 @@ pub async fn run(
         {
             Ok(()) => {
                 metrics.resolved("template");
+                for index in es::sample_indices(&pattern, &cfg.kafka.topics) {
+                    match es::shadowed(es_sink.client(), &pattern, &cfg.kafka.topics, &index).await
+                    {
+                        Ok(None) => {}
+                        Ok(Some(overlapping)) => tracing::warn!(
+                            template = %cfg.template_name(),
+                            %index,
+                            ?overlapping,
+                            "another index template of higher priority applies to this index with a different mapping than logtransfer's: keyword host.id and log.file.path and a numeric log.offset, which sorting, context and the console need, may be missing; lower that template's priority or give it logtransfer's mapping"
+                        ),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot check which template applies")
+                        }
+                    }
+                }
                 break;
             }
             Err(e) => {

@@ -542,3 +542,58 @@ async fn issue13_8_a_dead_letter_its_index_refuses_goes_to_the_dead_letter_topic
         "{text}"
     );
 }
+
+/// A foreign index template of a higher priority on our indices wins
+/// silently in Elasticsearch (composable templates do not merge): the
+/// transfer tells (and warns at start, pipeline.rs) when the mapping that
+/// would apply is not ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_priority_template_on_our_indices_is_detected() {
+    use elasticsearch::indices::{IndicesDeleteIndexTemplateParts, IndicesPutIndexTemplateParts};
+    let stack = Stack::from_env();
+    let es = stack.es();
+    let topic = format!("{}_log", unique("shadow"));
+    let ours = unique("logtransfer-shadow");
+    let pattern = transfer::doc::IndexPattern::new("{topic}-%Y.%m.%d").expect("pattern");
+    let topics = vec![topic.clone()];
+    transfer::es::install_template(&es, &ours, &pattern, &topics)
+        .await
+        .expect("install");
+    let samples = transfer::es::sample_indices(&pattern, &topics);
+    assert_eq!(samples.len(), 1);
+    assert!(samples[0].starts_with(&format!("{topic}-")), "{samples:?}");
+    // Ours applies, or another logtransfer's with the same mapping (the
+    // stack holds other tests' broad templates).
+    assert_eq!(
+        transfer::es::shadowed(&es, &pattern, &topics, &samples[0])
+            .await
+            .expect("simulate"),
+        None,
+        "our mapping applies"
+    );
+    let foreign = unique("foreign");
+    let r = es
+        .indices()
+        .put_index_template(IndicesPutIndexTemplateParts::Name(&foreign))
+        .body(json!({
+            "index_patterns": [format!("{topic}-*")],
+            "priority": 5000,
+            "template": {"mappings": {"properties": {"host": {"properties": {"id": {"type": "text"}}}}}}
+        }))
+        .send()
+        .await
+        .expect("put foreign");
+    assert_eq!(r.status_code().as_u16(), 200);
+    let shadow = transfer::es::shadowed(&es, &pattern, &topics, &samples[0])
+        .await
+        .expect("simulate");
+    for name in [&foreign, &ours] {
+        let _ = es
+            .indices()
+            .delete_index_template(IndicesDeleteIndexTemplateParts::Name(name))
+            .send()
+            .await;
+    }
+    let shadow = shadow.expect("ours is shadowed by the foreign template");
+    assert!(shadow.contains(&ours), "{shadow:?}");
+}
