@@ -40,6 +40,16 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    pub path: String,
+}
+
 /// Every metric logagent exports (prefix `logagent_`).
 pub struct Metrics {
     pub registry: Registry,
@@ -49,7 +59,18 @@ pub struct Metrics {
     pub files_open: Gauge,
     pub wal_unacked_bytes: Gauge,
     pub wal_unacked_records: Gauge,
-    pub wal_recovery: Family<KindLabels, Counter>,
+    /// Bytes cut from torn or zero-filled WAL tails at start.
+    pub wal_recovery_truncated_bytes: Counter,
+    /// Records at start: `kind` skipped (damaged) or replayed (unacked, sent again).
+    pub wal_recovery_records: Family<KindLabels, Counter>,
+    pub wal_recovery_segments_set_aside: Counter,
+    pub wal_max_bytes: Gauge,
+    pub wal_oldest_unacked_age_seconds: Gauge,
+    pub last_ack_timestamp_seconds: Gauge,
+    /// Bytes not yet in Kafka of the files with the most (at most
+    /// [`common::agent_state::FILES_SHOWN`] paths, replaced each refresh).
+    pub file_unshipped_bytes: Family<PathLabels, Gauge>,
+    pub build_info: Family<VersionLabels, Gauge>,
     pub produce_seconds: Histogram,
     pub delivery_errors: Counter,
     pub duplicates_skipped: Counter,
@@ -115,12 +136,59 @@ impl Metrics {
             "WAL records appended and not yet acknowledged by Kafka",
             Gauge::default(),
         );
-        let wal_recovery = reg(
+        let wal_recovery_truncated_bytes = reg(
             &mut r,
-            "wal_recovery",
-            "What WAL recovery found at start (kind: truncated_bytes, skipped_records, segments_set_aside, records_replayed)",
+            "wal_recovery_truncated_bytes",
+            "Bytes WAL recovery cut from torn or zero-filled segment tails at start",
+            Counter::default(),
+        );
+        let wal_recovery_records = reg(
+            &mut r,
+            "wal_recovery_records",
+            "WAL records at start: kind skipped (damaged, counted and passed over) or replayed (unacknowledged, sent again)",
             Family::default(),
         );
+        let wal_recovery_segments_set_aside = reg(
+            &mut r,
+            "wal_recovery_segments_set_aside",
+            "WAL segments with a bad header set aside at start",
+            Counter::default(),
+        );
+        let wal_max_bytes = reg(
+            &mut r,
+            "wal_max_bytes",
+            "The WAL's capacity (wal.max_bytes); reading pauses when wal_unacked_bytes reaches it",
+            Gauge::default(),
+        );
+        let wal_oldest_unacked_age_seconds = reg(
+            &mut r,
+            "wal_oldest_unacked_age_seconds",
+            "Age of the oldest line not yet acknowledged by Kafka (0: none), refreshed every 5 s",
+            Gauge::default(),
+        );
+        let last_ack_timestamp_seconds = reg(
+            &mut r,
+            "last_ack_timestamp_seconds",
+            "Unix time of Kafka's last acknowledgement of a line (0: none since start)",
+            Gauge::default(),
+        );
+        let file_unshipped_bytes = reg(
+            &mut r,
+            "file_unshipped_bytes",
+            "Bytes of a file not yet acknowledged by Kafka, for the 20 files with the most (refreshed every 5 s)",
+            Family::default(),
+        );
+        let build_info = reg(
+            &mut r,
+            "build_info",
+            "1, labelled with the version of logagent",
+            Family::<VersionLabels, Gauge>::default(),
+        );
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
         let produce_seconds = reg(
             &mut r,
             "produce_seconds",
@@ -189,7 +257,14 @@ impl Metrics {
             files_open,
             wal_unacked_bytes,
             wal_unacked_records,
-            wal_recovery,
+            wal_recovery_truncated_bytes,
+            wal_recovery_records,
+            wal_recovery_segments_set_aside,
+            wal_max_bytes,
+            wal_oldest_unacked_age_seconds,
+            last_ack_timestamp_seconds,
+            file_unshipped_bytes,
+            build_info,
             produce_seconds,
             delivery_errors,
             duplicates_skipped,
@@ -217,7 +292,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        common::http::with_process_metrics(out)
     }
 
     /// Records (or refreshes) a problem that makes `/health` degraded.

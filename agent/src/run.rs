@@ -237,17 +237,21 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
     }
     let include_unsynced = cfg.wal.sync == "none";
     let replayed = tokio::task::block_in_place(|| reconcile(&wal, &mut store, include_unsynced))?;
-    for (kind, n) in [
-        ("truncated_bytes", rec.bytes_truncated),
-        ("skipped_records", rec.records_skipped),
-        ("segments_set_aside", rec.bad_segments),
-        ("records_replayed", replayed),
-    ] {
+    metrics
+        .wal_recovery_truncated_bytes
+        .inc_by(rec.bytes_truncated);
+    metrics
+        .wal_recovery_segments_set_aside
+        .inc_by(rec.bad_segments);
+    for (kind, n) in [("skipped", rec.records_skipped), ("replayed", replayed)] {
         metrics
-            .wal_recovery
+            .wal_recovery_records
             .get_or_create(&KindLabels { kind: kind.into() })
             .inc_by(n);
     }
+    metrics
+        .wal_max_bytes
+        .set(i64::try_from(cfg.wal.max_bytes).unwrap_or(i64::MAX));
     metrics
         .serve(&cfg.metrics.listen)
         .await

@@ -22,6 +22,11 @@ pub struct SinkLabels {
     pub sink: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+}
+
 /// Every metric logtransfer exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -52,6 +57,17 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("logtransfer");
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "1, labelled with the version of logtransfer",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
         let consumer_lag = Family::<PartitionLabels, Gauge>::default();
         registry.register(
             "consumer_lag",
@@ -232,7 +248,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        common::http::with_process_metrics(out)
     }
 }
 
@@ -270,5 +286,17 @@ mod tests {
         assert_eq!(m.health(), Ok("ok\n".into()));
         m.healthy.store(false, Ordering::Relaxed);
         assert!(m.health().unwrap_err().contains("starting"));
+    }
+
+    #[test]
+    fn build_info_and_process_metrics_are_exported() {
+        let t = Metrics::new().encode();
+        let want = format!(
+            "logtransfer_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(t.contains(&want), "{t}");
+        assert!(t.contains("\nprocess_open_fds "), "{t}");
+        assert!(t.ends_with("# EOF\n"));
     }
 }

@@ -83,6 +83,21 @@ pub(super) fn refresh_state(
             for_secs,
         })
         .collect();
+    metrics.wal_oldest_unacked_age_seconds.set(
+        wal_state
+            .lag_secs
+            .map_or(0, |l| i64::try_from(l).unwrap_or(i64::MAX)),
+    );
+    // The gauge per file holds just the files shown now (bounded labels).
+    metrics.file_unshipped_bytes.clear();
+    for f in &files.shown {
+        metrics
+            .file_unshipped_bytes
+            .get_or_create(&crate::metrics::PathLabels {
+                path: f.path.clone(),
+            })
+            .set(i64::try_from(f.unshipped()).unwrap_or(i64::MAX));
+    }
     let mut r = reg.lock().unwrap_or_else(|p| p.into_inner());
     r.kafka = if problems.iter().any(|p| p.key == "kafka") {
         "stalled".into()

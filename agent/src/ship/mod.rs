@@ -910,6 +910,10 @@ impl<'a, P: Produce> Session<'a, P> {
             acked_offsets.push((r.id, r.end_offset));
         }
         self.last_ack = Instant::now();
+        if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            m.last_ack_timestamp_seconds
+                .set(i64::try_from(now.as_secs()).unwrap_or(i64::MAX));
+        }
         let wal = &self.deps.wal;
         let upto = upto.min(self.deps.progress.checkpointed.load(Ordering::SeqCst));
         if upto > wal.acked_seq() || flush || !acked_offsets.is_empty() {

@@ -78,6 +78,48 @@ async fn the_agent_reports_revisions_files_and_wal_and_vanishes_when_killed() {
     })
     .await;
     let st = st.unwrap_or_else(|| panic!("no state\n{}", a.log_text()));
+    // The same state on /metrics (issue #19 item 1): one unit a metric,
+    // build info, process metrics, capacity, ack time, per-file lag.
+    let (_, text) = a.http_get("/metrics").expect("/metrics");
+    let has = |prefix: &str| text.lines().any(|l| l.starts_with(prefix));
+    for m in [
+        "logagent_build_info{version=\"",
+        "logagent_wal_recovery_truncated_bytes_total ",
+        "logagent_wal_recovery_records_total{kind=\"replayed\"} ",
+        "logagent_wal_recovery_segments_set_aside_total ",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(has(m), "{m} on /metrics:\n{text}");
+    }
+    assert!(
+        !has("logagent_wal_recovery_total"),
+        "the mixed-unit metric is gone"
+    );
+    assert!(a.metric("logagent_wal_max_bytes") > 0.0);
+    assert!(a.metric("process_resident_memory_bytes") > 1e6);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let acked_at = a.metric("logagent_last_ack_timestamp_seconds");
+    assert!(
+        (now - acked_at).abs() < 120.0,
+        "last ack {acked_at}, now {now}"
+    );
+    let path = logs.join("app.log").display().to_string();
+    assert!(
+        integration::agent_run::wait_for(Duration::from_secs(15), || a
+            .http_get("/metrics")
+            .is_some_and(|(_, t)| t.contains(&format!(
+                "logagent_file_unshipped_bytes{{path=\"{path}\"}} 0"
+            )))),
+        "the file's unshipped bytes on /metrics"
+    );
+    assert_eq!(a.metric("logagent_wal_oldest_unacked_age_seconds"), 0.0);
     assert_eq!(st.schema, common::agent_state::SCHEMA);
     assert!(st.collect[&ck].applied_revision == rev, "{st:?}");
     assert_eq!(st.files.shown[0].size, 24, "{st:?}");
