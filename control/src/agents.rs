@@ -116,9 +116,95 @@ impl Control {
     }
 }
 
+/// Prometheus file-based service discovery (`file_sd_configs`) of the
+/// agents: one target group an agent, at the `/metrics` address it
+/// publishes (an unspecified IP, `0.0.0.0:9101`, is replaced by the address
+/// it reaches etcd from), labelled `host_id` and `hostname`. A host that is
+/// down keeps its group from `previous` (the file as written before), so
+/// its target stays scraped and `up == 0` (the AgentDown alert) fires
+/// instead of the target silently vanishing. Sorted by host.
+pub fn prometheus_targets(agents: &[Agent], previous: &serde_json::Value) -> serde_json::Value {
+    use serde_json::json;
+    let mut out: Vec<serde_json::Value> = Vec::new();
+    for a in agents {
+        if a.liveness == Liveness::Down || a.state.metrics.is_empty() {
+            if let Some(old) = previous.as_array().and_then(|groups| {
+                groups
+                    .iter()
+                    .find(|g| g["labels"]["host_id"].as_str() == Some(&a.host_id))
+            }) {
+                out.push(old.clone());
+            }
+            continue;
+        }
+        let addr = match a.state.metrics.parse::<std::net::SocketAddr>() {
+            Ok(sa) if sa.ip().is_unspecified() && !a.state.ip.is_empty() => {
+                match a.state.ip.parse::<std::net::IpAddr>() {
+                    Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{}", sa.port()),
+                    _ => format!("{}:{}", a.state.ip, sa.port()),
+                }
+            }
+            _ => a.state.metrics.clone(),
+        };
+        out.push(json!({
+            "targets": [addr],
+            "labels": {"host_id": a.host_id, "hostname": a.state.hostname},
+        }));
+    }
+    out.sort_by(|x, y| {
+        x["labels"]["host_id"]
+            .as_str()
+            .cmp(&y["labels"]["host_id"].as_str())
+    });
+    serde_json::Value::Array(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prometheus_targets_keep_down_hosts_and_resolve_unspecified_ips() {
+        let agent = |host: &str, liveness: Liveness, metrics: &str| {
+            let state = AgentState {
+                metrics: metrics.into(),
+                ip: "10.0.0.5".into(),
+                hostname: format!("{host}.example"),
+                ..Default::default()
+            };
+            Agent {
+                host_id: host.into(),
+                liveness,
+                age_secs: Some(1),
+                state,
+            }
+        };
+        let first = prometheus_targets(
+            &[
+                agent("web-2", Liveness::Up, "127.0.0.1:9101"),
+                agent("web-1", Liveness::Up, "0.0.0.0:9101"),
+            ],
+            &serde_json::Value::Null,
+        );
+        assert_eq!(first[0]["targets"][0], "10.0.0.5:9101");
+        assert_eq!(first[0]["labels"]["host_id"], "web-1");
+        assert_eq!(first[1]["targets"][0], "127.0.0.1:9101");
+        // web-1 died: its target stays (so `up` goes 0); web-3 never had one.
+        let down = Agent {
+            state: AgentState::default(),
+            ..agent("web-1", Liveness::Down, "")
+        };
+        let next = prometheus_targets(
+            &[
+                down,
+                agent("web-2", Liveness::Up, "127.0.0.1:9101"),
+                agent("web-3", Liveness::Down, ""),
+            ],
+            &first,
+        );
+        assert_eq!(next.as_array().map(Vec::len), Some(2));
+        assert_eq!(next[0]["targets"][0], "10.0.0.5:9101");
+    }
 
     #[test]
     fn an_old_refresh_is_stale() {

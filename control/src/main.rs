@@ -189,6 +189,11 @@ enum AgentsCmd {
         /// Only agents that are stale or down.
         #[arg(long)]
         stale: bool,
+        /// Also write Prometheus file-based discovery targets to FILE
+        /// (atomically; hosts now down keep their target from FILE, so
+        /// Prometheus sees them down). Run it every 30 s, e.g. from a timer.
+        #[arg(long, value_name = "FILE")]
+        prometheus_sd: Option<std::path::PathBuf>,
     },
     /// One agent: its state, collect revisions and the most lagging files.
     Show { host: String },
@@ -474,10 +479,15 @@ async fn run(cli: Cli) -> Result<(), Error> {
         | Cmd::Tail(_)
         | Cmd::Lag { .. }
         | Cmd::Dlq(_) => unreachable!("handled above"),
-        Cmd::Agents(AgentsCmd::List { stale }) => {
-            let agents: Vec<Agent> = ctl
-                .agents()
-                .await?
+        Cmd::Agents(AgentsCmd::List {
+            stale,
+            prometheus_sd,
+        }) => {
+            let all = ctl.agents().await?;
+            if let Some(file) = prometheus_sd {
+                write_prometheus_sd(&file, &all)?;
+            }
+            let agents: Vec<Agent> = all
                 .into_iter()
                 .filter(|a| !stale || a.liveness != Liveness::Up)
                 .collect();
@@ -992,4 +1002,23 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Writes the agents' Prometheus targets to `file` (a temporary file
+/// renamed over it), keeping down hosts' targets from its previous content.
+fn write_prometheus_sd(file: &std::path::Path, agents: &[Agent]) -> control::Result<()> {
+    let io = |what: &str, e: std::io::Error| control::Error::Io {
+        what: format!("{what} {}", file.display()),
+        message: e.to_string(),
+    };
+    let previous = match std::fs::read(file) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Value::Null,
+        Err(e) => return Err(io("reading", e)),
+    };
+    let targets = control::agents::prometheus_targets(agents, &previous);
+    let tmp = file.with_extension("tmp");
+    let text = serde_json::to_string_pretty(&targets).unwrap_or_default() + "\n";
+    std::fs::write(&tmp, text).map_err(|e| io("writing", e))?;
+    std::fs::rename(&tmp, file).map_err(|e| io("renaming onto", e))
 }
