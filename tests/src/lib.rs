@@ -645,16 +645,13 @@ listen = "{metrics}"
         c.put(key, value, None).await.expect("etcd put");
     }
 
-    /// GET `path` on `addr` (an agent's or transfer's metrics address):
-    /// (status, body).
+    /// GET `path` (URL-encoded) on `addr` (an agent's, transfer's or
+    /// Prometheus's address): (status, body). HTTP/1.0, so that no server
+    /// answers with a chunked body.
     pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
         let mut s = std::net::TcpStream::connect(addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
         let mut body = String::new();
         s.read_to_string(&mut body).ok()?;
         let status = body.split(' ').nth(1)?.parse().ok()?;

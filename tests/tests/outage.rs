@@ -726,3 +726,193 @@ async fn a_rebalance_while_elasticsearch_is_down_keeps_the_buffer_bounded() {
         "each message once"
     );
 }
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The alerts Prometheus has firing (name → state).
+fn prometheus_alerts(addr: &str) -> Vec<(String, String)> {
+    let Some((200, body)) = integration::agent_run::http_get(addr, "/api/v1/alerts") else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["data"]["alerts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| {
+                    (
+                        x["labels"]["alertname"].as_str().unwrap_or("").to_string(),
+                        x["state"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue #19 items 3 and 4: Debian's Prometheus scrapes a running agent and
+/// transfer with deploy/prometheus/alerts.yml; Kafka stopped → AgentPaused
+/// fires (the WAL fills), and resolves once Kafka is back; then every query
+/// of deploy/grafana's dashboards answers without error and not empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_fires_agent_paused_during_a_kafka_outage_and_dashboards_have_data() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env();
+    let fx = fixture(&stack, "[wal]\nmax_bytes = 262144\nsegment_bytes = 65536\n");
+    let a = &fx.agent;
+    let topic = unique("it-prometheus");
+    stack.create_topic(&topic, 1).await;
+    etcd_put(
+        &stack,
+        &a.collect_key(),
+        &format!(
+            r#"[{{"path":"{}/app.log","topic":"{topic}"}}]"#,
+            fx.logs.display()
+        ),
+    )
+    .await;
+    let mut agent = a.start();
+    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
+    let transfer_metrics = format!("127.0.0.1:{}", integration::agent_run::free_port());
+    let text = integration::transfer_run::config_text(
+        &stack,
+        &[&topic],
+        &unique("g"),
+        &transfer_metrics,
+        "",
+    );
+    let tconfig = fx.tmp.path().join("transfer.toml");
+    std::fs::write(&tconfig, text).expect("transfer.toml");
+    // The binary: it serves /metrics (the in-process pipeline does not).
+    let mut transfer =
+        integration::transfer_run::spawn(&tconfig, &fx.tmp.path().join("transfer.log"));
+
+    // Prometheus: 1 s scrapes and evaluations, the repository's rules.
+    let prom_dir = fx.tmp.path().join("prometheus");
+    std::fs::create_dir_all(&prom_dir).expect("prometheus dir");
+    let rules = integration::repo_root().join("deploy/prometheus/alerts.yml");
+    std::fs::write(
+        prom_dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [\"{}\"]\nscrape_configs:\n  - job_name: logagent\n    static_configs: [{{targets: [\"{}\"]}}]\n  - job_name: logtransfer\n    static_configs: [{{targets: [\"{}\"]}}]\n",
+            rules.display(),
+            a.metrics,
+            transfer_metrics
+        ),
+    )
+    .expect("prometheus.yml");
+    let prom = format!("127.0.0.1:{}", integration::agent_run::free_port());
+    let mut prometheus = std::process::Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            prom_dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            prom_dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={prom}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(prom_dir.join("prometheus.log")).expect("log"))
+        .spawn()
+        .expect("start prometheus (Debian package prometheus)");
+    let prom_log = || std::fs::read_to_string(prom_dir.join("prometheus.log")).unwrap_or_default();
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            integration::agent_run::http_get(&prom, "/-/ready").is_some_and(|(s, _)| s == 200)
+        }),
+        "prometheus ready: {}",
+        prom_log()
+    );
+
+    // Lines flow, then Kafka stops while they keep coming: the WAL fills.
+    let log = fx.logs.join("app.log");
+    let stop_writing = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop_writing);
+    let writer = std::thread::spawn(move || {
+        let mut i = 0u64;
+        while !flag.load(Ordering::SeqCst) {
+            append(
+                &log,
+                &(i..i + 50)
+                    .map(|n| format!("seq {n} {}", "p".repeat(150)))
+                    .collect::<Vec<_>>(),
+            );
+            i += 50;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stack_cmd(&["stop", "kafka"]);
+    let fired = wait_for(Duration::from_secs(120), || {
+        prometheus_alerts(&prom)
+            .iter()
+            .any(|(n, s)| n == "AgentPaused" && s == "firing")
+    });
+    let paused = a.metric("logagent_paused");
+    stop_writing.store(true, Ordering::SeqCst);
+    stack_cmd(&["start", "kafka"]);
+    writer.join().expect("writer");
+    assert!(
+        fired,
+        "AgentPaused did not fire (logagent_paused {paused}): {:?}\n{}",
+        prometheus_alerts(&prom),
+        prom_log()
+    );
+    let resolved = wait_for(Duration::from_secs(180), || {
+        !prometheus_alerts(&prom)
+            .iter()
+            .any(|(n, _)| n == "AgentPaused")
+    });
+    assert!(
+        resolved,
+        "AgentPaused still active after Kafka came back: {:?}",
+        prometheus_alerts(&prom)
+    );
+
+    // Every dashboard query answers with data.
+    let mut failures = Vec::new();
+    for entry in
+        std::fs::read_dir(integration::repo_root().join("deploy/grafana")).expect("deploy/grafana")
+    {
+        let p = entry.expect("entry").path();
+        let d: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&p).expect("dashboard")).expect("dashboard JSON");
+        for panel in d["panels"].as_array().expect("panels") {
+            for t in panel["targets"].as_array().expect("targets") {
+                let expr = t["expr"].as_str().expect("expr");
+                let r = integration::agent_run::http_get(
+                    &prom,
+                    &format!("/api/v1/query?query={}", url_encode(expr)),
+                );
+                let v: serde_json::Value = r
+                    .as_ref()
+                    .and_then(|(_, b)| serde_json::from_str(b).ok())
+                    .unwrap_or_default();
+                let n = v["data"]["result"].as_array().map_or(0, Vec::len);
+                if v["status"] != "success" || n == 0 {
+                    failures.push(format!("{}: {} → {:?}", p.display(), expr, r));
+                }
+            }
+        }
+    }
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let _ = transfer.kill();
+    let _ = transfer.wait();
+    agent.terminate_ok(a);
+    assert!(
+        failures.is_empty(),
+        "dashboard queries without data:\n{}",
+        failures.join("\n")
+    );
+}
