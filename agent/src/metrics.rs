@@ -85,6 +85,9 @@ pub struct Metrics {
     pub wal_full: AtomicBool,
     /// Reasons `/health` reports as degraded (see [`Problem`]).
     pub problems: Mutex<BTreeMap<String, Problem>>,
+    /// The filesystems whose use `logagent_host_filesystem_*` reports: the
+    /// data directory (the WAL's disk) and the allowed roots.
+    pub filesystems: Mutex<Vec<common::host::Filesystem>>,
 }
 
 fn reg<M: prometheus_client::registry::Metric + Clone>(
@@ -278,6 +281,7 @@ impl Metrics {
             draining: AtomicBool::new(false),
             wal_full: AtomicBool::new(false),
             problems: Mutex::new(BTreeMap::new()),
+            filesystems: Mutex::new(Vec::new()),
         })
     }
 
@@ -292,7 +296,11 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        common::http::with_process_metrics(out)
+        let host = {
+            let fs = self.filesystems.lock().unwrap_or_else(|p| p.into_inner());
+            common::host::host_metrics("logagent", &fs)
+        };
+        common::http::with_process_metrics(common::http::with_metrics(out, &host))
     }
 
     /// Records (or refreshes) a problem that makes `/health` degraded.

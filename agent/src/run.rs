@@ -252,6 +252,18 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
     metrics
         .wal_max_bytes
         .set(i64::try_from(cfg.wal.max_bytes).unwrap_or(i64::MAX));
+    *metrics
+        .filesystems
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = std::iter::once(common::host::Filesystem {
+        label: "data_dir".into(),
+        path: cfg.data_dir.clone(),
+    })
+    .chain(cfg.allowed_roots.iter().map(|r| common::host::Filesystem {
+        label: "root".into(),
+        path: r.clone(),
+    }))
+    .collect();
     metrics
         .serve(&cfg.metrics.listen)
         .await

@@ -14,10 +14,16 @@ pub type HealthFn = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 /// memory, open and maximum file descriptors, start time (from `/proc`;
 /// nothing is added where it cannot be read).
 pub fn with_process_metrics(text: String) -> String {
+    with_metrics(text, &process_metrics())
+}
+
+/// `text` (an OpenMetrics exposition ending in `# EOF`) with the families
+/// in `more` added before its end.
+pub fn with_metrics(text: String, more: &str) -> String {
     let body = text.strip_suffix("# EOF\n").unwrap_or(&text);
-    let mut out = String::with_capacity(body.len() + 800);
+    let mut out = String::with_capacity(body.len() + more.len() + 8);
     out.push_str(body);
-    out.push_str(&process_metrics());
+    out.push_str(more);
     out.push_str("# EOF\n");
     out
 }

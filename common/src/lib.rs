@@ -11,6 +11,7 @@
 pub mod agent_state;
 pub mod config;
 pub mod event;
+pub mod host;
 pub mod http;
 pub mod secret;
 

@@ -92,6 +92,12 @@ async fn the_agent_reports_revisions_files_and_wal_and_vanishes_when_killed() {
         "process_open_fds ",
         "process_max_fds ",
         "process_start_time_seconds ",
+        "logagent_host_cpu_seconds_total{mode=\"idle\"} ",
+        "logagent_host_load1 ",
+        "logagent_host_memory_available_bytes ",
+        "logagent_host_filesystem_avail_bytes{fs=\"data_dir\",path=\"",
+        "logagent_host_filesystem_size_bytes{fs=\"root\",path=\"",
+        "logagent_host_network_receive_bytes_total{device=\"lo\"} ",
     ] {
         assert!(has(m), "{m} on /metrics:\n{text}");
     }
