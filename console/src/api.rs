@@ -366,7 +366,7 @@ async fn tail(
         let closed = tx.clone();
         let started_tx = tx.clone();
         let warn_tx = tx.clone();
-        let mut dropped = 0u64;
+        let (mut dropped, mut told) = (0u64, 0u64);
         let r = control::tail::tail(
             &cfg,
             &control::tail::Tail::default(),
@@ -387,14 +387,20 @@ async fn tail(
                     provenance: explore::Provenance::of(l),
                     line: l.clone(),
                 };
+                // The count of lines dropped so far, once there is room again.
+                if dropped > told
+                    && tx
+                        .try_send(Event::default().event("dropped").data(dropped.to_string()))
+                        .is_ok()
+                {
+                    told = dropped;
+                }
                 let data = serde_json::to_string(&hit).unwrap_or_default();
                 if tx
                     .try_send(Event::default().event("line").data(data))
                     .is_err()
                 {
                     dropped += 1;
-                    let _ =
-                        tx.try_send(Event::default().event("dropped").data(dropped.to_string()));
                 }
             },
             |w| {
@@ -546,9 +552,7 @@ async fn collect_put(
         .put(&host, b.value.as_bytes(), Some(b.expected), &[], false)
         .await?;
     tracing::info!(key = %w.key, revision = ?w.revision, "collect entries written from the console");
-    Ok(Json(
-        json!({"key": w.key, "revision": w.revision, "previous": w.previous, "diff": w.diff}),
-    ))
+    Ok(Json(json!(w)))
 }
 
 async fn collect_history(
@@ -579,7 +583,5 @@ async fn collect_rollback(
     let mut c = app.control().await?;
     let w = c.rollback(&host, b.revision, &[]).await?;
     tracing::info!(key = %w.key, to = b.revision, "collect entries rolled back from the console");
-    Ok(Json(
-        json!({"key": w.key, "revision": w.revision, "previous": w.previous, "diff": w.diff}),
-    ))
+    Ok(Json(json!(w)))
 }

@@ -326,12 +326,12 @@ function toggleDetail(li, hit) {
   const p = hit.provenance || {};
   const json = JSON.stringify(hit.source, null, 2);
   const prov = [
-    ['host', `${p.host || hit.host}${p.host_id && p.host_id !== p.host ? ' (' + p.host_id + ')' : ''}`],
-    ['file', `${p.file || hit.file}`],
-    ['offset', p.offset ?? hit.offset],
+    ['host', `${hit.host}${p.host_id && p.host_id !== hit.host ? ' (' + p.host_id + ')' : ''}`],
+    ['file', hit.file],
+    ['offset', hit.offset],
     ['kafka', p.kafka_topic ? `${p.kafka_topic} partition ${p.kafka_partition} offset ${p.kafka_offset}` : '—'],
-    ['read at', p.read_at || hit.timestamp],
-    ['index', p.index || hit.index || '—'],
+    ['read at', hit.timestamp],
+    ['index', hit.index || '—'],
   ];
   const copy = el('button', { onclick: async () => {
     try { await navigator.clipboard.writeText(json); copy.textContent = 'Copied'; } catch { copy.textContent = 'Copy failed (select the text)'; }

@@ -49,7 +49,7 @@ pub struct Validated {
 }
 
 /// What a write did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Written {
     pub key: String,
     /// The revision written at (`None`: dry run).

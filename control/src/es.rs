@@ -100,6 +100,35 @@ fn shard_failure(v: &Value) -> Option<(u16, String)> {
 }
 
 impl Es {
+    /// [`Es::search`] of a user's `query`: Elasticsearch's 400 (the query
+    /// does not parse, shard failures included) becomes
+    /// [`Error::BadArgument`] naming it as `arg` (`QUERY`, `query`).
+    ///
+    /// # Errors
+    /// As [`Es::search`].
+    pub(crate) async fn search_query(
+        &self,
+        index: &str,
+        arg: &str,
+        query: &str,
+        body: Value,
+    ) -> Result<Value> {
+        let q = query.trim();
+        self.search(index, &format!("search `{q}`"), body)
+            .await
+            .map_err(|e| match e {
+                Error::Elasticsearch {
+                    status: 400,
+                    reason,
+                    ..
+                } => Error::BadArgument {
+                    arg: format!("{arg} `{q}`"),
+                    message: reason,
+                },
+                other => other,
+            })
+    }
+
     /// `GET path` (an API path such as `/_cluster/health`); its JSON.
     ///
     /// # Errors

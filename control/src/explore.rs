@@ -150,19 +150,14 @@ pub struct Hit {
     pub provenance: Provenance,
 }
 
-/// Where a line came from and how it travelled.
+/// How a line travelled, beside what [`Line`] says (host, file, offset,
+/// read time, index): its host id and Kafka coordinates.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Provenance {
-    pub host: String,
     pub host_id: String,
-    pub file: String,
-    pub offset: Option<u64>,
     pub kafka_topic: Option<String>,
     pub kafka_partition: Option<i32>,
     pub kafka_offset: Option<i64>,
-    /// When the agent read it (`@timestamp`).
-    pub read_at: String,
-    pub index: Option<String>,
 }
 
 impl Provenance {
@@ -174,18 +169,13 @@ impl Provenance {
             None => (None, None, None),
         };
         Self {
-            host: line.host.clone(),
             host_id: line.source["host"]["id"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
-            file: line.file.clone(),
-            offset: line.offset,
             kafka_topic: topic,
             kafka_partition: partition,
             kafka_offset: offset,
-            read_at: line.timestamp.clone(),
-            index: line.index.clone(),
         }
     }
 }
@@ -330,17 +320,13 @@ impl Explore {
             },
         });
         if let Some(a) = &self.after {
-            let v: Value = serde_json::from_str(a).map_err(|_| Error::BadArgument {
-                arg: "after".into(),
-                message: "not a cursor from a previous page".into(),
-            })?;
-            if !v.is_array() {
-                return Err(Error::BadArgument {
+            body["search_after"] = serde_json::from_str::<Value>(a)
+                .ok()
+                .filter(Value::is_array)
+                .ok_or_else(|| Error::BadArgument {
                     arg: "after".into(),
                     message: "not a cursor from a previous page".into(),
-                });
-            }
-            body["search_after"] = v;
+                })?;
         }
         if self.aggregations {
             let mut aggs = serde_json::Map::new();
@@ -385,10 +371,15 @@ static SORT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
     ])
 });
 
+/// How long the `fields.*` names of the indices are kept.
+const FIELDS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The console's connection to the logs in Elasticsearch.
 pub struct Logs {
     es: Es,
     index: String,
+    /// The `fields.*` names and when they were read.
+    fields: std::sync::Mutex<Option<(std::time::Instant, Vec<String>)>>,
 }
 
 impl Logs {
@@ -398,14 +389,31 @@ impl Logs {
         Ok(Self {
             es: Es::new(&cfg.elasticsearch)?,
             index: cfg.elasticsearch.index.clone(),
+            fields: std::sync::Mutex::new(None),
         })
     }
 
-    /// The `fields.*` names (keyword sub-fields) the indices have.
+    /// The `fields.*` names (keyword sub-fields) the indices have, read at
+    /// most once per [`FIELDS_TTL`].
     ///
     /// # Errors
     /// Elasticsearch unreachable or failing.
     pub async fn custom_fields(&self) -> Result<Vec<String>> {
+        let cached = |c: &Option<(std::time::Instant, Vec<String>)>| {
+            c.as_ref()
+                .filter(|(at, _)| at.elapsed() < FIELDS_TTL)
+                .map(|(_, f)| f.clone())
+        };
+        if let Some(f) = cached(&self.fields.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(f);
+        }
+        let fresh = self.read_custom_fields().await?;
+        *self.fields.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), fresh.clone()));
+        Ok(fresh)
+    }
+
+    async fn read_custom_fields(&self) -> Result<Vec<String>> {
         let v = self
             .es
             .get(&format!(
@@ -510,21 +518,9 @@ impl Logs {
     }
 
     async fn search(&self, query: &str, body: Value) -> Result<Value> {
-        let q = query.trim();
         self.es
-            .search(&self.index, &format!("search `{q}`"), body)
+            .search_query(&self.index, "query", query, body)
             .await
-            .map_err(|e| match e {
-                Error::Elasticsearch {
-                    status: 400,
-                    reason,
-                    ..
-                } => Error::BadArgument {
-                    arg: format!("query `{q}`"),
-                    message: reason,
-                },
-                other => other,
-            })
     }
 
     /// Every matching line of `e` (its `size` and `after` ignored), newest

@@ -334,21 +334,9 @@ pub async fn search(cfg: &ControlConfig, s: &Search) -> Result<Vec<Line>> {
         });
     }
     let es = Es::new(&cfg.elasticsearch)?;
-    let q = s.query.trim();
     let v = es
-        .search(&cfg.elasticsearch.index, &format!("search `{q}`"), s.body())
-        .await
-        .map_err(|e| match e {
-            Error::Elasticsearch {
-                status: 400,
-                reason,
-                ..
-            } => Error::BadArgument {
-                arg: format!("QUERY `{q}`"),
-                message: reason,
-            },
-            other => other,
-        })?;
+        .search_query(&cfg.elasticsearch.index, "QUERY", &s.query, s.body())
+        .await?;
     Ok(hits(&v).iter().map(Line::from_hit).collect())
 }
 
