@@ -8,7 +8,9 @@
 //!   "exclude": ["/var/log/app/**/debug*.log"],
 //!   "multiline": {"start": "^\\d{4}-\\d{2}-\\d{2} ", "max_lines": 500, "flush_timeout_ms": 5000},
 //!   "json": true, "fields": {"env": "prod"}, "partition": "by_file",
-//!   "max_line_bytes": 1048576}]
+//!   "max_line_bytes": 1048576},
+//!  {"path": "/var/log/containers/*.log", "topic": "k8s_log",
+//!   "container": "cri", "follow_symlinks": true}]
 //! ```
 //!
 //! A value is accepted or refused as a whole: bad JSON, an unknown field, an
@@ -92,6 +94,13 @@ pub struct CollectEntry {
     /// counted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub follow_symlinks: bool,
+    /// The files are container runtime logs (`"cri"`, `"docker"` or
+    /// `"auto"`): each line is decoded, partial pieces are joined, and the
+    /// event gets `stream`, the runtime's time as `@timestamp`, and
+    /// `kubernetes.*` / `container.id` from the file name
+    /// ([`crate::harvester::container`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::harvester::container::ContainerFormat>,
 }
 
 /// Why a collect value was refused.
@@ -184,7 +193,17 @@ pub fn validate(entry: &CollectEntry, allowed_roots: &[PathBuf]) -> Result<(), S
         }
     }
     if let Some(k) = &entry.json_key {
-        const TAKEN: &[&str] = &["@timestamp", "message", "host", "log", "agent", "fields"];
+        const TAKEN: &[&str] = &[
+            "@timestamp",
+            "message",
+            "host",
+            "log",
+            "agent",
+            "fields",
+            "stream",
+            "container",
+            "kubernetes",
+        ];
         if k.is_empty() || TAKEN.contains(&k.as_str()) {
             return Err(format!("json_key `{k}` is empty or an event field"));
         }
@@ -292,6 +311,34 @@ mod tests {
         assert_eq!(e[0].multiline.as_ref().unwrap().max_lines, 500);
         assert_eq!(e[0].fields["env"], "prod");
         assert_eq!(e[0].partition, PartitionMode::RoundRobin);
+    }
+
+    #[test]
+    fn container_formats_parse_and_a_wrong_one_is_named() {
+        use crate::harvester::container::ContainerFormat;
+        let v = br#"[{"path":"/var/log/containers/*.log","topic":"k8s","container":"cri","follow_symlinks":true},
+            {"path":"/var/log/d/*.log","topic":"d","container":"docker"},
+            {"path":"/var/log/e/*.log","topic":"e","container":"auto"}]"#;
+        let e = parse("k", v, &roots()).unwrap();
+        assert_eq!(e[0].container, Some(ContainerFormat::Cri));
+        assert_eq!(e[1].container, Some(ContainerFormat::Docker));
+        assert_eq!(e[2].container, Some(ContainerFormat::Auto));
+        let err = parse(
+            "k",
+            br#"[{"path":"/var/log/a.log","topic":"t","container":"podman"}]"#,
+            &roots(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("podman") && err.contains("cri"), "{err}");
+        let err = parse(
+            "k",
+            br#"[{"path":"/var/log/a.log","topic":"t","json":true,"json_key":"kubernetes"}]"#,
+            &roots(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("json_key"), "{err}");
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! made on the encoded size, not on the line's.
 
 use crate::collect::PartitionMode;
+use crate::harvester::container::{self, CONTAINER, MALFORMED};
 use crate::harvester::lines::{INVALID_UTF8, PARTIAL, TRUNCATED};
 use common::event::{file_coordinate, SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
@@ -209,10 +210,22 @@ fn flag_names(flags: u8, json_error: bool, cut: bool) -> Vec<&'static str> {
     if flags & INVALID_UTF8 != 0 {
         out.push("invalid_utf8");
     }
+    if flags & MALFORMED != 0 {
+        out.push("malformed");
+    }
     if json_error {
         out.push("json_error");
     }
     out
+}
+
+/// A runtime's RFC 3339 time as `@timestamp` (UTC, milliseconds).
+fn utc_millis(time: &str) -> Option<String> {
+    let t = chrono::DateTime::parse_from_rfc3339(time).ok()?;
+    Some(
+        t.with_timezone(&chrono::Utc)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
 }
 
 /// Encodes one line as an event into `out` (cleared first).
@@ -227,14 +240,31 @@ pub fn encode(
 ) {
     // Valid UTF-8 (the common case) is checked by the fast validator and
     // borrowed; only invalid lines pay for the lossy conversion.
-    let text = match std::str::from_utf8(&line.bytes) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
-        Err(_) => String::from_utf8_lossy(&line.bytes),
-    };
     let mut extra = BTreeMap::new();
+    let mut bytes: &[u8] = &line.bytes;
+    let mut runtime_ts = None;
+    if line.flags & CONTAINER != 0 {
+        if let Some((time, stream, msg)) = container::split_stored(&line.bytes) {
+            bytes = msg;
+            runtime_ts = utc_millis(time);
+            extra.insert("stream", serde_json::Value::from(stream));
+        }
+    }
+    // Every line of a container entry, in its format or not, carries the
+    // names its file's name gives.
+    if line.flags & (CONTAINER | MALFORMED) != 0 {
+        if let Some(k) = container::KubeRef::from_path(std::path::Path::new(&batch.source.path)) {
+            extra.extend(k.fields());
+        }
+    }
+    let ts = runtime_ts.as_deref().unwrap_or(ts);
+    let text = match std::str::from_utf8(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    };
     let mut json_error = false;
     if let Some(key) = &spec.json_key {
-        match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&line.bytes) {
+        match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes) {
             Ok(obj) => {
                 extra.insert(key.as_str(), serde_json::Value::Object(obj));
             }
@@ -282,9 +312,10 @@ pub fn encode(
         }
         // Too big: drop the parsed copy first, then cut the message in
         // proportion to the excess (on a char boundary) and try again.
-        if !extra.is_empty() {
-            extra.clear();
-            continue;
+        if let Some(key) = &spec.json_key {
+            if extra.remove(key.as_str()).is_some() {
+                continue;
+            }
         }
         let fixed = out
             .len()
@@ -386,6 +417,67 @@ mod tests {
         let (ev, _) = decode(&spec, line(b"not json", 0), 1 << 20);
         assert_eq!(ev.log.flags, vec!["json_error"]);
         assert_eq!(ev.message, "not json");
+    }
+
+    #[test]
+    fn container_lines_carry_stream_runtime_time_and_kubernetes_names() {
+        let spec = ShipSpec {
+            json_key: Some("app".into()),
+            ..ShipSpec::default()
+        };
+        let id = "c".repeat(64);
+        let mut b = batch(
+            vec![
+                line(
+                    br#"2026-12-01T19:00:00.123456789+09:00 stderr {"level":"warn"}"#,
+                    CONTAINER,
+                ),
+                line(b"not a container line", MALFORMED),
+            ],
+            &spec,
+        );
+        b.source.path = format!("/var/log/containers/web-1_shop_nginx-{id}.log");
+        let mut out = Vec::new();
+        encode(
+            &ident(),
+            &spec,
+            &b,
+            "2026-12-01T11:00:00.000Z",
+            &b.lines[0],
+            1 << 20,
+            &mut out,
+        );
+        let ev: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(ev["@timestamp"], "2026-12-01T10:00:00.123Z");
+        assert_eq!(ev["message"], r#"{"level":"warn"}"#);
+        assert_eq!(ev["stream"], "stderr");
+        assert_eq!(ev["app"]["level"], "warn");
+        assert_eq!(ev["kubernetes"]["namespace"], "shop");
+        assert_eq!(ev["kubernetes"]["pod"]["name"], "web-1");
+        assert_eq!(ev["kubernetes"]["container"]["name"], "nginx");
+        assert_eq!(ev["container"]["id"], id.as_str());
+        assert!(ev["log"].get("flags").is_none());
+        encode(
+            &ident(),
+            &spec,
+            &b,
+            "2026-12-01T11:00:00.000Z",
+            &b.lines[1],
+            1 << 20,
+            &mut out,
+        );
+        let ev: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(ev["@timestamp"], "2026-12-01T11:00:00.000Z");
+        assert_eq!(ev["message"], "not a container line");
+        assert_eq!(
+            ev["log"]["flags"],
+            serde_json::json!(["malformed", "json_error"])
+        );
+        assert!(ev.get("stream").is_none());
+        assert_eq!(
+            ev["kubernetes"]["pod"]["name"], "web-1",
+            "the file's names all the same"
+        );
     }
 
     #[test]

@@ -19,6 +19,13 @@
 //! (default `json`); a line that does not parse as an object is shipped with
 //! the flag `json_error`.
 //!
+//! For entries with `container` (Kubernetes' CRI files, Docker's json-file),
+//! `message` is the decoded line (partial pieces joined), `stream` is
+//! `stdout` or `stderr`, `@timestamp` is the runtime's time, and
+//! `kubernetes.{namespace, pod.name, pod.uid, container.name}` and
+//! `container.id` come from the file's name; a line not in the format is
+//! shipped as read with the flag `malformed`.
+//!
 //! Kafka headers carry the line's source coordinates, so downstream (and the
 //! agent itself after a crash) can recognise a line it already has:
 //! `logpipe-host` (host id), `logpipe-file` (`device:inode:fingerprint` in

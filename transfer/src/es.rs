@@ -104,6 +104,16 @@ pub fn template_body(pattern: &IndexPattern, topics: &[String]) -> Value {
                             "fingerprint": {"type": "keyword"}
                         }}
                     }},
+                    "stream": {"type": "keyword"},
+                    "container": {"properties": {"id": {"type": "keyword"}}},
+                    "kubernetes": {"properties": {
+                        "namespace": {"type": "keyword"},
+                        "pod": {"properties": {
+                            "name": {"type": "keyword"},
+                            "uid": {"type": "keyword"}
+                        }},
+                        "container": {"properties": {"name": {"type": "keyword"}}}
+                    }},
                     "kafka": {"properties": {
                         "topic": {"type": "keyword"},
                         "partition": {"type": "integer"},

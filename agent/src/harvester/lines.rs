@@ -32,6 +32,16 @@ pub struct SplitLine {
     pub flags: u8,
 }
 
+/// A line without flags (tests).
+#[cfg(test)]
+pub fn line(offset: u64, s: &str) -> SplitLine {
+    SplitLine {
+        offset,
+        bytes: s.as_bytes().to_vec(),
+        flags: 0,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LineSplitter {
     max_line_bytes: usize,

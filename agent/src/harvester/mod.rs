@@ -33,6 +33,7 @@
 //!   offset while the agent was down or paused, or a new file on a reused
 //!   inode with the same header — it is read again from 0.
 
+pub mod container;
 pub mod fingerprint;
 pub mod lines;
 pub mod multiline;
@@ -77,6 +78,9 @@ pub struct HarvestConfig {
     /// A file that has not grown for this long is closed (its position is
     /// kept) and reopened when it changes.
     pub close_idle_after: Duration,
+    /// Decode container runtime log lines (CRI, Docker json-file) and join
+    /// their partial pieces ([`container`]), before `multiline`.
+    pub container: Option<container::ContainerFormat>,
     /// Join continuation lines into events (stack traces).
     pub multiline: Option<multiline::MultilineConfig>,
     /// (include, exclude) globs of the collect entries before this one: a
@@ -184,6 +188,7 @@ impl Default for HarvestConfig {
             fingerprint_timeout: Duration::from_secs(60),
             max_open_files: 1024,
             close_idle_after: Duration::from_secs(300),
+            container: None,
             multiline: None,
             shadowed_by: Vec::new(),
             allowed_roots: Vec::new(),
@@ -283,6 +288,8 @@ struct Tracked {
     /// Meanwhile, a fingerprint of the bytes read so far, to notice a
     /// second truncation that the size alone would hide.
     provisional: Option<u64>,
+    /// Container line decoding state (unused without `container`).
+    decoder: container::Decoder,
     /// Multiline joining state (unused without `multiline`).
     joiner: multiline::Joiner,
     /// The content check of the last resume offset handed out.
@@ -588,11 +595,11 @@ impl Harvester {
             let done = t.detached_at.is_some() && !grew && idle >= self.cfg.rotate_grace;
             if done {
                 self.stats.files_closed += 1;
-                Self::flush_joiner(&mut t, &mut emitted);
+                Self::flush_joiner(&mut t, self.cfg.multiline.as_ref(), &mut emitted);
             } else if !grew && idle >= self.cfg.close_idle_after {
                 // Still at its path: close it, remember where we were.
                 self.stats.files_closed += 1;
-                Self::flush_joiner(&mut t, &mut emitted);
+                Self::flush_joiner(&mut t, self.cfg.multiline.as_ref(), &mut emitted);
                 self.parked.insert(key, (t.id, t.splitter.resume_offset()));
             } else {
                 self.open.insert(key, t);
@@ -925,6 +932,7 @@ impl Harvester {
             detached_at: None,
             fingerprint_pending: false,
             provisional: None,
+            decoder: container::Decoder::default(),
             joiner: multiline::Joiner::default(),
             tail: None,
         }))
@@ -967,7 +975,7 @@ impl Harvester {
             self.stats.truncations += 1;
             tracing::info!(path = %t.path.display(), size, position = t.splitter.position(), "file truncated; reading it again from the start");
             // An event pending from the old content ends here.
-            Self::flush_joiner(t, out);
+            Self::flush_joiner(t, self.cfg.multiline.as_ref(), out);
             t.splitter = LineSplitter::new(0, self.cfg.max_line_bytes);
             t.provisional = None;
             t.tail = None;
@@ -1009,6 +1017,18 @@ impl Harvester {
                 t.splitter.flush_partial(&mut lines);
             }
         }
+        let lines = match self.cfg.container {
+            None => lines,
+            Some(format) => {
+                let mut decoded = Vec::with_capacity(lines.len());
+                t.decoder
+                    .feed(format, self.cfg.max_line_bytes, lines, &mut decoded);
+                if !grew && now.duration_since(t.last_growth) >= container::FLUSH_TIMEOUT {
+                    t.decoder.flush(&mut decoded);
+                }
+                decoded
+            }
+        };
         let lines = match &self.cfg.multiline {
             None => lines,
             Some(ml) => {
@@ -1029,6 +1049,7 @@ impl Harvester {
             let resume_offset = t
                 .joiner
                 .pending_offset()
+                .or_else(|| t.decoder.pending_offset())
                 .unwrap_or_else(|| t.splitter.resume_offset());
             t.tail = Tail::of(&t.file, resume_offset);
             out.push(Emitted {
@@ -1043,8 +1064,18 @@ impl Harvester {
     }
 
     /// Emits a pending multiline event of a file being closed.
-    fn flush_joiner(t: &mut Tracked, out: &mut Vec<Emitted>) {
+    fn flush_joiner(
+        t: &mut Tracked,
+        ml: Option<&multiline::MultilineConfig>,
+        out: &mut Vec<Emitted>,
+    ) {
         let mut events = Vec::new();
+        let mut decoded = Vec::new();
+        t.decoder.flush(&mut decoded);
+        match ml {
+            Some(ml) => t.joiner.feed(ml, decoded, &mut events),
+            None => events = decoded,
+        }
         t.joiner.flush(&mut events);
         if !events.is_empty() {
             let resume_offset = t.splitter.resume_offset();
@@ -1110,12 +1141,64 @@ mod tests {
         );
     }
 
-    /// A parked file deleted and its inode given by the kernel to another
-    /// entry's new file (logrotate's `rotate N` delete, then a new file in
-    /// a subdirectory) is not "renamed out of the globs": the other entry's
-    /// checkpoint on that inode is not this entry's to resume (a 30-minute
-    /// torture run shipped 1,684 lines of `nest/sub/*.jsonl` to the topic
-    /// of `nest/*.log` this way).
+    /// A CRI line split into pieces is emitted once, whole, even when the
+    /// agent stops between its pieces; with multiline on top, a stack trace
+    /// written as several CRI lines is one event.
+    #[test]
+    fn container_partials_are_emitted_once_across_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = tmp.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let f = logs.join("0.log");
+        let mut ml = multiline::MultilineConfig::new(r"^\S").unwrap();
+        ml.flush_timeout = Duration::ZERO;
+        let cfg = HarvestConfig {
+            include: vec![format!("{}/*.log", logs.display())],
+            container: Some(container::ContainerFormat::Cri),
+            multiline: Some(ml),
+            ..HarvestConfig::default()
+        };
+        let t = "2026-12-01T10:00:00Z";
+        let mut st = store(tmp.path());
+        let mut h = Harvester::new(cfg.clone()).unwrap();
+        let trace = format!("{t} stdout F Exception in main\n{t} stdout F \tat A.b(A.java:1)\n");
+        let next = format!("{t} stderr F next\n");
+        let piece = format!("{t} stdout P long line, part 1; \n");
+        std::fs::write(&f, format!("{trace}{next}{piece}")).unwrap();
+        let out = h.poll(&st);
+        assert_eq!(
+            out[0].resume_offset,
+            trace.len() as u64,
+            "resume at the pending event `next` (the partial line after it is held too)"
+        );
+        for e in &out {
+            st.update(
+                e.id,
+                checkpoint::FileState::durable_at(e.path.display().to_string(), e.resume_offset),
+            );
+        }
+        assert_eq!(
+            texts(out),
+            vec![format!("{t} stdout Exception in main\n\tat A.b(A.java:1)")]
+        );
+        drop(h);
+        let mut h = Harvester::new(cfg).unwrap();
+        let mut file = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+        std::io::Write::write_all(&mut file, format!("{t} stdout F part 2\n").as_bytes()).unwrap();
+        let mut out = h.poll(&st);
+        out.extend(h.poll(&st));
+        assert!(out
+            .iter()
+            .all(|e| e.lines.iter().all(|l| l.flags == container::CONTAINER)));
+        assert_eq!(
+            texts(out),
+            vec![
+                format!("{t} stderr next"),
+                format!("{t} stdout long line, part 1; part 2")
+            ]
+        );
+    }
+
     #[test]
     fn a_reused_inode_of_a_parked_file_does_not_pull_in_another_entrys_file() {
         let tmp = tempfile::tempdir().unwrap();

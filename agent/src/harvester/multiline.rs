@@ -8,6 +8,7 @@
 //! first line, so a restart reads the whole event again instead of emitting
 //! half of it twice. Joined bytes are capped at `max_bytes` ([`TRUNCATED`]).
 
+use super::container::{stored_prefix_len, CONTAINER, MALFORMED};
 use super::lines::{SplitLine, TRUNCATED};
 use regex::bytes::{Regex, RegexBuilder};
 use std::time::Duration;
@@ -71,21 +72,29 @@ impl Joiner {
     /// Feeds lines in file order; finished events are appended to `out`.
     pub fn feed(&mut self, cfg: &MultilineConfig, lines: Vec<SplitLine>, out: &mut Vec<SplitLine>) {
         for line in lines {
-            let starts = cfg.start.is_match(&line.bytes);
+            // A decoded container line is matched and joined on its
+            // message; the event keeps its first line's time and stream.
+            let body = if line.flags & CONTAINER != 0 {
+                stored_prefix_len(&line.bytes)
+            } else {
+                0
+            };
+            let starts = cfg.start.is_match(&line.bytes[body..]);
             match self.pending.as_mut() {
                 Some(p) if !starts && self.lines < cfg.max_lines => {
+                    let text = &line.bytes[body..];
                     let room = cfg.max_bytes.saturating_sub(p.bytes.len());
-                    if room > line.bytes.len() {
+                    if room > text.len() {
                         p.bytes.push(b'\n');
-                        p.bytes.extend_from_slice(&line.bytes);
+                        p.bytes.extend_from_slice(text);
                     } else {
                         p.bytes.push(b'\n');
-                        p.bytes
-                            .extend_from_slice(&line.bytes[..room.saturating_sub(1)]);
+                        p.bytes.extend_from_slice(&text[..room.saturating_sub(1)]);
                         p.bytes.truncate(cfg.max_bytes);
                         p.flags |= TRUNCATED;
                     }
-                    p.flags |= line.flags;
+                    // The form of the event is its first line's.
+                    p.flags |= line.flags & !(CONTAINER | MALFORMED);
                     self.lines += 1;
                 }
                 _ => {
@@ -110,13 +119,7 @@ impl Joiner {
 mod tests {
     use super::*;
 
-    fn l(offset: u64, s: &str) -> SplitLine {
-        SplitLine {
-            offset,
-            bytes: s.as_bytes().to_vec(),
-            flags: 0,
-        }
-    }
+    use crate::harvester::lines::line as l;
 
     #[test]
     fn java_stack_traces_become_one_event() {
@@ -143,6 +146,34 @@ mod tests {
         j.flush(&mut out);
         assert_eq!(out[1].bytes, b"2026-11-21 INFO next");
         assert_eq!(j.pending_offset(), None);
+    }
+
+    #[test]
+    fn container_lines_are_joined_on_their_messages() {
+        let cfg = MultilineConfig::new(r"^\d{4}-").unwrap();
+        let mut j = Joiner::default();
+        let mut out = Vec::new();
+        let c = |offset, s: &str| SplitLine {
+            offset,
+            bytes: format!("2026-12-01T10:00:00Z stderr {s}").into_bytes(),
+            flags: CONTAINER,
+        };
+        j.feed(
+            &cfg,
+            vec![
+                c(0, "2026-12-01 ERROR boom"),
+                c(60, "\tat a.B(B.java:1)"),
+                c(99, "2026-12-01 next"),
+            ],
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].bytes,
+            b"2026-12-01T10:00:00Z stderr 2026-12-01 ERROR boom\n\tat a.B(B.java:1)"
+        );
+        assert_eq!(out[0].flags, CONTAINER);
+        assert_eq!(j.pending_offset(), Some(99));
     }
 
     #[test]

@@ -75,6 +75,7 @@ fn harvest_key(e: &CollectEntry, shadows: &Shadows, roots: &[PathBuf]) -> String
         e.multiline,
         e.max_line_bytes,
         e.follow_symlinks,
+        e.container,
         shadows,
         roots
     ])
@@ -116,6 +117,7 @@ fn harvest_config(
         multiline,
         allowed_roots: roots.to_vec(),
         follow_symlinks: e.follow_symlinks,
+        container: e.container,
         ..HarvestConfig::default()
     };
     if let Some(n) = e.max_line_bytes {

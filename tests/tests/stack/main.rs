@@ -4,6 +4,7 @@
 //! - `agent_edges`: logagent at production edges (issue #12): refused
 //!   messages, a read-back that cannot complete.
 //! - `kafka`: produce with acks=all and idempotence, consume it back.
+//! - `containers`: Kubernetes CRI logs end to end (issue #19 item 7).
 //! - `console`: logconsole in headless Chromium (issue #16).
 //! - `elasticsearch`: index a document, find it with a search.
 //! - `etcd`: put a key, observe it through a watch.
@@ -22,6 +23,7 @@
 mod agent;
 mod agent_edges;
 mod console;
+mod containers;
 mod elasticsearch;
 mod etcd;
 mod etcd_config;
