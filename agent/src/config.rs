@@ -42,6 +42,31 @@ pub struct AgentConfig {
     /// Static collect entries, merged with the ones from etcd.
     #[serde(default)]
     pub collect: Vec<CollectEntry>,
+    #[serde(default, skip_serializing_if = "HostMetricsConfig::is_off")]
+    pub host_metrics: HostMetricsConfig,
+}
+
+/// Shipping the host's metrics as events (`crate::host_events`); off by
+/// default (they are on `/metrics` either way).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostMetricsConfig {
+    /// The topic the events go to; `""` (default): not shipped.
+    #[serde(default)]
+    pub topic: String,
+    /// Seconds between two samples (default 60, at least 1).
+    #[serde(default = "default_host_metrics_interval")]
+    pub interval_secs: u64,
+}
+
+fn default_host_metrics_interval() -> u64 {
+    60
+}
+
+impl HostMetricsConfig {
+    fn is_off(&self) -> bool {
+        self.topic.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -333,6 +358,23 @@ impl AgentConfig {
         }
         if self.wal.segment_bytes < 4096 {
             return Err(bad("wal.segment_bytes", "must be at least 4096".into()));
+        }
+        if !self.host_metrics.topic.is_empty() {
+            if !crate::config::valid_topic(&self.host_metrics.topic) {
+                return Err(bad(
+                    "host_metrics.topic",
+                    format!(
+                        "`{}` is not a valid Kafka topic name",
+                        self.host_metrics.topic
+                    ),
+                ));
+            }
+            if self.host_metrics.interval_secs == 0 {
+                return Err(bad(
+                    "host_metrics.interval_secs",
+                    "must be at least 1".into(),
+                ));
+            }
         }
         if self.checkpoint.gc_after_secs < 60 {
             // Files are marked seen about every second; a retention near

@@ -17,6 +17,7 @@ pub mod etcd_config;
 pub mod event;
 pub mod gc;
 pub mod harvester;
+pub mod host_events;
 pub mod metrics;
 pub mod refusal;
 pub mod report;

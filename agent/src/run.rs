@@ -206,6 +206,7 @@ fn cached_entries(store: &Mutex<Store>, roots: &[PathBuf]) -> Option<Vec<Collect
 /// address cannot be bound, or the WAL failed while running.
 pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result<(), Error> {
     use tokio::signal::unix::{signal, SignalKind};
+    let cfg = crate::host_events::effective(cfg);
     let metrics = Metrics::new();
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::Io {
         path: cfg.data_dir.clone(),
@@ -252,18 +253,28 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
     metrics
         .wal_max_bytes
         .set(i64::try_from(cfg.wal.max_bytes).unwrap_or(i64::MAX));
-    *metrics
-        .filesystems
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = std::iter::once(common::host::Filesystem {
+    let filesystems: Vec<common::host::Filesystem> = std::iter::once(common::host::Filesystem {
         label: "data_dir".into(),
         path: cfg.data_dir.clone(),
     })
-    .chain(cfg.allowed_roots.iter().map(|r| common::host::Filesystem {
-        label: "root".into(),
-        path: r.clone(),
-    }))
+    .chain(
+        cfg.allowed_roots
+            .iter()
+            .filter(|r| !r.starts_with(&cfg.data_dir))
+            .map(|r| common::host::Filesystem {
+                label: "root".into(),
+                path: r.clone(),
+            }),
+    )
     .collect();
+    *metrics
+        .filesystems
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = filesystems.clone();
+    crate::host_events::spawn(&cfg, filesystems).map_err(|e| Error::Io {
+        path: crate::host_events::dir(&cfg.data_dir),
+        source: e,
+    })?;
     metrics
         .serve(&cfg.metrics.listen)
         .await
@@ -581,6 +592,7 @@ fn reload(path: &Path, cur: &AgentConfig) -> Option<AgentConfig> {
                     serde_json::to_string(&cur.wal).ok() != serde_json::to_string(&new.wal).ok(),
                 ),
                 ("metrics", cur.metrics.listen != new.metrics.listen),
+                ("host_metrics", cur.host_metrics != new.host_metrics),
             ]
             .into_iter()
             .filter(|(_, changed)| *changed)
@@ -590,7 +602,10 @@ fn reload(path: &Path, cur: &AgentConfig) -> Option<AgentConfig> {
                 tracing::warn!(keys = ?restart, "these settings changed and apply at the next restart");
             }
             tracing::info!(config = %path.display(), "local config reloaded");
-            Some(new)
+            // Shipping host metrics stays as it started (a restart applies a change).
+            let mut new = new;
+            new.host_metrics = cur.host_metrics.clone();
+            Some(crate::host_events::effective(new))
         }
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: the config file is refused; keeping the current one");

@@ -75,6 +75,14 @@ pub fn template_body(pattern: &IndexPattern, topics: &[String]) -> Value {
             "settings": {"index": {"number_of_shards": 1, "refresh_interval": "1s"}},
             "mappings": {
                 "dynamic_templates": [{
+                    // The agent's host metrics: a value that happens to be
+                    // whole in the first sample must not map the field as long.
+                    "host_metrics_as_double": {
+                        "path_match": "host_metrics.*",
+                        "match_mapping_type": "long",
+                        "mapping": {"type": "double"}
+                    }
+                }, {
                     "strings_as_text_and_keyword": {
                         "match_mapping_type": "string",
                         "mapping": {

@@ -173,3 +173,91 @@ async fn the_agent_reports_revisions_files_and_wal_and_vanishes_when_killed() {
         "gone after {after:?} (lease TTL 10 s)"
     );
 }
+
+/// `[host_metrics] topic` (issue #19 item 2): the host's metrics reach
+/// Kafka and Elasticsearch as events of the host, numbers mapped as double.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_metrics_are_shipped_as_events_when_asked() {
+    let stack = Stack::from_env();
+    let topic = unique("it-hostm");
+    stack.create_topic(&topic, 1).await;
+    let fx = fixture(
+        &stack,
+        &format!("[host_metrics]\ntopic = \"{topic}\"\ninterval_secs = 1\n"),
+    );
+    let mut agent = fx.agent.start();
+    // Samples keep coming: read in short rounds until three are there.
+    let start = Instant::now();
+    let msgs = loop {
+        let m = integration::kafka_read::read_topic(
+            &stack.kafka_brokers,
+            &topic,
+            3,
+            Duration::from_secs(3),
+        );
+        if m.len() >= 3 || start.elapsed() > Duration::from_secs(60) {
+            break m;
+        }
+    };
+    assert!(
+        msgs.len() >= 3,
+        "{} samples in 60 s: {}",
+        msgs.len(),
+        fx.agent.log_text()
+    );
+    let v = &msgs[2].value;
+    assert_eq!(v["host"]["id"], fx.agent.host_id.as_str());
+    let m = &v["host_metrics"];
+    assert!(
+        m["memory_total_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{v}"
+    );
+    assert!(
+        m["cpu_busy_ratio"]
+            .as_f64()
+            .is_some_and(|r| (0.0..=1.0).contains(&r)),
+        "{v}"
+    );
+    assert!(
+        m["filesystems"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["fs"] == "data_dir")),
+        "{v}"
+    );
+    assert!(
+        m["network"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|d| d["device"] == "lo")),
+        "{v}"
+    );
+    let transfer = integration::transfer_run::start(integration::transfer_run::config(
+        &stack,
+        &[&topic],
+        &unique("g"),
+        "",
+    ));
+    let docs = format!("{topic}-*");
+    assert!(stack.wait_count(&docs, 3, Duration::from_secs(60)).await >= 3);
+    let mapping: serde_json::Value = stack
+        .es()
+        .indices()
+        .get_field_mapping(
+            elasticsearch::indices::IndicesGetFieldMappingParts::IndexFields(
+                &[&docs],
+                &["host_metrics.load1", "host_metrics.memory_total_bytes"],
+            ),
+        )
+        .send()
+        .await
+        .expect("field mapping")
+        .json()
+        .await
+        .expect("json");
+    let text = mapping.to_string();
+    assert!(
+        text.contains("\"type\":\"double\"") && !text.contains("\"type\":\"long\""),
+        "{text}"
+    );
+    transfer.stop().await;
+    agent.terminate_ok(&fx.agent);
+}
