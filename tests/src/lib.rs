@@ -48,6 +48,77 @@ impl Stack {
         }
     }
 
+    /// `POSTGRES_URL` (`scripts/stack env`).
+    ///
+    /// # Panics
+    /// When it is not set.
+    pub fn postgres_url(&self) -> String {
+        required("POSTGRES_URL")
+    }
+
+    /// `MARIADB_URL` (`scripts/stack env`).
+    ///
+    /// # Panics
+    /// When it is not set.
+    pub fn mariadb_url(&self) -> String {
+        required("MARIADB_URL")
+    }
+
+    /// Runs `sql` on the stack's PostgreSQL (`postgres`) or MariaDB
+    /// (`mariadb`) with their command-line clients; the rows as
+    /// tab-separated lines.
+    ///
+    /// # Panics
+    /// When the client fails.
+    pub fn sql(&self, server: &str, sql: &str) -> String {
+        self.sql_try(server, sql)
+            .unwrap_or_else(|e| panic!("{server}: {sql}: {e}"))
+    }
+
+    /// [`Stack::sql`], the client's error as `Err`.
+    ///
+    /// # Panics
+    /// When the client cannot be run.
+    pub fn sql_try(&self, server: &str, sql: &str) -> Result<String, String> {
+        let out = match server {
+            "postgres" => std::process::Command::new("psql")
+                .args([&self.postgres_url(), "-tAX", "-F", "\t", "-c", sql])
+                .output(),
+            "mariadb" => {
+                // mysql://user:password@host:port/db
+                let url = self.mariadb_url();
+                let rest = url.trim_start_matches("mysql://");
+                let (creds, addr) = rest.split_once('@').expect("user@host in MARIADB_URL");
+                let (user, password) = creds.split_once(':').expect("user:password");
+                let (hostport, db) = addr.split_once('/').expect("host:port/db");
+                let (host, port) = hostport.split_once(':').expect("host:port");
+                std::process::Command::new("mariadb")
+                    .args([
+                        "--no-defaults",
+                        "-h",
+                        host,
+                        "-P",
+                        port,
+                        "-u",
+                        user,
+                        db,
+                        "-N",
+                        "-B",
+                        "-e",
+                        sql,
+                    ])
+                    .env("MYSQL_PWD", password)
+                    .output()
+            }
+            other => panic!("no SQL server {other}"),
+        }
+        .expect("run the SQL client");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    }
+
     pub fn es(&self) -> Elasticsearch {
         Elasticsearch::new(Transport::single_node(&self.es_url).expect("ES_URL"))
     }

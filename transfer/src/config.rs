@@ -26,6 +26,12 @@ pub struct TransferConfig {
     pub retry: RetryConfig,
     #[serde(default)]
     pub file_sink: Option<FileSinkConfig>,
+    /// The PostgreSQL server of `sink = "postgres"` routes.
+    #[serde(default)]
+    pub postgres: Option<SqlConfig>,
+    /// The MariaDB/MySQL server of `sink = "mariadb"` routes.
+    #[serde(default)]
+    pub mariadb: Option<SqlConfig>,
     /// Per-topic sink choice; topics not routed go to Elasticsearch.
     #[serde(default)]
     pub route: Vec<Route>,
@@ -115,11 +121,31 @@ pub struct FileSinkConfig {
     pub dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// An SQL server (`transfer::sql`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// `postgres://user:password@host:port/db` or
+    /// `mysql://user:password@host:port/db`; TLS by the URL's parameters
+    /// (`sslmode=verify-full&sslrootcert=…`, `ssl-mode=VERIFY_IDENTITY&ssl-ca=…`).
+    /// Never printed.
+    pub url: common::Secret,
+    /// Connections in the pool (default 4).
+    #[serde(default = "default_sql_connections")]
+    pub max_connections: u32,
+}
+
+fn default_sql_connections() -> u32 {
+    4
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkKind {
     Elasticsearch,
     File,
+    Postgres,
+    MariaDb,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,6 +153,9 @@ pub enum SinkKind {
 pub struct Route {
     pub topics: Vec<String>,
     pub sink: SinkKind,
+    /// The table of an SQL sink (`postgres`, `mariadb`); created if missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -464,6 +493,38 @@ impl TransferConfig {
                     "must list a topic".into(),
                 ));
             }
+            let sql = match r.sink {
+                SinkKind::Postgres => Some(("postgres", self.postgres.is_some())),
+                SinkKind::MariaDb => Some(("mariadb", self.mariadb.is_some())),
+                _ => None,
+            };
+            match (sql, &r.table) {
+                (Some((name, false)), _) => {
+                    return Err(bad(
+                        &format!("route[{i}].sink"),
+                        format!("is \"{name}\" but there is no [{name}] url"),
+                    ))
+                }
+                (Some(_), None) => {
+                    return Err(bad(
+                        &format!("route[{i}].table"),
+                        "an SQL sink needs a table".into(),
+                    ))
+                }
+                (Some(_), Some(t)) if !crate::sql::valid_table(t) => {
+                    return Err(bad(
+                        &format!("route[{i}].table"),
+                        format!("`{t}` is not a table name ([A-Za-z_][A-Za-z0-9_]*, at most 48)"),
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(bad(
+                        &format!("route[{i}].table"),
+                        "only an SQL sink (postgres, mariadb) has a table".into(),
+                    ))
+                }
+                _ => {}
+            }
         }
         if self.health.stuck_after_secs == 0 {
             return Err(bad("health.stuck_after_secs", "must be at least 1".into()));
@@ -541,6 +602,38 @@ url = "http://127.0.0.1:9200"
             .unwrap_err()
             .to_string();
         assert!(err.contains("elasticsearch.url"), "{err}");
+    }
+
+    #[test]
+    fn sql_routes_need_their_server_and_a_table() {
+        let route = |sink: &str, table: &str| {
+            format!("[[route]]\ntopics = [\"web_log\"]\nsink = \"{sink}\"\n{table}")
+        };
+        let pg = "[postgres]\nurl = \"postgres://u:p@127.0.0.1:5432/logpipe\"\n";
+        for (text, key) in [
+            (route("postgres", "table = \"t\"\n"), "route[0].sink"),
+            (format!("{pg}{}", route("postgres", "")), "route[0].table"),
+            (
+                format!("{pg}{}", route("postgres", "table = \"a;b\"\n")),
+                "route[0].table",
+            ),
+            (route("elasticsearch", "table = \"t\"\n"), "route[0].table"),
+            (route("mariadb", "table = \"t\"\n"), "route[0].sink"),
+        ] {
+            let err = parse(&format!("{MINIMAL}{text}")).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let ok = parse(&format!(
+            "{MINIMAL}{pg}{}",
+            route("postgres", "table = \"web\"\n")
+        ))
+        .unwrap();
+        assert_eq!(ok.route[0].sink, SinkKind::Postgres);
+        assert!(
+            !ok.to_redacted_toml().contains("u:p@"),
+            "the URL's password is never shown: {}",
+            ok.to_redacted_toml()
+        );
     }
 
     #[test]

@@ -375,7 +375,7 @@ pub fn dead_letter(doc: &Doc, status: u16, error: &serde_json::Value, suffix: &s
     let original = &text[..cut];
     let mut v = serde_json::json!({
         "@timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-        "message": format!("document refused by Elasticsearch: {}", error.get("reason").and_then(|r| r.as_str()).unwrap_or("unknown reason")),
+        "message": format!("document refused by its sink: {}", error.get("reason").and_then(|r| r.as_str()).unwrap_or("unknown reason")),
         "error": {
             "status": status,
             "type": error.get("type").and_then(|t| t.as_str()).unwrap_or("unknown"),

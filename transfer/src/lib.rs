@@ -4,6 +4,7 @@
 //! - [`doc`]: Kafka message → document (index, `_id`, source); dead letters.
 //! - [`bulk`]: the `_bulk` body and per-item outcomes.
 //! - [`sink`]: the [`sink::Sink`] trait; Elasticsearch and NDJSON file sinks.
+//! - [`sql`]: PostgreSQL and MariaDB sinks (a table per route).
 //! - [`dlq`]: the dead-letter Kafka topic (fallback or instead of the index).
 //! - [`es`]: client construction and the index template.
 //! - [`kafka`]: librdkafka defaults; re-bootstrapping a client left with no
@@ -20,6 +21,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod sink;
+pub mod sql;
 
 /// Errors of the transfer crate.
 #[derive(Debug, thiserror::Error)]

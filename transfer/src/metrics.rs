@@ -95,7 +95,7 @@ impl Metrics {
         let dead_lettered = Counter::default();
         registry.register(
             "dead_lettered",
-            "Documents refused by Elasticsearch and written as dead letters",
+            "Documents refused by their sink (Elasticsearch, a SQL table) and written as dead letters",
             dead_lettered.clone(),
         );
         let commit_failures = Counter::default();

@@ -670,6 +670,30 @@ pub async fn run(
             }
         }
     }
+    // SQL sinks: one pool per server, one sink (table) per route.
+    let pools = [
+        (
+            SinkKind::Postgres,
+            crate::sql::Dialect::Postgres,
+            &cfg.postgres,
+        ),
+        (
+            SinkKind::MariaDb,
+            crate::sql::Dialect::MariaDb,
+            &cfg.mariadb,
+        ),
+    ];
+    for (kind, dialect, section) in pools {
+        let Some(section) = section else { continue };
+        let pool = crate::sql::Pool::lazy(dialect, section.url.expose(), section.max_connections)?;
+        for r in cfg.route.iter().filter(|r| r.sink == kind) {
+            let table = r.table.as_deref().unwrap_or_default();
+            let sink: Arc<dyn Sink> = Arc::new(crate::sql::SqlSink::new(pool.clone(), table)?);
+            for t in &r.topics {
+                by_topic.insert(t.clone(), Arc::clone(&sink));
+            }
+        }
+    }
     let router = Router {
         default: es_sink,
         by_topic,

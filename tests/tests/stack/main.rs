@@ -12,6 +12,7 @@
 //! - `logctl`: the operators' CLI against the agent and etcd (issue #15).
 //! - `logctl_logs`: logctl search, context, tail, lag and dlq against the
 //!   whole pipeline (issue #15).
+//! - `sinks`: logtransfer's PostgreSQL and MariaDB sinks (issue #20).
 //! - `security`: nothing outside allowed_roots is shipped (issue #14).
 //! - `security_tls`: Kafka SASL_SSL and mTLS, etcd TLS with a per-host role,
 //!   Elasticsearch behind TLS with basic auth or an API key (issue #14 item 5).
@@ -32,6 +33,7 @@ mod logctl;
 mod logctl_logs;
 mod security;
 mod security_tls;
+mod sinks;
 mod state;
 mod transfer;
 mod transfer_edges;

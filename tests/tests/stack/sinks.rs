@@ -1,0 +1,148 @@
+//! logtransfer's SQL sinks (issue #20) against the stack's real PostgreSQL
+//! and MariaDB: a topic routed to each, the transfer killed with SIGKILL
+//! ten times while it writes 100,000 messages to each, then every message is a row exactly
+//! once; a row the table refuses (a host name too long for its column) is a
+//! dead letter and its partition goes on.
+
+use integration::transfer_run::{config_text, spawn, tail};
+use integration::{unique, Stack};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const N: usize = 100_000;
+/// Every this many messages, one whose host name is too long for its column.
+const REFUSED_EVERY: usize = 20_000;
+
+fn event(i: usize) -> String {
+    let host = if i % REFUSED_EVERY == 1 {
+        "h".repeat(300)
+    } else {
+        format!("web-{}", i % 7)
+    };
+    format!(
+        r#"{{"@timestamp":"2026-12-01T10:00:00.000Z","message":"seq {i}","host":{{"name":"{host}"}},"log":{{"file":{{"path":"/var/log/a.log"}},"offset":{i}}}}}"#
+    )
+}
+
+/// Rows in `table`; 0 before the sink made it.
+fn count(stack: &Stack, server: &str, table: &str) -> usize {
+    stack
+        .sql_try(server, &format!("SELECT count(*) FROM {table}"))
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_sinks_write_every_message_once_across_kill_9_and_dead_letter_refused_rows() {
+    let stack = Stack::from_env();
+    let (t_pg, t_my) = (unique("it-pg"), unique("it-my"));
+    let table = |t: &str| t.replace('-', "_");
+    let (pg_table, my_table) = (table(&t_pg), table(&t_my));
+    for t in [&t_pg, &t_my] {
+        stack.create_topic(t, 2).await;
+    }
+    let values: Vec<String> = (0..N).map(event).collect();
+    for t in [&t_pg, &t_my] {
+        stack.produce(t, 0, &values[..N / 2]).await;
+        stack.produce(t, 1, &values[N / 2..]).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("transfer.toml");
+    let extra = format!(
+        r#"[postgres]
+url = "{pg}"
+[mariadb]
+url = "{my}"
+[[route]]
+topics = ["{t_pg}"]
+sink = "postgres"
+table = "{pg_table}"
+[[route]]
+topics = ["{t_my}"]
+sink = "mariadb"
+table = "{my_table}"
+"#,
+        pg = stack.postgres_url(),
+        my = stack.mariadb_url(),
+    );
+    std::fs::write(
+        &cfg,
+        config_text(&stack, &[&t_pg, &t_my], &unique("g"), "127.0.0.1:0", &extra)
+            .replace("max_docs = 2000", "max_docs = 500"),
+    )
+    .expect("config");
+    let log = dir.path().join("transfer.log");
+
+    // Kill -9 ten times while it writes (or joins the group), at uneven moments.
+    for k in 0..10u64 {
+        let mut child = spawn(&cfg, &log);
+        std::thread::sleep(Duration::from_millis(1500 + 300 * k));
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+    }
+    let refused = 2 * (N / REFUSED_EVERY);
+    let partial = [("postgres", &pg_table), ("mariadb", &my_table)]
+        .map(|(server, t)| count(&stack, server, t));
+    eprintln!(
+        "sinks: rows (postgres, mariadb) after the 10 kills: {partial:?} of {}",
+        N - refused / 2
+    );
+    assert!(
+        partial.iter().any(|n| *n > 0 && *n < N - refused / 2),
+        "the kills landed while rows were being written: {partial:?}"
+    );
+    let mut child = spawn(&cfg, &log);
+    let want = N - refused / 2;
+    let start = Instant::now();
+    let done = |server: &str, t: &str| count(&stack, server, t) >= want;
+    while !(done("postgres", &pg_table) && done("mariadb", &my_table))
+        && start.elapsed() < Duration::from_secs(240)
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // What is there is all there will be: a little longer, then count.
+    std::thread::sleep(Duration::from_secs(2));
+    for (server, t) in [("postgres", &pg_table), ("mariadb", &my_table)] {
+        let rows = count(&stack, server, t);
+        assert_eq!(rows, want, "{server}: rows in {t}; log:\n{}", tail(&log));
+        let messages: Vec<String> = stack
+            .sql(server, &format!("SELECT message FROM {t}"))
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let distinct: BTreeSet<&String> = messages.iter().collect();
+        assert_eq!(distinct.len(), want, "{server}: each message once");
+        let expected: BTreeSet<String> = (0..N)
+            .filter(|i| i % REFUSED_EVERY != 1)
+            .map(|i| format!("seq {i}"))
+            .collect();
+        assert_eq!(
+            distinct.into_iter().cloned().collect::<BTreeSet<_>>(),
+            expected,
+            "{server}: exactly the messages not refused"
+        );
+        let letters = stack.sql(
+            server,
+            &format!("SELECT kafka_partition, kafka_offset, error_type FROM {t}_deadletter ORDER BY 1, 2"),
+        );
+        let letters: Vec<&str> = letters.lines().collect();
+        assert_eq!(
+            letters.len(),
+            refused / 2,
+            "{server}: dead letters: {letters:?}"
+        );
+        assert!(
+            letters.iter().all(|l| l.contains("sqlstate_22001")),
+            "{server}: refused for the value's length: {letters:?}"
+        );
+        // The columns of a row.
+        let row = stack.sql(
+            server,
+            &format!("SELECT host, file, file_offset FROM {t} WHERE message = 'seq 10'"),
+        );
+        assert_eq!(row, "web-3\t/var/log/a.log\t10", "{server}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
