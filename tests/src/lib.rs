@@ -64,6 +64,41 @@ impl Stack {
         required("MARIADB_URL")
     }
 
+    /// `REDIS_URL` (`scripts/stack env`).
+    ///
+    /// # Panics
+    /// When it is not set.
+    pub fn redis_url(&self) -> String {
+        required("REDIS_URL")
+    }
+
+    /// `redis-cli --raw ARGS` against the stack's Redis; its output, or the
+    /// error.
+    ///
+    /// # Panics
+    /// When redis-cli cannot be run.
+    pub fn redis(&self, args: &[&str]) -> Result<String, String> {
+        // redis://:password@host:port/
+        let url = self.redis_url();
+        let rest = url.trim_start_matches("redis://");
+        let (creds, addr) = rest.split_once('@').expect(":password@host in REDIS_URL");
+        let (host, port) = addr
+            .trim_end_matches('/')
+            .split_once(':')
+            .expect("host:port");
+        let out = std::process::Command::new("redis-cli")
+            .args(["--raw", "-h", host, "-p", port])
+            .args(args)
+            .env("REDISCLI_AUTH", creds.trim_start_matches(':'))
+            .output()
+            .expect("run redis-cli");
+        let text = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
+        if !out.status.success() || text.starts_with("ERR") || text.contains("Connection refused") {
+            return Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(text)
+    }
+
     /// Runs `sql` on the stack's PostgreSQL (`postgres`) or MariaDB
     /// (`mariadb`) with their command-line clients; the rows as
     /// tab-separated lines.

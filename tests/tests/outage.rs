@@ -3,8 +3,8 @@
 //! collect-entry watcher; logagent started while etcd is down (issue #5,
 //! test 3); the Kafka broker stopped for 60 s under logagent (issue #5,
 //! test 5); a crash read-back that cannot finish while Kafka was stopped
-//! (issue #12 item 5); PostgreSQL and MariaDB stopped for 60 s under the
-//! SQL sinks (issue #20). Its own test binary: these stop services the other
+//! (issue #12 item 5); PostgreSQL, MariaDB and Redis stopped for 60 s under the
+//! SQL and Redis sinks (issue #20). Its own test binary: these stop services the other
 //! integration tests use (cargo runs test binaries one after another), and
 //! they take a lock so they run one at a time here too.
 
@@ -918,27 +918,32 @@ async fn prometheus_fires_agent_paused_during_a_kafka_outage_and_dashboards_have
     );
 }
 
-/// PostgreSQL and MariaDB stopped together for 60 s under a transfer writing
-/// a topic to each (issue #20 item 4): nothing is committed past what the
-/// servers confirmed, nothing is lost, and writing resumes by itself.
+/// PostgreSQL, MariaDB and Redis stopped together for 60 s under a transfer
+/// writing a topic to each (issue #20 item 4): nothing is committed past
+/// what the servers confirmed, nothing is lost, and writing resumes by
+/// itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sql_servers_down_for_60_s_lose_nothing_and_resume_by_themselves() {
+async fn sql_and_redis_servers_down_for_60_s_lose_nothing_and_resume_by_themselves() {
     let _serial = SERIAL.lock().await;
     let stack = Stack::from_env();
-    let (t_pg, t_my) = (unique("it-pgout"), unique("it-myout"));
+    let (t_pg, t_my, t_rd) = (unique("it-pgout"), unique("it-myout"), unique("it-rdout"));
     let (pg_table, my_table) = (t_pg.replace('-', "_"), t_my.replace('-', "_"));
-    for t in [&t_pg, &t_my] {
+    let key = format!("{t_rd}:stream");
+    let all = [&t_pg, &t_my, &t_rd];
+    for t in all {
         stack.create_topic(t, 4).await;
     }
     let extra = format!(
-        "[postgres]\nurl = \"{}\"\n[mariadb]\nurl = \"{}\"\n\
+        "[postgres]\nurl = \"{}\"\n[mariadb]\nurl = \"{}\"\n[redis]\nurl = \"{}\"\n\
          [[route]]\ntopics = [\"{t_pg}\"]\nsink = \"postgres\"\ntable = \"{pg_table}\"\n\
-         [[route]]\ntopics = [\"{t_my}\"]\nsink = \"mariadb\"\ntable = \"{my_table}\"\n",
+         [[route]]\ntopics = [\"{t_my}\"]\nsink = \"mariadb\"\ntable = \"{my_table}\"\n\
+         [[route]]\ntopics = [\"{t_rd}\"]\nsink = \"redis\"\nkey = \"{key}\"\n",
         stack.postgres_url(),
-        stack.mariadb_url()
+        stack.mariadb_url(),
+        stack.redis_url()
     );
     let group = unique("g");
-    let running = start(config(&stack, &[&t_pg, &t_my], &group, &extra));
+    let running = start(config(&stack, &all.map(String::as_str), &group, &extra));
     let rows = |server: &str, table: &str| -> u64 {
         stack
             .sql_try(server, &format!("SELECT count(*) FROM {table}"))
@@ -946,12 +951,22 @@ async fn sql_servers_down_for_60_s_lose_nothing_and_resume_by_themselves() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    let wait_rows = |n: u64, limit: Duration| {
-        wait_for(limit, || {
-            rows("postgres", &pg_table) >= n && rows("mariadb", &my_table) >= n
-        })
+    let xlen = || -> u64 {
+        stack
+            .redis(&["XLEN", &key])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
     };
-    for t in [&t_pg, &t_my] {
+    let counts = || {
+        [
+            rows("postgres", &pg_table),
+            rows("mariadb", &my_table),
+            xlen(),
+        ]
+    };
+    let wait_rows = |n: u64, limit: Duration| wait_for(limit, || counts().iter().all(|c| *c >= n));
+    for t in all {
         for p in 0..4 {
             stack
                 .produce(t, p, &lines(p as u64 * 1000, p as u64 * 1000 + 500))
@@ -960,12 +975,14 @@ async fn sql_servers_down_for_60_s_lose_nothing_and_resume_by_themselves() {
     }
     assert!(
         wait_rows(2000, Duration::from_secs(60)),
-        "the first 2,000 rows each"
+        "the first 2,000 each: {:?}",
+        counts()
     );
 
-    stack_cmd(&["stop", "postgres"]);
-    stack_cmd(&["stop", "mariadb"]);
-    for t in [&t_pg, &t_my] {
+    for s in ["postgres", "mariadb", "redis"] {
+        stack_cmd(&["stop", s]);
+    }
+    for t in all {
         for p in 0..4 {
             stack
                 .produce(t, p, &lines(p as u64 * 1000 + 500, p as u64 * 1000 + 1000))
@@ -973,34 +990,27 @@ async fn sql_servers_down_for_60_s_lose_nothing_and_resume_by_themselves() {
         }
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let during = [
-        committed(&stack, &group, &t_pg),
-        committed(&stack, &group, &t_my),
-    ];
+    let during = all.map(|t| committed(&stack, &group, t));
     tokio::time::sleep(Duration::from_secs(55)).await;
-    let end = [
-        committed(&stack, &group, &t_pg),
-        committed(&stack, &group, &t_my),
-    ];
+    let end = all.map(|t| committed(&stack, &group, t));
     assert_eq!(during, end, "nothing committed while the servers were down");
     assert!(
         during.iter().flatten().all(|o| *o <= 500),
         "commits stay at what was written: {during:?}"
     );
 
-    stack_cmd(&["start", "postgres"]);
-    stack_cmd(&["start", "mariadb"]);
+    for s in ["postgres", "mariadb", "redis"] {
+        stack_cmd(&["start", s]);
+    }
     let resumed = wait_rows(4000, Duration::from_secs(120));
     running.stop().await;
-    assert!(
-        resumed,
-        "all rows after the outage: postgres {}, mariadb {}",
-        rows("postgres", &pg_table),
-        rows("mariadb", &my_table)
+    assert!(resumed, "all of it after the outage: {:?}", counts());
+    assert_eq!(
+        counts(),
+        [4000; 3],
+        "each message once (postgres, mariadb, redis)"
     );
-    for (server, table) in [("postgres", &pg_table), ("mariadb", &my_table)] {
-        assert_eq!(rows(server, table), 4000, "{server}: each message once");
+    for t in all {
+        assert_eq!(committed(&stack, &group, t), vec![1000; 4], "{t}");
     }
-    assert_eq!(committed(&stack, &group, &t_pg), vec![1000; 4]);
-    assert_eq!(committed(&stack, &group, &t_my), vec![1000; 4]);
 }

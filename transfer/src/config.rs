@@ -32,6 +32,9 @@ pub struct TransferConfig {
     /// The MariaDB/MySQL server of `sink = "mariadb"` routes.
     #[serde(default)]
     pub mariadb: Option<SqlConfig>,
+    /// The Redis server of `sink = "redis"` routes.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
     /// Per-topic sink choice; topics not routed go to Elasticsearch.
     #[serde(default)]
     pub route: Vec<Route>,
@@ -139,6 +142,21 @@ fn default_sql_connections() -> u32 {
     4
 }
 
+/// A Redis server (`transfer::redis_sink`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://:password@host:6379/0` (`rediss://` for TLS). Never printed.
+    pub url: common::Secret,
+    /// `stream` (default: XADD) or `list` (RPUSH).
+    #[serde(default)]
+    pub data_type: crate::redis_sink::DataType,
+    /// A stream is trimmed to about this many entries (`MAXLEN ~`); 0
+    /// (default): never trimmed.
+    #[serde(default)]
+    pub maxlen: u64,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkKind {
@@ -146,6 +164,7 @@ pub enum SinkKind {
     File,
     Postgres,
     MariaDb,
+    Redis,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,6 +175,9 @@ pub struct Route {
     /// The table of an SQL sink (`postgres`, `mariadb`); created if missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
+    /// The key of a Redis sink (a stream or a list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -525,6 +547,30 @@ impl TransferConfig {
                 }
                 _ => {}
             }
+            match (r.sink, &r.key) {
+                (SinkKind::Redis, _) if self.redis.is_none() => {
+                    return Err(bad(
+                        &format!("route[{i}].sink"),
+                        "is \"redis\" but there is no [redis] url".into(),
+                    ))
+                }
+                (SinkKind::Redis, None) => {
+                    return Err(bad(
+                        &format!("route[{i}].key"),
+                        "a Redis sink needs a key".into(),
+                    ))
+                }
+                (SinkKind::Redis, Some(k)) if k.is_empty() => {
+                    return Err(bad(&format!("route[{i}].key"), "must not be empty".into()))
+                }
+                (SinkKind::Redis, Some(_)) | (_, None) => {}
+                (_, Some(_)) => {
+                    return Err(bad(
+                        &format!("route[{i}].key"),
+                        "only a Redis sink has a key".into(),
+                    ))
+                }
+            }
         }
         if self.health.stuck_after_secs == 0 {
             return Err(bad("health.stuck_after_secs", "must be at least 1".into()));
@@ -623,6 +669,32 @@ url = "http://127.0.0.1:9200"
             let err = parse(&format!("{MINIMAL}{text}")).unwrap_err().to_string();
             assert!(err.contains(key), "{key}: {err}");
         }
+        let rd = "[redis]\nurl = \"redis://:pw@127.0.0.1:6379/\"\n";
+        for (text, key) in [
+            (route("redis", "key = \"k\"\n"), "route[0].sink"),
+            (format!("{rd}{}", route("redis", "")), "route[0].key"),
+            (
+                format!("{rd}{}", route("redis", "key = \"\"\n")),
+                "route[0].key",
+            ),
+            (
+                format!("{rd}{}", route("elasticsearch", "key = \"k\"\n")),
+                "route[0].key",
+            ),
+        ] {
+            let err = parse(&format!("{MINIMAL}{text}")).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let r = parse(&format!(
+            "{MINIMAL}{rd}data_type = \"list\"\n{}",
+            route("redis", "key = \"k\"\n")
+        ))
+        .unwrap();
+        assert_eq!(
+            r.redis.as_ref().map(|c| c.data_type),
+            Some(crate::redis_sink::DataType::List)
+        );
+        assert!(!r.to_redacted_toml().contains(":pw@"));
         let ok = parse(&format!(
             "{MINIMAL}{pg}{}",
             route("postgres", "table = \"web\"\n")

@@ -5,6 +5,7 @@
 //! - [`bulk`]: the `_bulk` body and per-item outcomes.
 //! - [`sink`]: the [`sink::Sink`] trait; Elasticsearch and NDJSON file sinks.
 //! - [`sql`]: PostgreSQL and MariaDB sinks (a table per route).
+//! - [`redis_sink`]: the Redis sink (a stream or list per route).
 //! - [`dlq`]: the dead-letter Kafka topic (fallback or instead of the index).
 //! - [`es`]: client construction and the index template.
 //! - [`kafka`]: librdkafka defaults; re-bootstrapping a client left with no
@@ -20,6 +21,7 @@ pub mod es;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
+pub mod redis_sink;
 pub mod sink;
 pub mod sql;
 

@@ -694,6 +694,20 @@ pub async fn run(
             }
         }
     }
+    if let Some(rc) = &cfg.redis {
+        for r in cfg.route.iter().filter(|r| r.sink == SinkKind::Redis) {
+            let key = r.key.as_deref().unwrap_or_default();
+            let sink: Arc<dyn Sink> = Arc::new(crate::redis_sink::RedisSink::new(
+                rc.url.expose(),
+                key,
+                rc.data_type,
+                rc.maxlen,
+            )?);
+            for t in &r.topics {
+                by_topic.insert(t.clone(), Arc::clone(&sink));
+            }
+        }
+    }
     let router = Router {
         default: es_sink,
         by_topic,

@@ -1,8 +1,9 @@
-//! logtransfer's SQL sinks (issue #20) against the stack's real PostgreSQL
-//! and MariaDB: a topic routed to each, the transfer killed with SIGKILL
+//! logtransfer's SQL and Redis sinks (issue #20) against the stack's real
+//! PostgreSQL, MariaDB and Redis: a topic routed to each, the transfer killed with SIGKILL
 //! ten times while it writes 100,000 messages to each, then every message is a row exactly
-//! once; a row the table refuses (a host name too long for its column) is a
-//! dead letter and its partition goes on.
+//! once; a row a table refuses (a host name too long for its column) is a
+//! dead letter and its partition goes on. Redis refuses nothing: all of its
+//! topic's messages are entries, each once.
 
 use integration::transfer_run::{config_text, spawn, tail};
 use integration::{unique, Stack};
@@ -34,16 +35,17 @@ fn count(stack: &Stack, server: &str, table: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sql_sinks_write_every_message_once_across_kill_9_and_dead_letter_refused_rows() {
+async fn sql_and_redis_sinks_write_every_message_once_across_kill_9_and_dead_letter_refused_rows() {
     let stack = Stack::from_env();
-    let (t_pg, t_my) = (unique("it-pg"), unique("it-my"));
+    let (t_pg, t_my, t_rd) = (unique("it-pg"), unique("it-my"), unique("it-rd"));
     let table = |t: &str| t.replace('-', "_");
     let (pg_table, my_table) = (table(&t_pg), table(&t_my));
-    for t in [&t_pg, &t_my] {
+    let key = format!("{t_rd}:stream");
+    for t in [&t_pg, &t_my, &t_rd] {
         stack.create_topic(t, 2).await;
     }
     let values: Vec<String> = (0..N).map(event).collect();
-    for t in [&t_pg, &t_my] {
+    for t in [&t_pg, &t_my, &t_rd] {
         stack.produce(t, 0, &values[..N / 2]).await;
         stack.produce(t, 1, &values[N / 2..]).await;
     }
@@ -54,6 +56,12 @@ async fn sql_sinks_write_every_message_once_across_kill_9_and_dead_letter_refuse
 url = "{pg}"
 [mariadb]
 url = "{my}"
+[redis]
+url = "{rd}"
+[[route]]
+topics = ["{t_rd}"]
+sink = "redis"
+key = "{key}"
 [[route]]
 topics = ["{t_pg}"]
 sink = "postgres"
@@ -65,11 +73,18 @@ table = "{my_table}"
 "#,
         pg = stack.postgres_url(),
         my = stack.mariadb_url(),
+        rd = stack.redis_url(),
     );
     std::fs::write(
         &cfg,
-        config_text(&stack, &[&t_pg, &t_my], &unique("g"), "127.0.0.1:0", &extra)
-            .replace("max_docs = 2000", "max_docs = 500"),
+        config_text(
+            &stack,
+            &[&t_pg, &t_my, &t_rd],
+            &unique("g"),
+            "127.0.0.1:0",
+            &extra,
+        )
+        .replace("max_docs = 2000", "max_docs = 500"),
     )
     .expect("config");
     let log = dir.path().join("transfer.log");
@@ -96,7 +111,14 @@ table = "{my_table}"
     let want = N - refused / 2;
     let start = Instant::now();
     let done = |server: &str, t: &str| count(&stack, server, t) >= want;
-    while !(done("postgres", &pg_table) && done("mariadb", &my_table))
+    let xlen = || -> usize {
+        stack
+            .redis(&["XLEN", &key])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    while !(done("postgres", &pg_table) && done("mariadb", &my_table) && xlen() >= N)
         && start.elapsed() < Duration::from_secs(240)
     {
         std::thread::sleep(Duration::from_millis(500));
@@ -143,6 +165,31 @@ table = "{my_table}"
         );
         assert_eq!(row, "web-3\t/var/log/a.log\t10", "{server}");
     }
+    // Redis: every message an entry, once, in each partition's order.
+    assert_eq!(xlen(), N, "redis: entries in {key}; log:\n{}", tail(&log));
+    let entries = stack.redis(&["XRANGE", &key, "-", "+"]).expect("XRANGE");
+    let lines: Vec<&str> = entries.lines().collect();
+    let mut by_partition: [Vec<i64>; 2] = [Vec::new(), Vec::new()];
+    for e in lines.chunks(5) {
+        // id, "kafka", "<topic>/<partition>/<offset>", "doc", the document
+        let at: Vec<&str> = e[2].rsplitn(3, '/').collect();
+        let p: usize = at[1].parse().expect("partition");
+        by_partition[p].push(at[0].parse().expect("offset"));
+    }
+    for (p, offsets) in by_partition.iter().enumerate() {
+        let want: Vec<i64> = (0..(N / 2) as i64).collect();
+        assert_eq!(
+            offsets, &want,
+            "redis: partition {p}'s offsets, once each, in order"
+        );
+    }
+    assert_eq!(
+        stack
+            .redis(&["HGET", &format!("{key}:offsets"), &format!("{t_rd}/0")])
+            .ok(),
+        Some(format!("{}", N / 2 - 1)),
+        "redis: the last offset written"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
