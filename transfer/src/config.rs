@@ -171,13 +171,30 @@ pub enum SinkKind {
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub topics: Vec<String>,
-    pub sink: SinkKind,
+    /// Where the topics go: one sink …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkKind>,
+    /// … or several (`sinks = ["elasticsearch", "mariadb"]`): a message
+    /// counts as written, and its offset may be committed, once every one
+    /// of them wrote it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<SinkKind>,
     /// The table of an SQL sink (`postgres`, `mariadb`); created if missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
     /// The key of a Redis sink (a stream or a list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+}
+
+impl Route {
+    /// The route's sinks, `sink` or `sinks`.
+    pub fn kinds(&self) -> Vec<SinkKind> {
+        self.sink
+            .into_iter()
+            .chain(self.sinks.iter().copied())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -440,11 +457,11 @@ impl TransferConfig {
         // letters would be refused. (Regex topics are checked as they come:
         // such a partition stops, named on /health.)
         for (i, topic) in self.kafka.topics.iter().enumerate() {
-            let to_file = self
+            let not_indexed = self
                 .route
                 .iter()
-                .any(|r| r.sink == SinkKind::File && r.topics.contains(topic));
-            if topic.starts_with('^') || to_file {
+                .any(|r| !r.kinds().contains(&SinkKind::Elasticsearch) && r.topics.contains(topic));
+            if topic.starts_with('^') || not_indexed {
                 continue;
             }
             if let Err(e) = pattern.check_topic(topic, &self.elasticsearch.dead_letter_suffix) {
@@ -503,73 +520,69 @@ impl TransferConfig {
             ));
         }
         for (i, r) in self.route.iter().enumerate() {
-            if r.sink == SinkKind::File && self.file_sink.is_none() {
-                return Err(bad(
-                    &format!("route[{i}].sink"),
-                    "is \"file\" but [file_sink] has no dir".into(),
-                ));
+            let at = |k: &str| format!("route[{i}].{k}");
+            let kinds = r.kinds();
+            if r.sink.is_some() && !r.sinks.is_empty() {
+                return Err(bad(&at("sinks"), "give `sink` or `sinks`, not both".into()));
             }
+            if kinds.is_empty() {
+                return Err(bad(&at("sink"), "missing: name a sink (or `sinks`)".into()));
+            }
+            if kinds
+                .iter()
+                .enumerate()
+                .any(|(n, k)| kinds[..n].contains(k))
+            {
+                return Err(bad(&at("sinks"), "names a sink twice".into()));
+            }
+            let key = if r.sink.is_some() { "sink" } else { "sinks" };
             if r.topics.is_empty() {
-                return Err(bad(
-                    &format!("route[{i}].topics"),
-                    "must list a topic".into(),
-                ));
+                return Err(bad(&at("topics"), "must list a topic".into()));
             }
-            let sql = match r.sink {
-                SinkKind::Postgres => Some(("postgres", self.postgres.is_some())),
-                SinkKind::MariaDb => Some(("mariadb", self.mariadb.is_some())),
-                _ => None,
-            };
+            for k in &kinds {
+                let (name, configured) = match k {
+                    SinkKind::Elasticsearch => continue,
+                    SinkKind::File => ("file_sink", self.file_sink.is_some()),
+                    SinkKind::Postgres => ("postgres", self.postgres.is_some()),
+                    SinkKind::MariaDb => ("mariadb", self.mariadb.is_some()),
+                    SinkKind::Redis => ("redis", self.redis.is_some()),
+                };
+                if !configured {
+                    let what = if *k == SinkKind::File { "dir" } else { "url" };
+                    return Err(bad(
+                        &at(key),
+                        format!("names {k:?} but [{name}] has no {what}").to_lowercase(),
+                    ));
+                }
+            }
+            let sql = kinds
+                .iter()
+                .any(|k| matches!(k, SinkKind::Postgres | SinkKind::MariaDb));
             match (sql, &r.table) {
-                (Some((name, false)), _) => {
+                (true, None) => return Err(bad(&at("table"), "an SQL sink needs a table".into())),
+                (true, Some(t)) if !crate::sql::valid_table(t) => {
                     return Err(bad(
-                        &format!("route[{i}].sink"),
-                        format!("is \"{name}\" but there is no [{name}] url"),
-                    ))
-                }
-                (Some(_), None) => {
-                    return Err(bad(
-                        &format!("route[{i}].table"),
-                        "an SQL sink needs a table".into(),
-                    ))
-                }
-                (Some(_), Some(t)) if !crate::sql::valid_table(t) => {
-                    return Err(bad(
-                        &format!("route[{i}].table"),
+                        &at("table"),
                         format!("`{t}` is not a table name ([A-Za-z_][A-Za-z0-9_]*, at most 48)"),
                     ))
                 }
-                (None, Some(_)) => {
+                (false, Some(_)) => {
                     return Err(bad(
-                        &format!("route[{i}].table"),
+                        &at("table"),
                         "only an SQL sink (postgres, mariadb) has a table".into(),
                     ))
                 }
                 _ => {}
             }
-            match (r.sink, &r.key) {
-                (SinkKind::Redis, _) if self.redis.is_none() => {
-                    return Err(bad(
-                        &format!("route[{i}].sink"),
-                        "is \"redis\" but there is no [redis] url".into(),
-                    ))
+            match (kinds.contains(&SinkKind::Redis), &r.key) {
+                (true, None) => return Err(bad(&at("key"), "a Redis sink needs a key".into())),
+                (true, Some(k)) if k.is_empty() => {
+                    return Err(bad(&at("key"), "must not be empty".into()))
                 }
-                (SinkKind::Redis, None) => {
-                    return Err(bad(
-                        &format!("route[{i}].key"),
-                        "a Redis sink needs a key".into(),
-                    ))
+                (false, Some(_)) => {
+                    return Err(bad(&at("key"), "only a Redis sink has a key".into()))
                 }
-                (SinkKind::Redis, Some(k)) if k.is_empty() => {
-                    return Err(bad(&format!("route[{i}].key"), "must not be empty".into()))
-                }
-                (SinkKind::Redis, Some(_)) | (_, None) => {}
-                (_, Some(_)) => {
-                    return Err(bad(
-                        &format!("route[{i}].key"),
-                        "only a Redis sink has a key".into(),
-                    ))
-                }
+                _ => {}
             }
         }
         if self.health.stuck_after_secs == 0 {
@@ -700,7 +713,34 @@ url = "http://127.0.0.1:9200"
             route("postgres", "table = \"web\"\n")
         ))
         .unwrap();
-        assert_eq!(ok.route[0].sink, SinkKind::Postgres);
+        assert_eq!(ok.route[0].kinds(), vec![SinkKind::Postgres]);
+        let my = "[mariadb]\nurl = \"mysql://u:p@127.0.0.1:3306/logpipe\"\n";
+        let both = parse(&format!(
+            "{MINIMAL}{my}[[route]]\ntopics = [\"web_log\"]\nsinks = [\"elasticsearch\", \"mariadb\"]\ntable = \"web\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            both.route[0].kinds(),
+            vec![SinkKind::Elasticsearch, SinkKind::MariaDb]
+        );
+        for (text, want) in [
+            (
+                "sink = \"mariadb\"\nsinks = [\"elasticsearch\"]\ntable = \"w\"\n",
+                "not both",
+            ),
+            (
+                "sinks = [\"mariadb\", \"mariadb\"]\ntable = \"w\"\n",
+                "twice",
+            ),
+            ("sinks = []\n", "missing"),
+        ] {
+            let err = parse(&format!(
+                "{MINIMAL}{my}[[route]]\ntopics = [\"web_log\"]\n{text}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        }
         assert!(
             !ok.to_redacted_toml().contains("u:p@"),
             "the URL's password is never shown: {}",

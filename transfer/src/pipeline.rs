@@ -27,7 +27,7 @@ use crate::doc::{dead_letter, make_doc, same_document, Doc, IndexPattern};
 use crate::es;
 use crate::kafka::{self, BrokerWatch};
 use crate::metrics::{Metrics, PartitionLabels, SinkLabels};
-use crate::sink::{EsSink, FileSink, Sink};
+use crate::sink::{EsSink, FanOut, FileSink, Sink};
 use crate::Error;
 use futures::future::{AbortHandle, Abortable, BoxFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -185,6 +185,66 @@ fn build_consumer(cfg: &TransferConfig, ctx: TransferContext) -> Result<Consumer
     }
     c.create_with_context(ctx)
         .map_err(|e| Error::Setup(format!("kafka consumer: {e}")))
+}
+
+/// The sink of each routed topic: one per route (a table, a key), the
+/// servers' pools shared; a route to several sinks writes through a
+/// [`FanOut`].
+fn route_sinks(
+    cfg: &TransferConfig,
+    es: &Arc<dyn Sink>,
+) -> Result<HashMap<String, Arc<dyn Sink>>, Error> {
+    use crate::sql::{Dialect, Pool, SqlSink};
+    let file: Option<Arc<dyn Sink>> = cfg
+        .file_sink
+        .as_ref()
+        .map(|fs| Arc::new(FileSink::new(fs.dir.clone())) as Arc<dyn Sink>);
+    let pool = |d: Dialect, c: &Option<crate::config::SqlConfig>| {
+        c.as_ref()
+            .map(|c| Pool::lazy(d, c.url.expose(), c.max_connections))
+            .transpose()
+    };
+    let pg = pool(Dialect::Postgres, &cfg.postgres)?;
+    let my = pool(Dialect::MariaDb, &cfg.mariadb)?;
+    let missing =
+        |what: &str| Error::Setup(format!("a route names {what}, which is not configured"));
+    let mut by_topic: HashMap<String, Arc<dyn Sink>> = HashMap::new();
+    for r in &cfg.route {
+        let table = r.table.as_deref().unwrap_or_default();
+        let mut members: Vec<Arc<dyn Sink>> = Vec::new();
+        for kind in r.kinds() {
+            members.push(match kind {
+                SinkKind::Elasticsearch => Arc::clone(es),
+                SinkKind::File => file.clone().ok_or_else(|| missing("file"))?,
+                SinkKind::Postgres => Arc::new(SqlSink::new(
+                    pg.clone().ok_or_else(|| missing("postgres"))?,
+                    table,
+                )?),
+                SinkKind::MariaDb => Arc::new(SqlSink::new(
+                    my.clone().ok_or_else(|| missing("mariadb"))?,
+                    table,
+                )?),
+                SinkKind::Redis => {
+                    let rc = cfg.redis.as_ref().ok_or_else(|| missing("redis"))?;
+                    Arc::new(crate::redis_sink::RedisSink::new(
+                        rc.url.expose(),
+                        r.key.as_deref().unwrap_or_default(),
+                        rc.data_type,
+                        rc.maxlen,
+                    )?)
+                }
+            });
+        }
+        let sink: Arc<dyn Sink> = if members.len() == 1 {
+            members.remove(0)
+        } else {
+            Arc::new(FanOut::new(members))
+        };
+        for t in &r.topics {
+            by_topic.insert(t.clone(), Arc::clone(&sink));
+        }
+    }
+    Ok(by_topic)
 }
 
 /// Sinks by topic.
@@ -661,53 +721,8 @@ pub async fn run(
     });
     let _retention = AbortOnDrop(retention);
 
-    let mut by_topic: HashMap<String, Arc<dyn Sink>> = HashMap::new();
-    if let Some(fs) = &cfg.file_sink {
-        let file: Arc<dyn Sink> = Arc::new(FileSink::new(fs.dir.clone()));
-        for r in cfg.route.iter().filter(|r| r.sink == SinkKind::File) {
-            for t in &r.topics {
-                by_topic.insert(t.clone(), Arc::clone(&file));
-            }
-        }
-    }
-    // SQL sinks: one pool per server, one sink (table) per route.
-    let pools = [
-        (
-            SinkKind::Postgres,
-            crate::sql::Dialect::Postgres,
-            &cfg.postgres,
-        ),
-        (
-            SinkKind::MariaDb,
-            crate::sql::Dialect::MariaDb,
-            &cfg.mariadb,
-        ),
-    ];
-    for (kind, dialect, section) in pools {
-        let Some(section) = section else { continue };
-        let pool = crate::sql::Pool::lazy(dialect, section.url.expose(), section.max_connections)?;
-        for r in cfg.route.iter().filter(|r| r.sink == kind) {
-            let table = r.table.as_deref().unwrap_or_default();
-            let sink: Arc<dyn Sink> = Arc::new(crate::sql::SqlSink::new(pool.clone(), table)?);
-            for t in &r.topics {
-                by_topic.insert(t.clone(), Arc::clone(&sink));
-            }
-        }
-    }
-    if let Some(rc) = &cfg.redis {
-        for r in cfg.route.iter().filter(|r| r.sink == SinkKind::Redis) {
-            let key = r.key.as_deref().unwrap_or_default();
-            let sink: Arc<dyn Sink> = Arc::new(crate::redis_sink::RedisSink::new(
-                rc.url.expose(),
-                key,
-                rc.data_type,
-                rc.maxlen,
-            )?);
-            for t in &r.topics {
-                by_topic.insert(t.clone(), Arc::clone(&sink));
-            }
-        }
-    }
+    let es_dyn: Arc<dyn Sink> = es_sink.clone();
+    let by_topic = route_sinks(&cfg, &es_dyn)?;
     let router = Router {
         default: es_sink,
         by_topic,

@@ -114,6 +114,94 @@ impl Sink for EsSink {
     }
 }
 
+/// One topic to several sinks: each document goes to every one, and counts
+/// as written only when every one wrote it. Per document the worst answer
+/// wins (retry, then refused, then exists, then written); a failed write of
+/// any sink fails the batch, which is then written again to all of them —
+/// the sinks that had it skip it (Elasticsearch's `_id`, the tables' key,
+/// Redis's offsets). A document one sink refuses is dead-lettered in every
+/// sink (each keeps its dead letters its way), so the sinks that took it
+/// also hold its dead letter.
+pub struct FanOut {
+    members: Vec<std::sync::Arc<dyn Sink>>,
+    name: &'static str,
+}
+
+impl FanOut {
+    pub fn new(members: Vec<std::sync::Arc<dyn Sink>>) -> Self {
+        let name = members
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join("+");
+        // Made once per route at start-up: the name lives as long as the process.
+        Self {
+            members,
+            name: Box::leak(name.into_boxed_str()),
+        }
+    }
+}
+
+/// The answer that decides what becomes of a document two sinks answered.
+fn worse(a: Outcome, b: Outcome) -> Outcome {
+    let rank = |o: &Outcome| match o {
+        Outcome::Written => 0,
+        Outcome::Exists => 1,
+        Outcome::Refused { .. } => 2,
+        Outcome::Retry => 3,
+    };
+    if rank(&b) > rank(&a) {
+        b
+    } else {
+        a
+    }
+}
+
+impl Sink for FanOut {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn write<'a>(&'a self, docs: &'a [Doc]) -> BoxFuture<'a, Result<Vec<Outcome>, Error>> {
+        Box::pin(async move {
+            let answers =
+                futures::future::join_all(self.members.iter().map(|m| m.write(docs))).await;
+            let mut out = vec![Outcome::Written; docs.len()];
+            let mut failed = None;
+            for a in answers {
+                match a {
+                    Ok(outcomes) => {
+                        for (o, n) in out.iter_mut().zip(outcomes) {
+                            *o = worse(std::mem::replace(o, Outcome::Written), n);
+                        }
+                    }
+                    // A 413 splits the batch for every sink.
+                    Err(e @ Error::TooLarge { .. }) => return Err(e),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(out),
+            }
+        })
+    }
+
+    fn stored<'a>(&'a self, docs: &'a [Doc]) -> BoxFuture<'a, Result<Vec<Option<Value>>, Error>> {
+        Box::pin(async move {
+            let mut out = vec![None; docs.len()];
+            for m in &self.members {
+                for (o, s) in out.iter_mut().zip(m.stored(docs).await?) {
+                    if o.is_none() {
+                        *o = s;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
 /// Rolling NDJSON files, one per topic and day:
 /// `<dir>/<topic>/<YYYY.MM.DD from the index name>.ndjson`, each line
 /// `{"_index":…,"_id":…,"_source":…}`. Files are fsynced before the write
@@ -193,6 +281,71 @@ impl Sink for FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Fixed(&'static str, Result<Vec<Outcome>, &'static str>);
+
+    impl Sink for Fixed {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn write<'a>(&'a self, _: &'a [Doc]) -> BoxFuture<'a, Result<Vec<Outcome>, Error>> {
+            let r = self.1.clone().map_err(|e| Error::Sink(e.into()));
+            Box::pin(async move { r })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_answers_the_worst_of_its_sinks() {
+        use std::sync::Arc;
+        let refused = Outcome::Refused {
+            status: 400,
+            error: serde_json::json!({}),
+        };
+        let a = Fixed(
+            "a",
+            Ok(vec![
+                Outcome::Written,
+                Outcome::Exists,
+                Outcome::Written,
+                Outcome::Written,
+            ]),
+        );
+        let b = Fixed(
+            "b",
+            Ok(vec![
+                Outcome::Written,
+                Outcome::Written,
+                refused.clone(),
+                Outcome::Retry,
+            ]),
+        );
+        let f = FanOut::new(vec![Arc::new(a), Arc::new(b)]);
+        assert_eq!(f.name(), "a+b");
+        let docs = vec![
+            Doc {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+                index: "t-x".into(),
+                id: "t-0-0".into(),
+                source: b"{}".to_vec(),
+                dead_letter: false,
+            };
+            4
+        ];
+        assert_eq!(
+            f.write(&docs).await.unwrap(),
+            vec![Outcome::Written, Outcome::Exists, refused, Outcome::Retry]
+        );
+        let down = FanOut::new(vec![
+            Arc::new(Fixed("a", Ok(vec![Outcome::Written; 4]))),
+            Arc::new(Fixed("b", Err("server down"))),
+        ]);
+        assert!(
+            down.write(&docs).await.is_err(),
+            "one sink down fails the batch"
+        );
+    }
 
     #[tokio::test]
     async fn file_sink_writes_one_line_per_doc_per_topic_and_day() {
