@@ -166,6 +166,7 @@ fn ship_config(cfg: &AgentConfig, identity: &Identity) -> ShipConfig {
         max_in_flight_bytes: 16 << 20,
         ack_every: ship::ACK_EVERY,
         retry_every: ship::RETRY_EVERY,
+        restart_stalled_after: ship::RESTART_STALLED_AFTER,
     }
 }
 

@@ -155,3 +155,174 @@ pub fn metric_in(body: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Creates `topic` with `partitions` partitions and produces `payloads`
+/// round-robin over them (lz4, idempotence off: a fixture, not the agent);
+/// returns each payload's (partition, offset, index in `payloads`).
+pub async fn produce_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    payloads: &[String],
+) -> Vec<(i32, i64, usize)> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin");
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topic")
+    {
+        r.expect("topic created");
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .create()
+        .expect("producer");
+    let mut futs = Vec::with_capacity(payloads.len());
+    for (seq, payload) in payloads.iter().enumerate() {
+        let p = (seq % partitions as usize) as i32;
+        let mut rec = FutureRecord::<(), _>::to(topic)
+            .partition(p)
+            .payload(payload);
+        loop {
+            match producer.send_result(rec) {
+                Ok(f) => {
+                    futs.push(f);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => panic!("produce: {e}"),
+            }
+        }
+    }
+    let mut offsets = Vec::with_capacity(payloads.len());
+    for (seq, f) in futs.into_iter().enumerate() {
+        let d = f.await.expect("delivery").expect("delivered");
+        offsets.push((d.partition, d.offset, seq));
+    }
+    offsets
+}
+
+/// Deletes a topic (best effort).
+pub async fn delete_topic(brokers: &str, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    if let Ok(admin) = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create::<AdminClient<DefaultClientContext>>()
+    {
+        let _ = admin.delete_topics(&[topic], &AdminOptions::new()).await;
+    }
+}
+
+/// ~200 bytes of JSON, like a short access-log line from logagent.
+pub fn access_event(seq: u64) -> String {
+    format!(
+        r#"{{"@timestamp":"2026-11-21T04:33:32.123Z","message":"GET /item/{seq:08} HTTP/1.1 200 512 ref=/home ua=Mozilla/5.0 (X11; Linux x86_64) bench","host":{{"name":"web-1"}},"log":{{"offset":{off}}},"seq":{seq}}}"#,
+        off = seq * 200
+    )
+}
+
+/// `n` [`access_event`]s produced to a new `topic` ([`produce_topic`]),
+/// said on stdout: the payloads and where each went.
+pub async fn access_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    n: u64,
+) -> (Vec<String>, Vec<(i32, i64, usize)>) {
+    let payloads: Vec<String> = (0..n).map(access_event).collect();
+    let offsets = produce_topic(brokers, topic, partitions, &payloads).await;
+    let avg = payloads.iter().map(String::len).sum::<usize>() as f64 / n.max(1) as f64;
+    println!(
+        "produced {n} events of {avg:.0} bytes on average to {topic} ({partitions} partitions)"
+    );
+    (payloads, offsets)
+}
+
+/// What [`run_transfer`] measured.
+pub struct TransferRun {
+    /// From the pipeline's start until every document arrived.
+    pub secs: f64,
+    /// From the start until the first document arrived (consumer group
+    /// join, the sink's connection and tables).
+    pub first_secs: f64,
+    /// CPU seconds (user+sys) of this process meanwhile.
+    pub cpu: f64,
+    /// Sink writes made (`logtransfer_bulk_seconds_count`).
+    pub writes: f64,
+}
+
+impl TransferRun {
+    /// The seconds from the first document to the last.
+    pub fn loading_secs(&self) -> f64 {
+        self.secs - self.first_secs
+    }
+}
+
+/// Runs logtransfer's pipeline in this process with `cfg_text` until
+/// `count()` reaches `n`.
+pub async fn run_transfer<F, Fut>(cfg_text: &str, n: u64, mut count: F) -> TransferRun
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    use std::time::{Duration, Instant};
+    let path = std::path::Path::new("bench.toml");
+    let cfg: transfer::config::TransferConfig =
+        common::config::parse_config(path, cfg_text, |_| None).expect("config");
+    cfg.validate(path).expect("valid config");
+    let metrics = transfer::metrics::Metrics::new();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let cpu0 = process_cpu_seconds(0);
+    let start = Instant::now();
+    let task = tokio::spawn(transfer::pipeline::run(
+        cfg,
+        std::sync::Arc::clone(&metrics),
+        async move {
+            let _ = rx.await;
+        },
+        Duration::from_secs(10),
+    ));
+    let mut first_secs = None;
+    loop {
+        let c = count().await;
+        if c > 0 && first_secs.is_none() {
+            first_secs = Some(start.elapsed().as_secs_f64());
+        }
+        if c >= n {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(900),
+            "logtransfer did not finish in 900 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds(0) - cpu0;
+    let _ = tx.send(());
+    let _ = task.await;
+    TransferRun {
+        secs,
+        first_secs: first_secs.unwrap_or(secs),
+        cpu,
+        writes: metric_in(&metrics.encode(), "logtransfer_bulk_seconds_count"),
+    }
+}

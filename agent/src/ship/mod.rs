@@ -22,6 +22,18 @@
 //! marks "possibly persisted": the message may be in Kafka, and only the
 //! read-back can tell before it is sent again.
 //!
+//! # A producer that hears nothing
+//!
+//! librdkafka retries forever on its own, and a broker that comes back is
+//! normally taken up again within seconds. Should a producer stay silent
+//! (no delivery report at all, not even a failure) for [`ShipConfig::restart_stalled_after`]
+//! while the broker answers another client (the admin client's
+//! `DescribeConfigs` of the oldest waiting record's topic), the session
+//! ends as for a fatal error: a new producer, after the read-back. The wait
+//! doubles with each such replacement in a row (a broker that answers
+//! metadata but cannot take writes, e.g. too few in-sync replicas, is not
+//! a reason to churn) and resets once acknowledgements flow.
+//!
 //! # No blind resend after a crash
 //!
 //! Records that were sent but not yet acknowledged in the WAL when the agent
@@ -111,6 +123,10 @@ pub struct ShipConfig {
     /// How long a refused message waits before it is sent again
     /// ([`RETRY_EVERY`]).
     pub retry_every: Duration,
+    /// How long a producer may acknowledge nothing while Kafka answers
+    /// another client before it is replaced ([`RESTART_STALLED_AFTER`];
+    /// module docs, "A producer that hears nothing").
+    pub restart_stalled_after: Duration,
 }
 
 /// Room left in a message for headers, key and record overhead.
@@ -126,6 +142,11 @@ const TOPIC_LIMIT_TTL: Duration = Duration::from_secs(300);
 pub const ACK_EVERY: Duration = Duration::from_millis(100);
 /// The default of [`ShipConfig::retry_every`].
 pub const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// The default of [`ShipConfig::restart_stalled_after`].
+pub const RESTART_STALLED_AFTER: Duration = Duration::from_secs(60);
+/// Consecutive replacements of a stalled producer double the wait, up to
+/// 2^this times [`ShipConfig::restart_stalled_after`] (16 min by default).
+const MAX_STALL_DOUBLINGS: u32 = 4;
 
 /// Our producer defaults; `kafka.producer` entries override them, except the
 /// pinned ones set last.
@@ -527,6 +548,7 @@ impl Shipper {
         let flags = Flags {
             stop: Arc::clone(&stop),
             finishing: Arc::clone(&finishing),
+            stall_restarts: AtomicU32::new(0),
         };
         let handle = std::thread::Builder::new()
             .name("shipper".into())
@@ -580,6 +602,9 @@ impl Shipper {
 struct Flags {
     stop: Arc<AtomicBool>,
     finishing: Arc<AtomicBool>,
+    /// Stalled producers replaced in a row (module docs, "A producer that
+    /// hears nothing"); 0 once a session hears acknowledgements.
+    stall_restarts: AtomicU32,
 }
 
 /// What the read-back looks for: the records from `from` on (module docs).
@@ -653,6 +678,10 @@ struct Session<'a, P: Produce> {
     stall_checked: Instant,
     /// Whether the `kafka` problem is raised.
     stall_reported: bool,
+    /// When a stalled producer last asked whether Kafka answers others.
+    stall_probed: Option<Instant>,
+    /// When the producer last reported on a message (delivered or failed).
+    last_heard: Instant,
     buf: Vec<u8>,
     retry_at: Option<Instant>,
 }
@@ -735,6 +764,8 @@ impl<'a, P: Produce> Session<'a, P> {
             last_done: Instant::now(),
             stall_checked: Instant::now(),
             stall_reported: false,
+            stall_probed: None,
+            last_heard: Instant::now(),
             buf: Vec::new(),
             retry_at: None,
         })
@@ -764,7 +795,7 @@ impl<'a, P: Produce> Session<'a, P> {
             self.ack(false);
         }
         progressed |= self.resend_failed();
-        self.check_stall();
+        self.check_stall(flags)?;
         if stop.load(Ordering::SeqCst) {
             self.ack(true);
             return Ok(true);
@@ -800,6 +831,7 @@ impl<'a, P: Produce> Session<'a, P> {
                 Ok(seq) => {
                     self.record_delivered(seq);
                     self.last_done = Instant::now();
+                    self.last_heard = self.last_done;
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -839,6 +871,7 @@ impl<'a, P: Produce> Session<'a, P> {
         }
         if any {
             self.last_done = Instant::now();
+            self.last_heard = self.last_done;
         }
         any
     }
@@ -847,9 +880,12 @@ impl<'a, P: Produce> Session<'a, P> {
     /// acknowledgement since then (no broker reachable, no leader, not
     /// enough replicas) raise the `kafka` problem; acks clear it at once.
     /// An idle agent with Kafka down risks nothing and stays healthy.
-    fn check_stall(&mut self) {
+    ///
+    /// `Err`: the producer has been silent too long while Kafka answers
+    /// (module docs, "A producer that hears nothing"): replace it.
+    fn check_stall(&mut self, flags: &Flags) -> Result<(), String> {
         if self.stall_checked.elapsed() < Duration::from_secs(1) {
-            return;
+            return Ok(());
         }
         self.stall_checked = Instant::now();
         let oldest = self
@@ -891,6 +927,54 @@ impl<'a, P: Produce> Session<'a, P> {
             m.clear_problem("kafka");
             self.stall_reported = false;
             tracing::info!("Kafka acknowledges again");
+        }
+        if self.last_done.elapsed() < Duration::from_secs(1) && !self.in_flight.is_empty() {
+            flags.stall_restarts.store(0, Ordering::SeqCst);
+        }
+        self.replace_if_silent(flags)
+    }
+
+    /// A stalled producer past its wait: ask Kafka through the admin client
+    /// (at most every 10 s); if it answers, end the session.
+    fn replace_if_silent(&mut self, flags: &Flags) -> Result<(), String> {
+        let restarts = flags.stall_restarts.load(Ordering::SeqCst);
+        let wait = self
+            .cfg
+            .restart_stalled_after
+            .saturating_mul(1 << restarts.min(MAX_STALL_DOUBLINGS));
+        // Failures are news too: only a producer that reports nothing at
+        // all is suspect.
+        let quiet = self.last_heard.elapsed();
+        let Some(oldest) = self.in_flight.values().find(|r| !r.delivered) else {
+            return Ok(());
+        };
+        if quiet < wait
+            || oldest.sent.elapsed() < wait
+            || self
+                .stall_probed
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
+            return Ok(());
+        }
+        self.stall_probed = Some(Instant::now());
+        let topic = oldest.topic.clone();
+        match self.producer.topic_max_message_bytes(&topic) {
+            Ok(Some(_)) => {
+                flags.stall_restarts.store(restarts + 1, Ordering::SeqCst);
+                self.ack(true);
+                Err(format!(
+                    "Kafka answers (topic {topic} described) but the producer has reported on no message for {}s; replacing it (next wait {}s)",
+                    quiet.as_secs(),
+                    wait.saturating_mul(2).min(
+                        self.cfg
+                            .restart_stalled_after
+                            .saturating_mul(1 << MAX_STALL_DOUBLINGS)
+                    ).as_secs()
+                ))
+            }
+            // Unreachable (or the topic is gone, which refusals handle):
+            // the producer is right to wait.
+            Ok(None) | Err(_) => Ok(()),
         }
     }
 
@@ -1074,6 +1158,7 @@ impl<'a, P: Produce> Session<'a, P> {
             return false;
         }
         self.retry_at = Some(Instant::now() + self.cfg.retry_every);
+        self.last_heard = Instant::now();
         for f in failed {
             let failing_for = self.failing_for(&f);
             if refusal::is_final(f.code, failing_for, self.cfg.dead_letter_after) {

@@ -42,6 +42,10 @@ struct Broker {
     /// This many of the next messages taken are reported failed all the
     /// same ("possibly persisted": a timeout after the broker wrote them).
     ambiguous: usize,
+    /// The admin client's describe answers (Kafka is up for other clients).
+    describes: bool,
+    /// Producers made so far (sessions opened).
+    producers: usize,
 }
 
 impl Broker {
@@ -119,7 +123,7 @@ impl Produce for FakeProducer {
     }
 
     fn topic_max_message_bytes(&self, _topic: &str) -> Result<Option<usize>, String> {
-        Ok(None)
+        Ok(self.broker.broker().describes.then_some(1 << 20))
     }
 }
 
@@ -127,6 +131,7 @@ impl Kafka for FakeKafka {
     type Producer = FakeProducer;
 
     fn producer(&self, deliveries: Arc<Deliveries>) -> Result<FakeProducer, String> {
+        self.broker().producers += 1;
         Ok(FakeProducer {
             broker: self.clone(),
             deliveries,
@@ -204,6 +209,7 @@ impl Env {
             readback_timeout: Duration::ZERO,
             ack_every: Duration::ZERO,
             retry_every: Duration::ZERO,
+            restart_stalled_after: Duration::from_secs(3600),
         };
         Self {
             _dir: dir,
@@ -521,6 +527,42 @@ fn a_possibly_persisted_failure_is_read_back_not_resent() {
         0,
         "possibly persisted messages sent twice"
     );
+}
+
+/// A producer that hears nothing from Kafka while the admin client gets
+/// answers is replaced (module docs, "A producer that hears nothing"); its
+/// messages of unknown fate are read back, not sent twice. One that hears
+/// nothing because Kafka is down for everyone is left to wait.
+#[test]
+fn a_silent_producer_is_replaced_only_while_kafka_answers_others() {
+    for describes in [false, true] {
+        let mut env = Env::new(100, true);
+        env.cfg.restart_stalled_after = Duration::from_millis(200);
+        let mut w = Written::default();
+        w.append(&env, "t0", 4);
+        env.kafka.broker().describes = describes;
+        let mut s = env.open();
+        // The producer takes the messages and never reports on them.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(2500) && env.kafka.broker().producers == 1 {
+            assert!(!env.step(&mut s), "the read-back completes");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let producers = env.kafka.broker().producers;
+        if describes {
+            assert_eq!(producers, 2, "the silent producer was not replaced");
+        } else {
+            assert_eq!(
+                producers, 1,
+                "a producer replaced while Kafka answered nobody"
+            );
+        }
+        assert_eq!(
+            w.settle(&env, s),
+            0,
+            "messages of the silent producer sent twice"
+        );
+    }
 }
 
 /// A line dead-lettered just before a crash is found by the read-back in

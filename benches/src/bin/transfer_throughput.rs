@@ -17,26 +17,9 @@ use elasticsearch::http::transport::Transport;
 use elasticsearch::indices::IndicesDeleteParts;
 use elasticsearch::{BulkParts, Elasticsearch};
 use futures::stream::{self, StreamExt};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::{Duration, Instant};
 use transfer::bulk::build_body;
 use transfer::doc::{make_doc, IndexPattern};
-
-fn cpu_seconds() -> f64 {
-    benches::process_cpu_seconds(0)
-}
-
-fn event(seq: u64) -> String {
-    // ~200 bytes of JSON, like a short access-log line from logagent.
-    format!(
-        r#"{{"@timestamp":"2026-11-21T04:33:32.123Z","message":"GET /item/{seq:08} HTTP/1.1 200 512 ref=/home ua=Mozilla/5.0 (X11; Linux x86_64) bench","host":{{"name":"web-1"}},"log":{{"offset":{off}}},"seq":{seq}}}"#,
-        off = seq * 200
-    )
-}
 
 async fn wait_count(es: &Elasticsearch, pattern: &str, n: u64) {
     let start = Instant::now();
@@ -122,60 +105,7 @@ async fn main() {
     let topic = format!("bench-{run}");
     let partitions = 4;
 
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .expect("admin");
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(
-                &topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        )
-        .await
-        .expect("create topic")
-    {
-        r.expect("topic created");
-    }
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "20")
-        .set("compression.type", "lz4")
-        .create()
-        .expect("producer");
-    let mut offsets = Vec::with_capacity(n as usize);
-    let mut futs = Vec::with_capacity(n as usize);
-    let payloads: Vec<String> = (0..n).map(event).collect();
-    for (seq, payload) in payloads.iter().enumerate() {
-        let p = (seq % partitions as usize) as i32;
-        let mut rec = FutureRecord::<(), _>::to(&topic)
-            .partition(p)
-            .payload(payload);
-        loop {
-            match producer.send_result(rec) {
-                Ok(f) => {
-                    futs.push(f);
-                    break;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    rec = r;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => panic!("produce: {e}"),
-            }
-        }
-    }
-    for (seq, f) in futs.into_iter().enumerate() {
-        let d = f.await.expect("delivery").expect("delivered");
-        offsets.push((d.partition, d.offset, seq));
-    }
-    let avg = payloads.iter().map(String::len).sum::<usize>() as f64 / n as f64;
-    println!(
-        "produced {n} events of {avg:.0} bytes on average to {topic} ({partitions} partitions)"
-    );
+    let (payloads, offsets) = benches::access_topic(&brokers, &topic, partitions, n).await;
 
     // Same settings as the transfer's defaults: 5000 docs per request, 4 in flight.
     let per_request = 5000usize;
@@ -206,28 +136,9 @@ index_pattern = "lt-{{topic}}-%Y.%m.%d"
 listen = "127.0.0.1:0"
 "#
     );
-    let path = std::path::Path::new("bench.toml");
-    let cfg: transfer::config::TransferConfig =
-        common::config::parse_config(path, &cfg_text, |_| None).expect("config");
-    cfg.validate(path).expect("valid config");
-    let metrics = transfer::metrics::Metrics::new();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let cpu0 = cpu_seconds();
-    let start = Instant::now();
-    let task = tokio::spawn(transfer::pipeline::run(
-        cfg,
-        metrics,
-        async move {
-            let _ = rx.await;
-        },
-        Duration::from_secs(10),
-    ));
     let lt_pattern = format!("lt-{topic}-*");
-    wait_count(&es, &lt_pattern, n).await;
-    let lt_secs = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
-    let _ = tx.send(());
-    let _ = task.await;
+    let lt_run = benches::run_transfer(&cfg_text, n, || benches::es_count(&es, &lt_pattern)).await;
+    let (lt_secs, cpu) = (lt_run.secs, lt_run.cpu);
     println!(
         "logtransfer (Kafka -> ES, defaults): {:.0} docs/s ({lt_secs:.2} s); CPU {:.1} s per million docs (user+sys of the process while it ran)",
         n as f64 / lt_secs,
@@ -261,5 +172,5 @@ listen = "127.0.0.1:0"
             .send()
             .await;
     }
-    let _ = admin.delete_topics(&[&topic], &AdminOptions::new()).await;
+    benches::delete_topic(&brokers, &topic).await;
 }
