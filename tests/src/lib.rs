@@ -110,6 +110,23 @@ impl Stack {
             .unwrap_or_else(|e| panic!("{server}: {sql}: {e}"))
     }
 
+    /// Rows in `table` on `server` (`postgres`, `mariadb`); 0 before a sink
+    /// made the table or while the server is down.
+    pub fn rows(&self, server: &str, table: &str) -> u64 {
+        self.sql_try(server, &format!("SELECT count(*) FROM {table}"))
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Entries of the Redis stream `key`; 0 when missing or Redis is down.
+    pub fn redis_len(&self, key: &str) -> u64 {
+        self.redis(&["XLEN", key])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// [`Stack::sql`], the client's error as `Err`.
     ///
     /// # Panics
@@ -584,11 +601,21 @@ listen = "{metrics}"
         }
 
         pub fn docs_written(&self) -> u64 {
-            let text = self.metrics.encode();
-            text.lines()
-                .filter(|l| l.starts_with("logtransfer_docs_written_total"))
+            self.metric_sum("logtransfer_docs_written_total", "") as u64
+        }
+
+        /// The sum of the samples of metric `name` whose labels contain
+        /// `label` (`sink="redis"`; "" for all of them).
+        pub fn metric_sum(&self, name: &str, label: &str) -> f64 {
+            self.metrics
+                .encode()
+                .lines()
+                .filter(|l| {
+                    l.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with([' ', '{']) && rest.contains(label))
+                })
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>() as u64
+                .sum()
         }
     }
 }

@@ -944,25 +944,11 @@ async fn sql_and_redis_servers_down_for_60_s_lose_nothing_and_resume_by_themselv
     );
     let group = unique("g");
     let running = start(config(&stack, &all.map(String::as_str), &group, &extra));
-    let rows = |server: &str, table: &str| -> u64 {
-        stack
-            .sql_try(server, &format!("SELECT count(*) FROM {table}"))
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    let xlen = || -> u64 {
-        stack
-            .redis(&["XLEN", &key])
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
     let counts = || {
         [
-            rows("postgres", &pg_table),
-            rows("mariadb", &my_table),
-            xlen(),
+            stack.rows("postgres", &pg_table),
+            stack.rows("mariadb", &my_table),
+            stack.redis_len(&key),
         ]
     };
     let wait_rows = |n: u64, limit: Duration| wait_for(limit, || counts().iter().all(|c| *c >= n));
@@ -1003,6 +989,16 @@ async fn sql_and_redis_servers_down_for_60_s_lose_nothing_and_resume_by_themselv
         stack_cmd(&["start", s]);
     }
     let resumed = wait_rows(4000, Duration::from_secs(120));
+    // Per-sink metrics: each sink's writes timed, and its failed ones counted.
+    for s in ["postgres", "mariadb", "redis"] {
+        let sink = format!("sink=\"{s}\"");
+        let failures = running.metric_sum("logtransfer_sink_write_failures_total", &sink);
+        let writes = running.metric_sum("logtransfer_bulk_seconds_count", &sink);
+        assert!(
+            failures >= 1.0 && writes >= 1.0,
+            "{s}: failures {failures}, writes {writes}"
+        );
+    }
     running.stop().await;
     assert!(resumed, "all of it after the outage: {:?}", counts());
     assert_eq!(

@@ -312,7 +312,7 @@ pub struct BulkConfig {
     pub max_bytes: usize,
     #[serde(default = "default_flush_ms")]
     pub flush_interval_ms: u64,
-    /// Bulk requests in flight at once (one per partition at most).
+    /// Batches in flight at once per sink (one per partition at most).
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
     /// Consumption pauses while this many bytes wait to be written.

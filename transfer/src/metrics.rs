@@ -32,7 +32,9 @@ pub struct Metrics {
     pub registry: Registry,
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     pub docs_written: Family<SinkLabels, Counter>,
-    pub bulk_seconds: Histogram,
+    /// Per sink (a fan-out route's sinks joined by `+`).
+    pub bulk_seconds: Family<SinkLabels, Histogram, fn() -> Histogram>,
+    pub sink_write_failures: Family<SinkLabels, Counter>,
     pub retries: Counter,
     pub dead_lettered: Counter,
     pub commit_failures: Counter,
@@ -80,11 +82,20 @@ impl Metrics {
             "Documents written by a sink (created, or already present)",
             docs_written.clone(),
         );
-        let bulk_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let bulk_seconds =
+            Family::<SinkLabels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            });
         registry.register(
             "bulk_seconds",
-            "Latency of one sink write (one bulk request)",
+            "Latency of one sink write (one bulk request, one SQL statement, one Redis script), per sink",
             bulk_seconds.clone(),
+        );
+        let sink_write_failures = Family::<SinkLabels, Counter>::default();
+        registry.register(
+            "sink_write_failures",
+            "Sink writes that failed as a whole (server down, connection lost, a timeout) and are retried, per sink",
+            sink_write_failures.clone(),
         );
         let retries = Counter::default();
         registry.register(
@@ -169,6 +180,7 @@ impl Metrics {
             consumer_lag,
             docs_written,
             bulk_seconds,
+            sink_write_failures,
             retries,
             dead_lettered,
             commit_failures,

@@ -272,6 +272,8 @@ struct PartBuf {
 
 struct Done {
     tp: Tp,
+    /// The sink the batch went to (its in-flight slot).
+    sink: &'static str,
     epoch: u64,
     next_offset: i64,
     bytes: usize,
@@ -501,6 +503,7 @@ async fn write_batch(sink: Arc<dyn Sink>, docs: Vec<Doc>, mut w: WriteCtx) -> bo
             let result = sink.write(&chunk).await;
             w.metrics
                 .bulk_seconds
+                .get_or_create(&labels)
                 .observe(started.elapsed().as_secs_f64());
             let outcomes = match result {
                 Ok(outcomes) => outcomes,
@@ -525,6 +528,7 @@ async fn write_batch(sink: Arc<dyn Sink>, docs: Vec<Doc>, mut w: WriteCtx) -> bo
                     }),
                 }],
                 Err(e) => {
+                    w.metrics.sink_write_failures.get_or_create(&labels).inc();
                     tracing::warn!(sink = sink.name(), docs = chunk.len(), error = %e, attempt, "write failed; retrying");
                     w.sink_failed(sink.name(), e.to_string());
                     failure = Some(e.to_string());
@@ -771,6 +775,10 @@ pub async fn run(
     // how to cancel it once the partition is revoked.
     let mut in_flight_parts: HashMap<Tp, (u64, AbortHandle)> = HashMap::new();
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
+    // Batches in flight per sink: each sink has its own `bulk.max_in_flight`
+    // slots, so batches retrying through one sink's outage cannot hold
+    // back the routes of the others.
+    let mut sink_slots: HashMap<&'static str, usize> = HashMap::new();
     let mut buffered: usize = 0;
 
     let current_epoch = |tp: &Tp| -> Option<u64> {
@@ -799,6 +807,9 @@ pub async fn run(
             _ = &mut shutdown => break,
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 in_flight_parts.remove(&done.tp);
+                if let Some(n) = sink_slots.get_mut(done.sink) {
+                    *n = n.saturating_sub(1);
+                }
                 buffered -= done.bytes;
                 if done.complete && current_epoch(&done.tp) == Some(done.epoch) {
                     commit(&done, CommitMode::Async);
@@ -855,10 +866,12 @@ pub async fn run(
         // Start batches that are due, one per partition at a time.
         let now = Instant::now();
         for (tp, b) in bufs.iter_mut() {
-            if in_flight.len() >= cfg.bulk.max_in_flight {
-                break;
-            }
             if b.docs.is_empty() || in_flight_parts.contains_key(tp) {
+                continue;
+            }
+            let sink = router.sink(&tp.0);
+            let slots = sink_slots.entry(sink.name()).or_insert(0);
+            if *slots >= cfg.bulk.max_in_flight {
                 continue;
             }
             let due = b.docs.len() >= cfg.bulk.max_docs
@@ -885,8 +898,10 @@ pub async fn run(
             b.bytes -= bytes;
             b.since = if b.docs.is_empty() { None } else { Some(now) };
             let next_offset = batch.last().map_or(0, |d| d.offset + 1);
+            *slots += 1;
             let done = Done {
                 tp: tp.clone(),
+                sink: sink.name(),
                 epoch: b.epoch,
                 next_offset,
                 bytes,
@@ -894,7 +909,6 @@ pub async fn run(
             };
             let (handle, registration) = AbortHandle::new_pair();
             in_flight_parts.insert(tp.clone(), (b.epoch, handle));
-            let sink = router.sink(&tp.0);
             let w = w.clone();
             let batch = Abortable::new(write_batch(sink, batch, w), registration);
             in_flight.push(Box::pin(async move {

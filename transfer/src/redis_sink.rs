@@ -15,8 +15,8 @@
 //! with the check inside it). With `appendfsync always` (the stack's
 //! setting; set it on production servers too) the reply comes after the
 //! append-only file is synced, so the offsets are committed only once the
-//! entries are durable. A failure (server down, connection lost, a timeout)
-//! fails the batch as a whole; the pipeline retries it with backoff until it
+//! entries are durable. A failure (server down, connection lost, no answer
+//! in 30 s, no connection in 10 s) fails the batch as a whole; the pipeline retries it with backoff until it
 //! goes through. Keys of one route hash to one slot only on a single server
 //! (no Redis Cluster).
 
@@ -105,7 +105,15 @@ impl RedisSink {
         }
         let conn = self
             .conn
-            .get_or_try_init(|| redis::aio::ConnectionManager::new(self.client.clone()))
+            .get_or_try_init(|| {
+                // Bounded: a server that is down fails the write within
+                // seconds (the pipeline retries it), it does not hang.
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(std::time::Duration::from_secs(10))
+                    .set_response_timeout(std::time::Duration::from_secs(30))
+                    .set_max_delay(2000);
+                redis::aio::ConnectionManager::new_with_config(self.client.clone(), config)
+            })
             .await
             .map_err(|e| self.failed(&e))?;
         let mut inv = self.script.key(key);

@@ -191,6 +191,28 @@ fn owned(msg: &BorrowedMessage<'_>) -> OwnedMsg {
 pub(crate) struct RdProducer {
     producer: ThreadedProducer<Ctx>,
     admin: AdminClient<DefaultClientContext>,
+    /// For [`Produce::kafka_answers`]' fresh clients.
+    base: ClientConfig,
+}
+
+/// A topic's `max.message.bytes` as `admin` reads it; `Ok(None)`: no such topic.
+fn describe_max_message_bytes(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+) -> Result<Option<usize>, String> {
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let spec = [ResourceSpecifier::Topic(topic)];
+    let res = futures::executor::block_on(admin.describe_configs(&spec, &opts))
+        .map_err(|e| e.to_string())?;
+    match res.into_iter().next() {
+        Some(Ok(r)) => Ok(r
+            .get("max.message.bytes")
+            .and_then(|e| e.value.as_deref())
+            .and_then(|v| v.parse().ok())),
+        Some(Err(RDKafkaErrorCode::UnknownTopicOrPartition)) => Ok(None),
+        Some(Err(e)) => Err(format!("{e:?}")),
+        None => Err("no answer".into()),
+    }
 }
 
 impl Produce for RdProducer {
@@ -230,18 +252,16 @@ impl Produce for RdProducer {
     }
 
     fn topic_max_message_bytes(&self, topic: &str) -> Result<Option<usize>, String> {
-        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
-        let spec = [ResourceSpecifier::Topic(topic)];
-        let res = futures::executor::block_on(self.admin.describe_configs(&spec, &opts))
-            .map_err(|e| e.to_string())?;
-        match res.into_iter().next() {
-            Some(Ok(r)) => Ok(r
-                .get("max.message.bytes")
-                .and_then(|e| e.value.as_deref())
-                .and_then(|v| v.parse().ok())),
-            Some(Err(RDKafkaErrorCode::UnknownTopicOrPartition)) => Ok(None),
-            Some(Err(e)) => Err(format!("{e:?}")),
-            None => Err("no answer".into()),
+        describe_max_message_bytes(&self.admin, topic)
+    }
+
+    fn kafka_answers(&self, topic: &str) -> bool {
+        // A new client: one made with the producer may share its fate (a
+        // client left without brokers by a restarting broker's metadata,
+        // librdkafka issue #5301, never reconnects).
+        match self.base.create::<AdminClient<DefaultClientContext>>() {
+            Ok(admin) => matches!(describe_max_message_bytes(&admin, topic), Ok(Some(_))),
+            Err(_) => false,
         }
     }
 }
@@ -258,7 +278,11 @@ impl Kafka for RdKafka {
             .base_config()
             .create()
             .map_err(|e| format!("cannot create the Kafka admin client: {e}"))?;
-        Ok(RdProducer { producer, admin })
+        Ok(RdProducer {
+            producer,
+            admin,
+            base: self.base_config(),
+        })
     }
 
     fn read_back(

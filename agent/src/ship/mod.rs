@@ -27,8 +27,11 @@
 //! librdkafka retries forever on its own, and a broker that comes back is
 //! normally taken up again within seconds. Should a producer stay silent
 //! (no delivery report at all, not even a failure) for [`ShipConfig::restart_stalled_after`]
-//! while the broker answers another client (the admin client's
-//! `DescribeConfigs` of the oldest waiting record's topic), the session
+//! while the broker answers a client made for the question (an admin
+//! client's `DescribeConfigs` of the oldest waiting record's topic; a new
+//! one each time, since a client made with the producer can be stuck the
+//! same way: librdkafka 2.12 can be left without brokers by a restarting
+//! broker's metadata and never reconnect, its issue #5301), the session
 //! ends as for a fatal error: a new producer, after the read-back. The wait
 //! doubles with each such replacement in a row (a broker that answers
 //! metadata but cannot take writes, e.g. too few in-sync replicas, is not
@@ -388,6 +391,9 @@ pub(crate) trait Produce {
     fn fatal_error(&self) -> Option<String>;
     /// The topic's `max.message.bytes`; `Ok(None)`: no such topic (yet).
     fn topic_max_message_bytes(&self, topic: &str) -> Result<Option<usize>, String>;
+    /// Whether Kafka describes `topic` to a client made just now (module
+    /// docs, "A producer that hears nothing").
+    fn kafka_answers(&self, topic: &str) -> bool;
 }
 
 /// Kafka as the shipper sees it (see "The seam" in the module docs).
@@ -958,24 +964,22 @@ impl<'a, P: Produce> Session<'a, P> {
         }
         self.stall_probed = Some(Instant::now());
         let topic = oldest.topic.clone();
-        match self.producer.topic_max_message_bytes(&topic) {
-            Ok(Some(_)) => {
-                flags.stall_restarts.store(restarts + 1, Ordering::SeqCst);
-                self.ack(true);
-                Err(format!(
-                    "Kafka answers (topic {topic} described) but the producer has reported on no message for {}s; replacing it (next wait {}s)",
-                    quiet.as_secs(),
-                    wait.saturating_mul(2).min(
-                        self.cfg
-                            .restart_stalled_after
-                            .saturating_mul(1 << MAX_STALL_DOUBLINGS)
-                    ).as_secs()
-                ))
-            }
+        if !self.producer.kafka_answers(&topic) {
             // Unreachable (or the topic is gone, which refusals handle):
             // the producer is right to wait.
-            Ok(None) | Err(_) => Ok(()),
+            return Ok(());
         }
+        flags.stall_restarts.store(restarts + 1, Ordering::SeqCst);
+        self.ack(true);
+        let max = self
+            .cfg
+            .restart_stalled_after
+            .saturating_mul(1 << MAX_STALL_DOUBLINGS);
+        Err(format!(
+            "Kafka answers (topic {topic} described) but the producer has reported on no message for {}s; replacing it (next wait {}s)",
+            quiet.as_secs(),
+            wait.saturating_mul(2).min(max).as_secs()
+        ))
     }
 
     /// Advances the done prefix; with `now` (or every 100 ms) records it.

@@ -123,7 +123,11 @@ impl Produce for FakeProducer {
     }
 
     fn topic_max_message_bytes(&self, _topic: &str) -> Result<Option<usize>, String> {
-        Ok(self.broker.broker().describes.then_some(1 << 20))
+        Ok(None)
+    }
+
+    fn kafka_answers(&self, _topic: &str) -> bool {
+        self.broker.broker().describes
     }
 }
 

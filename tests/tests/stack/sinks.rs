@@ -25,15 +25,6 @@ fn event(i: usize) -> String {
     )
 }
 
-/// Rows in `table`; 0 before the sink made it.
-fn count(stack: &Stack, server: &str, table: &str) -> usize {
-    stack
-        .sql_try(server, &format!("SELECT count(*) FROM {table}"))
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_and_redis_sinks_write_every_message_once_across_kill_9_and_dead_letter_refused_rows() {
     let stack = Stack::from_env();
@@ -92,13 +83,9 @@ table = "{my_table}"
     // Kill -9 ten times while it writes: each instance is killed a moment
     // (uneven) after rows were seen growing, so every kill lands mid-write.
     let total = |stack: &Stack| -> usize {
-        count(stack, "postgres", &pg_table)
-            + count(stack, "mariadb", &my_table)
-            + stack
-                .redis(&["XLEN", &key])
-                .ok()
-                .and_then(|n| n.parse::<usize>().ok())
-                .unwrap_or(0)
+        stack.rows("postgres", &pg_table) as usize
+            + stack.rows("mariadb", &my_table) as usize
+            + stack.redis_len(&key) as usize
     };
     for k in 0..10u64 {
         let before = total(&stack);
@@ -113,7 +100,7 @@ table = "{my_table}"
     }
     let refused = 2 * (N / REFUSED_EVERY);
     let partial = [("postgres", &pg_table), ("mariadb", &my_table)]
-        .map(|(server, t)| count(&stack, server, t));
+        .map(|(server, t)| stack.rows(server, t) as usize);
     eprintln!(
         "sinks: rows (postgres, mariadb) after the 10 kills: {partial:?} of {}",
         N - refused / 2
@@ -125,14 +112,8 @@ table = "{my_table}"
     let mut child = spawn(&cfg, &log);
     let want = N - refused / 2;
     let start = Instant::now();
-    let done = |server: &str, t: &str| count(&stack, server, t) >= want;
-    let xlen = || -> usize {
-        stack
-            .redis(&["XLEN", &key])
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
+    let done = |server: &str, t: &str| stack.rows(server, t) as usize >= want;
+    let xlen = || stack.redis_len(&key) as usize;
     while !(done("postgres", &pg_table) && done("mariadb", &my_table) && xlen() >= N)
         && start.elapsed() < Duration::from_secs(240)
     {
@@ -141,7 +122,7 @@ table = "{my_table}"
     // What is there is all there will be: a little longer, then count.
     std::thread::sleep(Duration::from_secs(2));
     for (server, t) in [("postgres", &pg_table), ("mariadb", &my_table)] {
-        let rows = count(&stack, server, t);
+        let rows = stack.rows(server, t) as usize;
         assert_eq!(rows, want, "{server}: rows in {t}; log:\n{}", tail(&log));
         let messages: Vec<String> = stack
             .sql(server, &format!("SELECT message FROM {t}"))
@@ -262,14 +243,8 @@ async fn one_topic_to_elasticsearch_and_mariadb_and_another_to_redis() {
         .wait_count(&docs, M as u64, Duration::from_secs(120))
         .await;
     let start = Instant::now();
-    let xlen = || -> usize {
-        stack
-            .redis(&["XLEN", &key])
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    while (count(&stack, "mariadb", &table) < M || xlen() < M)
+    let xlen = || stack.redis_len(&key) as usize;
+    while ((stack.rows("mariadb", &table) as usize) < M || xlen() < M)
         && start.elapsed() < Duration::from_secs(60)
     {
         std::thread::sleep(Duration::from_millis(500));
@@ -284,7 +259,7 @@ async fn one_topic_to_elasticsearch_and_mariadb_and_another_to_redis() {
         "elasticsearch, once each"
     );
     assert_eq!(
-        count(&stack, "mariadb", &table),
+        stack.rows("mariadb", &table) as usize,
         M,
         "mariadb; log:\n{}",
         tail(&log)
