@@ -553,6 +553,14 @@ listen = "{metrics}"
     /// # Panics
     /// When the binary cannot be started.
     pub fn spawn(config: &Path, log: &Path) -> std::process::Child {
+        spawn_with_env(config, log, &[])
+    }
+
+    /// [`spawn`] with more environment variables.
+    ///
+    /// # Panics
+    /// When the binary cannot be started.
+    pub fn spawn_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> std::process::Child {
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -561,6 +569,7 @@ listen = "{metrics}"
         std::process::Command::new(super::workspace_bin("logtransfer"))
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::null())
@@ -1061,6 +1070,8 @@ pub mod secure {
         pub es_user: String,
         pub es_password: String,
         pub es_api_key: String,
+        /// `rediss://…` of the stack's Redis TLS port.
+        pub redis_tls_url: String,
     }
 
     fn required(var: &str) -> String {
@@ -1091,6 +1102,7 @@ pub mod secure {
                 es_user: required("ES_TLS_USER"),
                 es_password: required("ES_TLS_PASSWORD"),
                 es_api_key: required("ES_TLS_API_KEY"),
+                redis_tls_url: required("REDIS_TLS_URL"),
             }
         }
 

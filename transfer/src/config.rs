@@ -146,7 +146,8 @@ fn default_sql_connections() -> u32 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://:password@host:6379/0` (`rediss://` for TLS). Never printed.
+    /// `redis://:password@host:6379/0` (`rediss://` for TLS, verified
+    /// against the system's trusted CAs). Never printed.
     pub url: common::Secret,
     /// `stream` (default: XADD) or `list` (RPUSH).
     #[serde(default)]

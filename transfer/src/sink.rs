@@ -167,7 +167,7 @@ impl Sink for FanOut {
             let answers =
                 futures::future::join_all(self.members.iter().map(|m| m.write(docs))).await;
             let mut out = vec![Outcome::Written; docs.len()];
-            let mut failed = None;
+            let mut failed = Vec::new();
             for a in answers {
                 match a {
                     Ok(outcomes) => {
@@ -177,12 +177,20 @@ impl Sink for FanOut {
                     }
                     // A 413 splits the batch for every sink.
                     Err(e @ Error::TooLarge { .. }) => return Err(e),
-                    Err(e) => failed = Some(e),
+                    Err(e) => failed.push(e),
                 }
             }
-            match failed {
-                Some(e) => Err(e),
-                None => Ok(out),
+            // Every failed member is named, not only one of them.
+            match failed.len() {
+                0 => Ok(out),
+                1 => Err(failed.remove(0)),
+                _ => Err(Error::Sink(
+                    failed
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )),
             }
         })
     }
