@@ -869,16 +869,16 @@ pub async fn run(
             if b.docs.is_empty() || in_flight_parts.contains_key(tp) {
                 continue;
             }
-            let sink = router.sink(&tp.0);
-            let slots = sink_slots.entry(sink.name()).or_insert(0);
-            if *slots >= cfg.bulk.max_in_flight {
-                continue;
-            }
             let due = b.docs.len() >= cfg.bulk.max_docs
                 || b.bytes >= cfg.bulk.max_bytes
                 || b.since
                     .is_some_and(|s| now.duration_since(s) >= flush_every);
             if !due {
+                continue;
+            }
+            let sink = router.sink(&tp.0);
+            let slots = sink_slots.entry(sink.name()).or_insert(0);
+            if *slots >= cfg.bulk.max_in_flight {
                 continue;
             }
             let mut batch = Vec::new();

@@ -16,8 +16,8 @@
 //! setting; set it on production servers too) the reply comes after the
 //! append-only file is synced, so the offsets are committed only once the
 //! entries are durable. A failure (server down, connection lost, no answer
-//! in 30 s, no connection in 10 s) fails the batch as a whole; the pipeline retries it with backoff until it
-//! goes through. Keys of one route hash to one slot only on a single server
+//! in 30 s, no connection in 10 s) fails the batch as a whole; the pipeline
+//! retries it with backoff until it goes through. Keys of one route hash to one slot only on a single server
 //! (no Redis Cluster).
 
 use crate::bulk::Outcome;

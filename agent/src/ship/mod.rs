@@ -126,7 +126,7 @@ pub struct ShipConfig {
     /// How long a refused message waits before it is sent again
     /// ([`RETRY_EVERY`]).
     pub retry_every: Duration,
-    /// How long a producer may acknowledge nothing while Kafka answers
+    /// How long a producer may report on no message while Kafka answers
     /// another client before it is replaced ([`RESTART_STALLED_AFTER`];
     /// module docs, "A producer that hears nothing").
     pub restart_stalled_after: Duration,
@@ -688,6 +688,8 @@ struct Session<'a, P: Produce> {
     stall_probed: Option<Instant>,
     /// When the producer last reported on a message (delivered or failed).
     last_heard: Instant,
+    /// Whether Kafka acknowledged a record in this session.
+    acked_any: bool,
     buf: Vec<u8>,
     retry_at: Option<Instant>,
 }
@@ -772,6 +774,7 @@ impl<'a, P: Produce> Session<'a, P> {
             stall_reported: false,
             stall_probed: None,
             last_heard: Instant::now(),
+            acked_any: false,
             buf: Vec::new(),
             retry_at: None,
         })
@@ -860,6 +863,7 @@ impl<'a, P: Produce> Session<'a, P> {
     /// in-flight budget (module docs, "Flow control").
     fn record_delivered(&mut self, seq: Seq) {
         self.window.done(seq, seq);
+        self.acked_any = true;
         if let Some(r) = self.in_flight.get_mut(&seq) {
             if !r.delivered {
                 r.delivered = true;
@@ -934,7 +938,7 @@ impl<'a, P: Produce> Session<'a, P> {
             self.stall_reported = false;
             tracing::info!("Kafka acknowledges again");
         }
-        if self.last_done.elapsed() < Duration::from_secs(1) && !self.in_flight.is_empty() {
+        if self.acked_any {
             flags.stall_restarts.store(0, Ordering::SeqCst);
         }
         self.replace_if_silent(flags)
