@@ -3,6 +3,12 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc for the agent's own allocations: every line is a few short-lived
+/// allocations (its bytes, its event, its offset), and glibc's malloc/free
+/// were a fifth of the agent's CPU in a backlog profile (docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tails log files, spools every line to a local write-ahead log and produces
 /// it to Kafka.
 #[derive(Debug, Parser)]
