@@ -71,7 +71,7 @@ pub struct Spool {
 /// Most bytes of lines waiting for the writer (besides the polls' own
 /// bound): a harvester whose lines do not fit keeps them and offers them
 /// again, like when the channel is full.
-pub const QUEUE_BYTES: usize = 64 << 20;
+pub const QUEUE_BYTES: usize = 4 << 20;
 
 /// Bytes of lines in the channel, bounded by [`QUEUE_BYTES`].
 #[derive(Clone, Default)]
@@ -125,7 +125,7 @@ impl Limits {
 /// How many harvester polls may wait for the writer.
 const CHANNEL_DEPTH: usize = 32;
 /// Most bytes of lines appended in one WAL call.
-const APPEND_BYTES: usize = 8 << 20;
+const APPEND_BYTES: usize = 2 << 20;
 
 impl Spool {
     /// # Errors

@@ -326,3 +326,25 @@ where
         writes: metric_in(&metrics.encode(), "logtransfer_bulk_seconds_count"),
     }
 }
+
+/// Index operations Elasticsearch completed in indices matching `pattern`
+/// (`indexing.index_total` of the primaries), without a refresh: polling it
+/// does not make Elasticsearch refresh more often than the template says.
+/// 0 on error.
+pub async fn es_indexed(es: &elasticsearch::Elasticsearch, pattern: &str) -> u64 {
+    use elasticsearch::indices::IndicesStatsParts;
+    match es
+        .indices()
+        .stats(IndicesStatsParts::IndexMetric(&[pattern], &["indexing"]))
+        .send()
+        .await
+    {
+        Ok(r) => r
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v["_all"]["primaries"]["indexing"]["index_total"].as_u64())
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
+}

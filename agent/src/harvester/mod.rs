@@ -184,7 +184,7 @@ impl Default for HarvestConfig {
             rotate_grace: Duration::from_secs(5),
             partial_timeout: None,
             read_chunk: 1 << 20,
-            poll_bytes: 16 << 20,
+            poll_bytes: 2 << 20,
             fingerprint_timeout: Duration::from_secs(60),
             max_open_files: 1024,
             close_idle_after: Duration::from_secs(300),

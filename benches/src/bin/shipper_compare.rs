@@ -100,6 +100,11 @@ impl Shipper {
                     benches::free_port(),
                     logs.display(),
                 );
+                // AGENT_EXTRA: more TOML for the agent's config (experiments).
+                let cfg = format!(
+                    "{cfg}{}\n",
+                    std::env::var("AGENT_EXTRA").unwrap_or_default()
+                );
                 let path = dir.join("agent.toml");
                 std::fs::write(&path, cfg).expect("config");
                 let bin = benches::repo_root().join("target/release/logagent");
@@ -107,8 +112,19 @@ impl Shipper {
                     bin.exists(),
                     "build it first: cargo build --release -p agent"
                 );
-                Command::new(bin)
-                    .arg("--config")
+                // AGENT_WRAP: a command the agent runs under (`perf record … --`);
+                // its CPU and RSS are then the wrapper's.
+                let wrap = std::env::var("AGENT_WRAP").unwrap_or_default();
+                let mut words = wrap.split_whitespace();
+                let mut cmd = match words.next() {
+                    Some(w) => {
+                        let mut c = Command::new(w);
+                        c.args(words).arg(bin);
+                        c
+                    }
+                    None => Command::new(bin),
+                };
+                cmd.arg("--config")
                     .arg(&path)
                     .env("RUST_LOG", "warn")
                     .stdout(Stdio::null())
