@@ -348,3 +348,26 @@ pub async fn es_indexed(es: &elasticsearch::Elasticsearch, pattern: &str) -> u64
         Err(_) => 0,
     }
 }
+
+/// The documents logtransfer would make of `payloads` at `offsets`
+/// (partition, offset, payload index): what the ideal loaders send.
+pub fn ideal_docs(
+    topic: &str,
+    offsets: &[(i32, i64, usize)],
+    payloads: &[String],
+    pattern: &transfer::doc::IndexPattern,
+) -> Vec<transfer::doc::Doc> {
+    offsets
+        .iter()
+        .map(|(p, o, seq)| {
+            transfer::doc::make_doc(
+                topic,
+                *p,
+                *o,
+                Some(payloads[*seq].as_bytes()),
+                None,
+                pattern,
+            )
+        })
+        .collect()
+}

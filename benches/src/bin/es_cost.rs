@@ -34,7 +34,7 @@ use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use transfer::bulk::build_body;
-use transfer::doc::{make_doc, IndexPattern};
+use transfer::doc::IndexPattern;
 
 /// The template logtransfer installed before issue #17 (es.rs at d31c6f2).
 fn before_template(pattern: &IndexPattern, topics: &[String]) -> Value {
@@ -365,19 +365,7 @@ async fn ideal(
     let v = variant(config, &pattern, &topics);
     let tname = format!("{prefix}-{topic}");
     put_template(es, &tname, &v.template).await;
-    let docs: Vec<_> = offsets
-        .iter()
-        .map(|(p, o, seq)| {
-            make_doc(
-                topic,
-                *p,
-                *o,
-                Some(payloads[*seq].as_bytes()),
-                None,
-                &pattern,
-            )
-        })
-        .collect();
+    let docs = benches::ideal_docs(topic, offsets, payloads, &pattern);
     let bodies: Vec<Vec<u8>> = docs
         .chunks(per_request)
         .map(|c| {

@@ -264,27 +264,64 @@ fn backlog(shipper: Shipper, n: u64) -> Run {
         .set("bootstrap.servers", &brokers)
         .create()
         .expect("consumer");
-    let kafka = kafka_pid();
-    let kcpu0 = kafka.map_or(0.0, benches::process_cpu_seconds);
     let start = Instant::now();
     let child = shipper.start(tmp.path(), &logs, &topic);
-    let pid = child.id();
-    let spread = wait_for(&c, &topic, n, Duration::from_secs(600));
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = benches::process_cpu_seconds(pid);
-    let kcpu = kafka.map_or(0.0, benches::process_cpu_seconds) - kcpu0;
-    let rss = benches::process_peak_rss_kib(pid) as f64 / 1024.0;
-    stop(child);
-    let spread =
-        spread.unwrap_or_else(|| panic!("{}: not all {n} lines in Kafka in 600 s", shipper.name()));
-    let m = n as f64 / 1e6;
-    Run {
-        lines_per_s: n as f64 / secs,
-        cpu_per_m: cpu / m,
-        broker_cpu_per_m: kcpu / m,
-        peak_rss_mib: rss,
-        avg_message: average_message(&brokers, &topic),
-        spread,
+    let meter = Meter::new(child.id(), start);
+    meter.finish(shipper, child, &c, &topic, n, Duration::from_secs(600))
+}
+
+/// CPU of a shipper and of the broker from `start` on.
+struct Meter {
+    pid: u32,
+    start: Instant,
+    cpu0: f64,
+    kafka: Option<u32>,
+    kcpu0: f64,
+}
+
+impl Meter {
+    fn new(pid: u32, start: Instant) -> Self {
+        let kafka = kafka_pid();
+        Self {
+            pid,
+            start,
+            cpu0: benches::process_cpu_seconds(pid),
+            kafka,
+            kcpu0: kafka.map_or(0.0, benches::process_cpu_seconds),
+        }
+    }
+
+    /// Waits until `lines` are in `topic`, stops the shipper, and measures.
+    fn finish(
+        self,
+        shipper: Shipper,
+        child: Child,
+        c: &BaseConsumer,
+        topic: &str,
+        lines: u64,
+        limit: Duration,
+    ) -> Run {
+        let spread = wait_for(c, topic, lines, limit);
+        let secs = self.start.elapsed().as_secs_f64();
+        let cpu = benches::process_cpu_seconds(self.pid) - self.cpu0;
+        let kcpu = self.kafka.map_or(0.0, benches::process_cpu_seconds) - self.kcpu0;
+        let rss = benches::process_peak_rss_kib(self.pid) as f64 / 1024.0;
+        stop(child);
+        let spread = spread.unwrap_or_else(|| {
+            panic!(
+                "{}: not all {lines} lines in Kafka in {limit:?}",
+                shipper.name()
+            )
+        });
+        let m = lines as f64 / 1e6;
+        Run {
+            lines_per_s: lines as f64 / secs,
+            cpu_per_m: cpu / m,
+            broker_cpu_per_m: kcpu / m,
+            peak_rss_mib: rss,
+            avg_message: average_message(&benches::stack_env("KAFKA_BROKERS"), topic),
+            spread,
+        }
     }
 }
 
@@ -306,13 +343,10 @@ fn steady(shipper: Shipper, secs: u64) -> Run {
         .create()
         .expect("consumer");
     let child = shipper.start(tmp.path(), &logs, &topic);
-    let pid = child.id();
     std::thread::sleep(Duration::from_secs(3));
-    let kafka = kafka_pid();
-    let kcpu0 = kafka.map_or(0.0, benches::process_cpu_seconds);
-    let cpu0 = benches::process_cpu_seconds(pid);
     let total = STEADY_RATE * secs;
     let start = Instant::now();
+    let meter = Meter::new(child.id(), start);
     {
         let mut files: Vec<_> = paths
             .iter()
@@ -343,23 +377,7 @@ fn steady(shipper: Shipper, secs: u64) -> Run {
             }
         }
     }
-    let spread = wait_for(&c, &topic, total, Duration::from_secs(120));
-    let elapsed = start.elapsed().as_secs_f64();
-    let cpu = benches::process_cpu_seconds(pid) - cpu0;
-    let kcpu = kafka.map_or(0.0, benches::process_cpu_seconds) - kcpu0;
-    let rss = benches::process_peak_rss_kib(pid) as f64 / 1024.0;
-    stop(child);
-    let spread =
-        spread.unwrap_or_else(|| panic!("{}: not all {total} lines in Kafka", shipper.name()));
-    let m = total as f64 / 1e6;
-    Run {
-        lines_per_s: total as f64 / elapsed,
-        cpu_per_m: cpu / m,
-        broker_cpu_per_m: kcpu / m,
-        peak_rss_mib: rss,
-        avg_message: average_message(&brokers, &topic),
-        spread,
-    }
+    meter.finish(shipper, child, &c, &topic, total, Duration::from_secs(120))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

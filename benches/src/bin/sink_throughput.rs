@@ -22,7 +22,7 @@ use futures::stream::{self, StreamExt};
 use redis::AsyncCommands;
 use sqlx::QueryBuilder;
 use std::time::{Duration, Instant};
-use transfer::doc::{make_doc, Doc, IndexPattern};
+use transfer::doc::{Doc, IndexPattern};
 use transfer::sql::{create_tables, Dialect, Row};
 
 const PER_BATCH: usize = 5000;
@@ -268,19 +268,7 @@ async fn main() {
     let partitions = 4;
     let (payloads, offsets) = benches::access_topic(&brokers, &topic, partitions, n).await;
     let pattern = IndexPattern::new("lt-{topic}-%Y.%m.%d").expect("pattern");
-    let docs: Vec<Doc> = offsets
-        .iter()
-        .map(|(p, o, seq)| {
-            make_doc(
-                &topic,
-                *p,
-                *o,
-                Some(payloads[*seq].as_bytes()),
-                None,
-                &pattern,
-            )
-        })
-        .collect();
+    let docs: Vec<Doc> = benches::ideal_docs(&topic, &offsets, &payloads, &pattern);
 
     let name = |what: &str| format!("bench_{what}_{run}");
     let first = ideal_run(server, &conn, &docs, &name("ideal1")).await;

@@ -19,7 +19,7 @@ use elasticsearch::{BulkParts, Elasticsearch};
 use futures::stream::{self, StreamExt};
 use std::time::{Duration, Instant};
 use transfer::bulk::build_body;
-use transfer::doc::{make_doc, IndexPattern};
+use transfer::doc::IndexPattern;
 
 async fn wait_count(es: &Elasticsearch, pattern: &str, n: u64) {
     let start = Instant::now();
@@ -45,19 +45,7 @@ async fn ideal_run(
 ) -> f64 {
     let n = offsets.len() as u64;
     let pattern = IndexPattern::new(&format!("{prefix}-{{topic}}-%Y.%m.%d")).expect("pattern");
-    let docs: Vec<_> = offsets
-        .iter()
-        .map(|(p, o, seq)| {
-            make_doc(
-                topic,
-                *p,
-                *o,
-                Some(payloads[*seq].as_bytes()),
-                None,
-                &pattern,
-            )
-        })
-        .collect();
+    let docs = benches::ideal_docs(topic, offsets, payloads, &pattern);
     let bodies: Vec<Vec<u8>> = docs
         .chunks(per_request)
         .map(|c| {
