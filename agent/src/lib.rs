@@ -7,6 +7,7 @@
 //! - [`spool`]: harvested lines → WAL → durable checkpoints.
 //! - [`ship`]: WAL → Kafka → WAL acks, with a read-back after a crash.
 //! - [`refusal`]: which Kafka refusals are for good; dead letters (pure).
+//! - [`spread`]: which partition each file goes to (`by_file`; pure).
 //! - [`event`]: the JSON event and headers of each line (pure).
 //! - [`run`]: start-up, hot reload, registration, signals, shutdown.
 //! - [`metrics`]: `/metrics` and `/health`.
@@ -24,6 +25,7 @@ pub mod report;
 pub mod run;
 pub mod ship;
 pub mod spool;
+pub mod spread;
 
 /// Errors of the agent crate.
 #[derive(Debug, thiserror::Error)]

@@ -284,6 +284,10 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
             source: e,
         })?;
     let wal = Arc::new(wal);
+    let spread = crate::spread::Plan::decode(
+        store.load_meta(crate::spread::META_KEY).as_deref(),
+        crate::spread::day_of(checkpoint::now_ms()),
+    );
     let store = Arc::new(Mutex::new(store));
     let progress = Arc::new(Progress::default());
     progress
@@ -294,6 +298,7 @@ pub async fn run(cfg_path: PathBuf, cfg: AgentConfig, grace: Duration) -> Result
         store: Arc::clone(&store),
         progress: Arc::clone(&progress),
         metrics: Arc::clone(&metrics),
+        spread: Arc::new(Mutex::new(spread)),
     };
     let spool = Spool::start(
         shared.clone(),

@@ -58,6 +58,8 @@ pub struct Shared {
     pub store: Arc<Mutex<Store>>,
     pub progress: Arc<Progress>,
     pub metrics: Arc<Metrics>,
+    /// Which partition each `by_file` file goes to (kept in `store`).
+    pub spread: Arc<Mutex<crate::spread::Plan>>,
 }
 
 /// The writer thread; see the module docs.
@@ -251,6 +253,7 @@ impl Writer {
             store,
             progress,
             metrics,
+            ..
         } = &self.shared;
         let limits = self.limits;
         if progress.gave_up.load(Ordering::SeqCst) {
@@ -547,6 +550,7 @@ mod shutdown_tests {
                 store: Arc::clone(&store),
                 progress: Arc::clone(&progress),
                 metrics: Metrics::new(),
+                spread: Arc::default(),
             },
             wait_durable: true,
             limits: Limits::for_wal(16 << 10, 32 << 10),

@@ -5,16 +5,19 @@ use super::{
     default_settings, Deliveries, Failed, Kafka, Msg, OwnedMsg, Produce, ReadBackError, Scope,
     Seen, ShipConfig, Track,
 };
+use crate::spread::Plan;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Partitioner, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Kafka through librdkafka.
@@ -25,6 +28,9 @@ pub(crate) struct RdKafka {
     /// Per topic: since when the broker has said it does not exist, over
     /// read-back attempts ([`UNKNOWN_TOPIC_SETTLE`]).
     unknown_since: std::sync::Mutex<HashMap<String, Instant>>,
+    /// The partitioner of `by_file` keys; `None` when the user chose
+    /// librdkafka's `partitioner`.
+    spread: Option<Arc<Mutex<Plan>>>,
 }
 
 /// How long a broker must keep saying a topic does not exist before the
@@ -83,12 +89,13 @@ pub(crate) fn topic_plan(
 }
 
 impl RdKafka {
-    pub fn new(cfg: &ShipConfig) -> Self {
+    pub fn new(cfg: &ShipConfig, spread: Arc<Mutex<Plan>>) -> Self {
         Self {
             brokers: cfg.brokers.clone(),
             settings: cfg.settings.clone(),
             host_id: cfg.identity.host_id.clone(),
             unknown_since: std::sync::Mutex::new(HashMap::new()),
+            spread: (!cfg.settings.contains_key("partitioner")).then_some(spread),
         }
     }
 
@@ -134,8 +141,29 @@ impl RdKafka {
     }
 }
 
-/// rdkafka's delivery callback, reporting to the session's [`Deliveries`].
-pub(crate) struct Ctx(Arc<Deliveries>);
+/// rdkafka's delivery callback, reporting to the session's [`Deliveries`],
+/// and the partitioner of `by_file` files ([`crate::spread`]).
+pub(crate) struct Ctx(Arc<Deliveries>, Option<Spread>);
+
+/// [`Plan::partition`] as librdkafka's partitioner.
+pub(crate) struct Spread(Arc<Mutex<Plan>>);
+
+impl Partitioner for Spread {
+    fn partition(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        count: i32,
+        _available: impl Fn(i32) -> bool,
+    ) -> i32 {
+        // A file's partition does not depend on its leader being up: its
+        // order in Kafka would not hold (the message waits for the leader).
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .partition(topic, key, count)
+    }
+}
 
 impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -144,8 +172,12 @@ impl ClientContext for Ctx {
     }
 }
 
-impl ProducerContext for Ctx {
+impl ProducerContext<Spread> for Ctx {
     type DeliveryOpaque = Arc<Track>;
+
+    fn get_custom_partitioner(&self) -> Option<&Spread> {
+        self.1.as_ref()
+    }
 
     fn delivery(&self, result: &DeliveryResult<'_>, track: Arc<Track>) {
         match result {
@@ -189,7 +221,7 @@ fn owned(msg: &BorrowedMessage<'_>) -> OwnedMsg {
 
 /// A producer and the admin client that reads topics' limits.
 pub(crate) struct RdProducer {
-    producer: ThreadedProducer<Ctx>,
+    producer: ThreadedProducer<Ctx, Spread>,
     admin: AdminClient<DefaultClientContext>,
     /// For [`Produce::kafka_answers`]' fresh clients.
     base: ClientConfig,
@@ -272,7 +304,7 @@ impl Kafka for RdKafka {
     fn producer(&self, deliveries: Arc<Deliveries>) -> Result<RdProducer, String> {
         let producer = self
             .producer_config()
-            .create_with_context(Ctx(deliveries))
+            .create_with_context(Ctx(deliveries, self.spread.clone().map(Spread)))
             .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
         let admin = self
             .base_config()

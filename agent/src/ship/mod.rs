@@ -83,10 +83,12 @@ mod model;
 
 use kafka::RdKafka;
 
+use crate::collect::PartitionMode;
 use crate::event::{self, encode, Identity, RecordMeta, Route};
 use crate::metrics::Metrics;
 use crate::refusal;
 use crate::spool::Shared;
+use crate::spread;
 use checkpoint::FileId;
 use common::event::{HEADER_FILE, HEADER_HOST, HEADER_OFFSET, HEADER_SCHEMA};
 use rdkafka::error::RDKafkaErrorCode;
@@ -559,7 +561,7 @@ impl Shipper {
         let handle = std::thread::Builder::new()
             .name("shipper".into())
             .spawn(move || {
-                let kafka = RdKafka::new(&cfg);
+                let kafka = RdKafka::new(&cfg, Arc::clone(&deps.spread));
                 let mut backoff = Duration::from_millis(500);
                 while !flags.stop.load(Ordering::SeqCst) {
                     let ended = Session::open(&kafka, &cfg, &deps, &flags.stop)
@@ -802,6 +804,7 @@ impl<'a, P: Produce> Session<'a, P> {
         }
         if self.last_ack.elapsed() >= self.cfg.ack_every {
             self.ack(false);
+            self.save_spread();
         }
         progressed |= self.resend_failed();
         self.check_stall(flags)?;
@@ -1042,6 +1045,19 @@ impl<'a, P: Produce> Session<'a, P> {
             meta.identity.as_ref().unwrap_or(&self.cfg.identity),
         );
         let route = event::route(who, spec, &batch.source.path);
+        let fixed = match (&route, &spec.partition) {
+            (Route::Key(k), PartitionMode::ByFile) => self
+                .deps
+                .spread
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .route(
+                    &batch.topic,
+                    k.as_bytes(),
+                    spread::day_of(checkpoint::now_ms()),
+                ),
+            _ => None,
+        };
         let ts = event::timestamp(batch.read_ms);
         let file = event::file_header(batch);
         let track = Arc::new(Track::new(seq));
@@ -1089,7 +1105,10 @@ impl<'a, P: Produce> Session<'a, P> {
                     .then(|| i64::try_from(batch.read_ms).unwrap_or(i64::MAX)),
             };
             match &route {
-                Route::Key(k) => msg.key = Some(k.as_bytes()),
+                Route::Key(k) => {
+                    msg.key = Some(k.as_bytes());
+                    msg.partition = fixed;
+                }
                 Route::Partition(p) => msg.partition = Some(*p),
                 Route::Any => {}
             }
@@ -1189,6 +1208,21 @@ impl<'a, P: Produce> Session<'a, P> {
             }
         }
         true
+    }
+
+    /// Saves the partition plan when it changed (module [`crate::spread`]).
+    fn save_spread(&mut self) {
+        let bytes = {
+            let mut plan = self.deps.spread.lock().unwrap_or_else(|p| p.into_inner());
+            if !plan.take_changed() {
+                return;
+            }
+            plan.encode()
+        };
+        let st = self.deps.store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = st.save_meta(spread::META_KEY, &bytes) {
+            tracing::warn!(error = %e, "cannot save which partition each file goes to; after a restart a new file may be given another");
+        }
     }
 
     /// How long `f`'s kind of refusal has lasted: in this process, or since

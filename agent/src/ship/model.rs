@@ -199,6 +199,7 @@ impl Env {
             store: Arc::new(Mutex::new(store)),
             progress: Arc::new(Progress::default()),
             metrics: Metrics::new(),
+            spread: Arc::default(),
         };
         let cfg = ShipConfig {
             brokers: "fake".into(),

@@ -326,3 +326,72 @@ async fn awkward_lines_are_shipped_without_stalling() {
     assert_eq!(got[5].value["log"]["offset"], (data.len() - 5) as u64);
     agent.terminate_ok(a);
 }
+
+/// Issue #17: with default settings (`by_file`) the files of a host spread
+/// evenly over the topic's partitions (before: `host:path` keys hashed by
+/// librdkafka put all 4 files of the benchmark in partition 0), each file
+/// in one partition in file order, and a file keeps its partition after a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_spread_over_partitions_and_keep_them_after_a_restart() {
+    let stack = Stack::from_env();
+    let fx = fixture(&stack, "");
+    let (logs, a) = (fx.logs.clone(), &fx.agent);
+    let topic = unique("it-agent-spread");
+    stack.create_topic(&topic, 4).await;
+    let entries = format!(
+        r#"[{{"path":"{}/spread/*.log","topic":"{topic}"}}]"#,
+        logs.display()
+    );
+    std::fs::create_dir_all(logs.join("spread")).unwrap();
+    etcd_put(&stack, &a.collect_key(), &entries).await;
+    let line = |f: usize, i: usize| format!("file {f} line {i}");
+    for f in 0..4 {
+        let lines: Vec<String> = (0..100).map(|i| line(f, i)).collect();
+        append(&logs.join(format!("spread/f{f}.log")), &lines);
+    }
+    let mut agent = a.start();
+    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
+    let read = |want: usize| {
+        let (brokers, t) = (stack.kafka_brokers.clone(), topic.clone());
+        tokio::task::spawn_blocking(move || read_topic(&brokers, &t, want, Duration::from_secs(60)))
+    };
+    let first = read(400).await.unwrap();
+    assert_eq!(first.len(), 400, "{}", a.log_text());
+    agent.terminate_ok(a);
+    // The file of each message, from its `log.file.path`.
+    let file_of = |m: &integration::kafka_read::Msg| {
+        let p = m.value["log"]["file"]["path"].as_str().unwrap().to_string();
+        p.rsplit('/').next().unwrap().to_string()
+    };
+    let mut partition_of = std::collections::HashMap::new();
+    for m in &first {
+        let p = *partition_of.entry(file_of(m)).or_insert(m.partition);
+        assert_eq!(p, m.partition, "one file, one partition");
+    }
+    let used: HashSet<i32> = partition_of.values().copied().collect();
+    assert_eq!(used.len(), 4, "4 files in 4 partitions: {partition_of:?}");
+    for f in 0..4 {
+        let msgs: Vec<&str> = first
+            .iter()
+            .filter(|m| file_of(m) == format!("f{f}.log"))
+            .map(|m| m.value["message"].as_str().unwrap())
+            .collect();
+        let want: Vec<String> = (0..100).map(|i| line(f, i)).collect();
+        assert_eq!(msgs, want, "file order within its partition");
+    }
+
+    // After a restart, new lines of each file go to the same partition.
+    for f in 0..4 {
+        let lines: Vec<String> = (100..150).map(|i| line(f, i)).collect();
+        append(&logs.join(format!("spread/f{f}.log")), &lines);
+    }
+    let mut agent = a.start();
+    assert!(a.wait_up(Duration::from_secs(30)), "{}", a.log_text());
+    let all = read(600).await.unwrap();
+    assert_eq!(all.len(), 600, "{}", a.log_text());
+    for m in &all {
+        assert_eq!(partition_of[&file_of(m)], m.partition, "{}", file_of(m));
+    }
+    agent.terminate_ok(a);
+}
