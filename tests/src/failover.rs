@@ -26,13 +26,36 @@ pub enum Failover {
     TransferRestart,
     /// The Kafka broker restarted: the moment its port accepts again.
     KafkaBack,
+    /// Cluster mode (issue #18): the leader broker of the run topic's
+    /// partition 0 killed (-9): the moment of the kill.
+    LeaderKill,
+    /// One broker cut off (its link down for 60 s): the moment of the cut.
+    BrokerCut,
+    /// The etcd leader killed (-9): the moment of the kill.
+    EtcdLeaderKill,
+    /// One Elasticsearch node killed (-9): the moment of the kill.
+    EsNodeKill,
 }
+
+/// Every kind, in the report's order.
+const KINDS: [Failover; 6] = [
+    Failover::TransferRestart,
+    Failover::KafkaBack,
+    Failover::LeaderKill,
+    Failover::BrokerCut,
+    Failover::EtcdLeaderKill,
+    Failover::EsNodeKill,
+];
 
 impl Failover {
     fn label(self) -> &'static str {
         match self {
             Failover::TransferRestart => "transfer_kill",
             Failover::KafkaBack => "kafka_back",
+            Failover::LeaderKill => "leader_kill",
+            Failover::BrokerCut => "broker_cut",
+            Failover::EtcdLeaderKill => "etcd_leader_kill",
+            Failover::EsNodeKill => "es_node_kill",
         }
     }
 }
@@ -117,8 +140,14 @@ impl Failovers {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        [Failover::TransferRestart, Failover::KafkaBack]
+        KINDS
             .into_iter()
+            .filter(|kind| {
+                // The two single-stack kinds always (a run without them says
+                // n=0); the cluster's only when they happened.
+                matches!(kind, Failover::TransferRestart | Failover::KafkaBack)
+                    || at.iter().any(|(k, _)| k == kind)
+            })
             .map(|kind| {
                 // This kind's faults: (moment, resume time).
                 let faults: Vec<(Duration, Option<Duration>)> = at

@@ -2,7 +2,8 @@
 //! environment (`eval "$(scripts/stack env)"`), unique names per test run,
 //! and small clients for Kafka and Elasticsearch.
 
-use elasticsearch::http::transport::Transport;
+use elasticsearch::http::transport::{MultiNodeConnectionPool, Transport, TransportBuilder};
+use elasticsearch::http::Url;
 use elasticsearch::indices::IndicesRefreshParts;
 use elasticsearch::{CountParts, Elasticsearch};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -171,8 +172,28 @@ impl Stack {
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
     }
 
+    /// A client of `ES_URL`: one node, or a cluster's nodes separated by
+    /// commas (`scripts/cluster env`), used in turn.
     pub fn es(&self) -> Elasticsearch {
-        Elasticsearch::new(Transport::single_node(&self.es_url).expect("ES_URL"))
+        let urls: Vec<Url> = self
+            .es_url
+            .split(',')
+            .map(|u| Url::parse(u.trim()).expect("ES_URL"))
+            .collect();
+        if urls.len() == 1 {
+            return Elasticsearch::new(Transport::single_node(&self.es_url).expect("ES_URL"));
+        }
+        let pool = MultiNodeConnectionPool::round_robin(urls, None);
+        Elasticsearch::new(TransportBuilder::new(pool).build().expect("ES_URL"))
+    }
+
+    /// The replication factor of the topics tests make: `KAFKA_REPLICATION`
+    /// (`scripts/cluster env` says 3), else 1.
+    pub fn replication(&self) -> i32 {
+        std::env::var("KAFKA_REPLICATION")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
     }
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
@@ -185,7 +206,11 @@ impl Stack {
             .set("bootstrap.servers", &self.kafka_brokers)
             .create()
             .expect("admin client");
-        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let replication = self.replication();
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+        if replication >= 3 {
+            new = new.set("min.insync.replicas", "2");
+        }
         for (k, v) in configs {
             new = new.set(k, v);
         }
@@ -418,6 +443,19 @@ pub fn stack_cmd(args: &[&str]) -> bool {
         .stdout(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Runs `scripts/cluster ARGS` (the cluster mode's faults, issue #18); its
+/// standard output, trimmed, when it succeeded.
+pub fn cluster_cmd(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(repo_root().join("scripts/cluster"))
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Polls `f` every 250 ms (without blocking the runtime) until it is true

@@ -429,13 +429,7 @@ impl TransferConfig {
                 ));
             }
         }
-        let url = &self.elasticsearch.url;
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(bad(
-                "elasticsearch.url",
-                format!("`{url}` must start with http:// or https://"),
-            ));
-        }
+        crate::es::node_urls(&self.elasticsearch.url).map_err(|e| bad("elasticsearch.url", e))?;
         let pattern = crate::doc::IndexPattern::new(&self.elasticsearch.index_pattern)
             .map_err(|e| bad("elasticsearch.index_pattern", e))?;
         if self.elasticsearch.retention_days > 0 && !pattern.is_daily() {
@@ -662,6 +656,28 @@ url = "http://127.0.0.1:9200"
             .unwrap_err()
             .to_string();
         assert!(err.contains("elasticsearch.url"), "{err}");
+    }
+
+    /// Issue #18: the nodes of a cluster, comma-separated; each checked.
+    #[test]
+    fn elasticsearch_url_may_list_a_clusters_nodes() {
+        let two = "http://10.77.0.31:9200, http://10.77.0.32:9200";
+        assert!(parse(&MINIMAL.replace("http://127.0.0.1:9200", two)).is_ok());
+        assert_eq!(crate::es::node_urls(two).unwrap().len(), 2);
+        for (bad_list, named) in [
+            ("http://a:9200,,http://b:9200", "empty URL"),
+            ("http://a:9200,b:9200", "`b:9200`"),
+            ("http://u:secret@a:9200,ftp://u:secret@b", "must start with"),
+        ] {
+            let err = parse(&MINIMAL.replace("http://127.0.0.1:9200", bad_list))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("elasticsearch.url") && err.contains(named),
+                "{err}"
+            );
+            assert!(!err.contains("secret"), "{err}");
+        }
     }
 
     #[test]

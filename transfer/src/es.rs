@@ -6,7 +6,9 @@ use crate::doc::IndexPattern;
 use crate::Error;
 use elasticsearch::auth::Credentials;
 use elasticsearch::cert::{Certificate, CertificateValidation};
-use elasticsearch::http::transport::{SingleNodeConnectionPool, Transport, TransportBuilder};
+use elasticsearch::http::transport::{
+    MultiNodeConnectionPool, SingleNodeConnectionPool, Transport, TransportBuilder,
+};
 use elasticsearch::http::Url;
 use elasticsearch::indices::IndicesPutIndexTemplateParts;
 use elasticsearch::Elasticsearch;
@@ -29,19 +31,44 @@ pub fn describe(e: &elasticsearch::Error) -> String {
     text
 }
 
-/// A transport to the configured node with its credentials and CA.
+/// The nodes of `elasticsearch.url`: one URL, or several separated by
+/// commas (the nodes of one cluster, used in turn; a request that fails on
+/// one is retried like any other, and the next goes to the next node).
+///
+/// # Errors
+/// An empty list, or a URL that does not parse or is not http(s).
+pub fn node_urls(urls: &str) -> Result<Vec<Url>, String> {
+    let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+    if nodes.iter().any(|u| u.is_empty()) {
+        return Err("an empty URL in the list".into());
+    }
+    nodes
+        .into_iter()
+        .map(|u| {
+            let shown = common::secret::redact_url(u);
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(format!("`{shown}` must start with http:// or https://"));
+            }
+            Url::parse(u).map_err(|e| format!("`{shown}`: {e}"))
+        })
+        .collect()
+}
+
+/// A transport to the configured node (or nodes, in turn) with its
+/// credentials and CA.
 ///
 /// # Errors
 /// A bad URL, or an unreadable or invalid CA file.
 pub fn transport(cfg: &EsConfig) -> Result<Transport, Error> {
-    let url = Url::parse(&cfg.url).map_err(|e| {
-        Error::Setup(format!(
-            "elasticsearch.url `{}`: {e}",
-            common::secret::redact_url(&cfg.url)
-        ))
-    })?;
-    let mut b = TransportBuilder::new(SingleNodeConnectionPool::new(url))
-        .timeout(Duration::from_millis(cfg.timeout_ms));
+    let mut urls =
+        node_urls(&cfg.url).map_err(|e| Error::Setup(format!("elasticsearch.url: {e}")))?;
+    let timeout = Duration::from_millis(cfg.timeout_ms);
+    let mut b = if urls.len() == 1 {
+        TransportBuilder::new(SingleNodeConnectionPool::new(urls.remove(0)))
+    } else {
+        TransportBuilder::new(MultiNodeConnectionPool::round_robin(urls, None))
+    }
+    .timeout(timeout);
     if let Some(key) = &cfg.api_key {
         b = b.auth(Credentials::EncodedApiKey(key.expose().to_string()));
     } else if let Some(user) = &cfg.username {

@@ -42,7 +42,7 @@
 use clap::Parser;
 use integration::agent_run::{etcd_put, free_port};
 use integration::failover::{Failover, Failovers};
-use integration::{stack_cmd, workspace_bin, Stack};
+use integration::{cluster_cmd, stack_cmd, workspace_bin, Stack};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -90,6 +90,27 @@ struct Args {
     es_restarts: u64,
     #[arg(long, default_value_t = 1)]
     etcd_restarts: u64,
+    /// Against `scripts/cluster` (issue #18; `eval "$(scripts/cluster
+    /// env)"`): the single services' restarts above are off, these faults
+    /// run instead.
+    #[arg(long)]
+    cluster: bool,
+    /// Cluster: kill -9 the leader broker of the run topic's partition 0,
+    /// start it again 3–12 s later.
+    #[arg(long, default_value_t = 2)]
+    leader_kills: u64,
+    /// Cluster: cut one broker off (link down) for `cut_secs`.
+    #[arg(long, default_value_t = 1)]
+    broker_cuts: u64,
+    #[arg(long, default_value_t = 60)]
+    cut_secs: u64,
+    /// Cluster: kill -9 the etcd leader, start it again 3–12 s later; a hot
+    /// reload follows each (a new entry and its file must arrive).
+    #[arg(long, default_value_t = 2)]
+    etcd_leader_kills: u64,
+    /// Cluster: kill -9 one Elasticsearch node, start it again 3–12 s later.
+    #[arg(long, default_value_t = 1)]
+    es_node_kills: u64,
     /// Most seconds to wait for the pipeline to drain at the end.
     #[arg(long, default_value_t = 300)]
     drain: u64,
@@ -153,6 +174,106 @@ impl Proc {
             let _ = c.wait();
         }
     }
+}
+
+/// The hot reload after an etcd election (cluster mode): the collect key
+/// gains an entry for a new directory, whose file then gets
+/// [`RELOAD_LINES`] numbered lines of their own writer (2000 + k). Unless
+/// the agent followed the change (its watch survived the election and no
+/// event was missed) they are never read, and the run reports them lost.
+struct Reload {
+    stack: Stack,
+    key: String,
+    logs: PathBuf,
+    topic: String,
+    entries: Mutex<Vec<Value>>,
+    /// (writer, lines written) per reload.
+    written: Mutex<Vec<(u64, u64)>>,
+    runtime: tokio::runtime::Handle,
+}
+
+const RELOAD_LINES: u64 = 100;
+
+impl Reload {
+    fn after_election(&self) {
+        let k = self.written.lock().map(|w| w.len()).unwrap_or(0) as u64;
+        let (w, dir) = (2000 + k, self.logs.join(format!("reload{k}")));
+        let value = {
+            let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            e.push(json!({"path": format!("{}/*.log", dir.display()), "topic": self.topic}));
+            Value::Array(e.clone()).to_string()
+        };
+        self.runtime
+            .block_on(etcd_put(&self.stack, &self.key, &value));
+        // Written after the put: the agent must see the entry to read them.
+        std::thread::sleep(Duration::from_secs(1));
+        if std::fs::create_dir_all(&dir).is_err() {
+            eprintln!("torture: cannot make {}", dir.display());
+            return;
+        }
+        let mut f = open_append(&dir.join("r.log"));
+        for seq in 0..RELOAD_LINES {
+            let _ = writeln!(f, "tt w={w} seq={seq} after an etcd election");
+        }
+        eprintln!(
+            "torture: reload {k}: entry for {} put, {RELOAD_LINES} lines written",
+            dir.display()
+        );
+        if let Ok(mut l) = self.written.lock() {
+            l.push((w, RELOAD_LINES));
+        }
+    }
+}
+
+/// One fault of the cluster mode (issue #18), on its own thread: the member
+/// it hits (`pick` chooses among brokers or nodes where the fault does not
+/// name one), the fault recorded for the failover figures, `down` later the
+/// member back.
+fn cluster_fault(
+    fault: &str,
+    pick: usize,
+    down: Duration,
+    topic: &str,
+    failover: &Failovers,
+    faults: &Faults,
+) {
+    let member = match fault {
+        "leader-kill" => cluster_cmd(&["leader", topic, "0"]).filter(|m| !m.is_empty()),
+        "etcd-leader-kill" => cluster_cmd(&["etcd-leader"]).filter(|m| !m.is_empty()),
+        "broker-cut" => Some(format!("k{}", pick % 3 + 1)),
+        _ => Some(format!("s{}", pick % 2 + 1)),
+    };
+    let Some(member) = member else {
+        eprintln!("torture: {fault}: cannot tell which member; skipped");
+        return;
+    };
+    eprintln!("torture: {fault} {member} for {down:?}");
+    let (hit, back, kind, counter) = match fault {
+        "broker-cut" => ("cut", "heal", Failover::BrokerCut, &faults.broker_cut),
+        "leader-kill" => ("kill", "start", Failover::LeaderKill, &faults.leader_kill),
+        "etcd-leader-kill" => (
+            "kill",
+            "start",
+            Failover::EtcdLeaderKill,
+            &faults.etcd_leader_kill,
+        ),
+        _ => ("kill", "start", Failover::EsNodeKill, &faults.es_node_kill),
+    };
+    let outage = failover.outage_began(match kind {
+        Failover::EtcdLeaderKill => "etcd",
+        Failover::EsNodeKill => "elasticsearch",
+        _ => "kafka",
+    });
+    cluster_cmd(&[hit, &member]);
+    failover.record(kind);
+    std::thread::sleep(down);
+    while cluster_cmd(&[back, &member]).is_none() {
+        eprintln!("torture: {back} {member} failed; retrying");
+        cluster_cmd(&["kill", &member]);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    failover.outage_ended(outage);
+    counter.fetch_add(1, Ordering::SeqCst);
 }
 
 /// Per writer: where each copytruncated or deleted generation started and
@@ -384,6 +505,10 @@ struct Faults {
     kafka_restart: AtomicU64,
     es_restart: AtomicU64,
     etcd_restart: AtomicU64,
+    leader_kill: AtomicU64,
+    broker_cut: AtomicU64,
+    etcd_leader_kill: AtomicU64,
+    es_node_kill: AtomicU64,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -434,18 +559,29 @@ async fn main() {
     integration::agent_run::kafka_keys(&agent_setup, "dead_letter_after_secs = 10");
     // Nested entries under one root, a JSON one, and a poison entry whose
     // partition its topic does not have.
+    let entries = vec![
+        json!({"path": format!("{}/*/app.log*", logs.display()), "topic": run}),
+        json!({"path": format!("{}/nest/*.log", logs.display()), "topic": nest_topic}),
+        json!({"path": format!("{}/nest/sub/*.jsonl", logs.display()), "topic": json_topic, "json": true}),
+        json!({"path": format!("{}/poison/*.log", logs.display()), "topic": run, "partition": {"fixed": 99}}),
+    ];
     etcd_put(
         &stack,
         &agent_setup.collect_key(),
-        &json!([
-            {"path": format!("{}/*/app.log*", logs.display()), "topic": run},
-            {"path": format!("{}/nest/*.log", logs.display()), "topic": nest_topic},
-            {"path": format!("{}/nest/sub/*.jsonl", logs.display()), "topic": json_topic, "json": true},
-            {"path": format!("{}/poison/*.log", logs.display()), "topic": run, "partition": {"fixed": 99}},
-        ])
-        .to_string(),
+        &Value::Array(entries.clone()).to_string(),
     )
     .await;
+    // Cluster mode: after each etcd leader kill a new entry is put and its
+    // file written (`Reload::after_election`).
+    let reload = Arc::new(Reload {
+        stack: stack.clone(),
+        key: agent_setup.collect_key(),
+        logs: logs.clone(),
+        topic: run.clone(),
+        entries: Mutex::new(entries),
+        written: Mutex::new(Vec::new()),
+        runtime: tokio::runtime::Handle::current(),
+    });
     let agent = Arc::new(Mutex::new(Proc {
         name: "logagent",
         cmd: command(
@@ -607,12 +743,18 @@ async fn main() {
     let mut rng = StdRng::seed_from_u64(seed);
     let span = (5.0, (args.duration as f64 - 15.0).max(6.0));
     let mut schedule: Vec<(f64, &str)> = Vec::new();
+    let single = |n: u64| if args.cluster { 0 } else { n };
+    let cluster = |n: u64| if args.cluster { n } else { 0 };
     for (kind, n) in [
         ("agent", args.agent_kills),
         ("transfer", args.transfer_kills),
-        ("kafka", args.kafka_restarts),
-        ("elasticsearch", args.es_restarts),
-        ("etcd", args.etcd_restarts),
+        ("kafka", single(args.kafka_restarts)),
+        ("elasticsearch", single(args.es_restarts)),
+        ("etcd", single(args.etcd_restarts)),
+        ("leader-kill", cluster(args.leader_kills)),
+        ("broker-cut", cluster(args.broker_cuts)),
+        ("etcd-leader-kill", cluster(args.etcd_leader_kills)),
+        ("es-node-kill", cluster(args.es_node_kills)),
     ] {
         for _ in 0..n {
             schedule.push((rng.random_range(span.0..span.1), kind));
@@ -640,6 +782,26 @@ async fn main() {
                 t.start();
                 failover.record(Failover::TransferRestart);
                 faults.transfer_kill.fetch_add(1, Ordering::SeqCst);
+            }
+            fault @ ("leader-kill" | "broker-cut" | "etcd-leader-kill" | "es-node-kill") => {
+                let down = Duration::from_secs(match fault {
+                    "broker-cut" => args.cut_secs,
+                    _ => rng.random_range(3..12),
+                });
+                let pick = rng.random_range(0..6usize);
+                let (failover_c, topic) = (Arc::clone(&failover), run.clone());
+                let f = Arc::clone(&faults);
+                let reload = Arc::clone(&reload);
+                let lock = Arc::clone(restarting.entry("cluster").or_default());
+                service_threads.push(std::thread::spawn(move || {
+                    // One cluster fault at a time: two brokers down at once
+                    // would leave partitions without min.insync.replicas.
+                    let _one = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    cluster_fault(fault, pick, down, &topic, &failover_c, &f);
+                    if fault == "etcd-leader-kill" {
+                        reload.after_election();
+                    }
+                }));
             }
             service => {
                 let down = Duration::from_secs(rng.random_range(3..12));
@@ -698,6 +860,10 @@ async fn main() {
     }
     let (probes, mut lat, probe_log) = probe.await.expect("probe");
     written.insert(probe_w, probes);
+    for (w, n) in reload.written.lock().expect("reloads").iter() {
+        written.insert(*w, *n);
+        topic_of.insert(*w, run.clone());
+    }
     let total: u64 = written.values().sum();
     eprintln!("torture: writers stopped after {total} lines; draining");
 
@@ -825,10 +991,22 @@ async fn main() {
         );
     }
     let misrouted_total: u64 = misrouted.values().sum();
+    let cluster_faults = if args.cluster {
+        format!(
+            " leader_kill={} broker_cut={} etcd_leader_kill={} es_node_kill={} reloads={}",
+            faults.leader_kill.load(Ordering::SeqCst),
+            faults.broker_cut.load(Ordering::SeqCst),
+            faults.etcd_leader_kill.load(Ordering::SeqCst),
+            faults.es_node_kill.load(Ordering::SeqCst),
+            reload.written.lock().map(|w| w.len()).unwrap_or(0),
+        )
+    } else {
+        String::new()
+    };
     println!(
         "written={total} indexed={} lost={} duplicated={duplicated} misrouted={misrouted_total} copytruncate_at_risk={ct_at_risk} copytruncate_lost={ct_lost} deleted_lost={deleted_lost} \
          latency_ms p50={:.0} p99={:.0} max={:.0} (probes={}) \
-         faults agent_kill={} transfer_kill={} kafka_restart={} es_restart={} etcd_restart={} \
+         faults agent_kill={} transfer_kill={} kafka_restart={} es_restart={} etcd_restart={}{cluster_faults} \
          seed={seed} duration={}s drain={drain_secs:.0}s",
         seen.len(),
         lost.len(),
