@@ -329,6 +329,14 @@ impl Metrics {
 
     /// The problems seen within [`PROBLEM_MEMORY`]: (key, reason, seconds
     /// since it started).
+    /// Whether `key` is a problem now.
+    pub fn has_problem(&self, key: &str) -> bool {
+        self.problems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
+    }
+
     /// Ends a problem at once (its cause is gone).
     pub fn clear_problem(&self, key: &str) {
         let mut p = self.problems.lock().unwrap_or_else(|p| p.into_inner());

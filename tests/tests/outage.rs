@@ -345,7 +345,13 @@ async fn kafka_down_for_60_s_with_rotations_loses_nothing() {
         a.log_text()
     );
     assert_eq!(a.metric("logagent_paused"), 0.0);
-    assert_eq!(a.http_get("/health").map(|h| h.0), Some(200));
+    let health = a.http_get("/health");
+    assert_eq!(
+        health.as_ref().map(|h| h.0),
+        Some(200),
+        "{health:?}\n{}",
+        a.log_text()
+    );
     agent.terminate_ok(a);
 }
 

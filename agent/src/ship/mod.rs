@@ -773,7 +773,10 @@ impl<'a, P: Produce> Session<'a, P> {
             last_ack: Instant::now(),
             last_done: Instant::now(),
             stall_checked: Instant::now(),
-            stall_reported: false,
+            // A stall the previous session raised (and ended the session
+            // for: a producer replaced) is this one's to clear once Kafka
+            // acknowledges; else /health stayed degraded for minutes after.
+            stall_reported: deps.metrics.has_problem("kafka"),
             stall_probed: None,
             last_heard: Instant::now(),
             acked_any: false,
