@@ -3,7 +3,6 @@
 //! and small clients for Kafka and Elasticsearch.
 
 use elasticsearch::http::transport::{MultiNodeConnectionPool, Transport, TransportBuilder};
-use elasticsearch::http::Url;
 use elasticsearch::indices::IndicesRefreshParts;
 use elasticsearch::{CountParts, Elasticsearch};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -175,11 +174,7 @@ impl Stack {
     /// A client of `ES_URL`: one node, or a cluster's nodes separated by
     /// commas (`scripts/cluster env`), used in turn.
     pub fn es(&self) -> Elasticsearch {
-        let urls: Vec<Url> = self
-            .es_url
-            .split(',')
-            .map(|u| Url::parse(u.trim()).expect("ES_URL"))
-            .collect();
+        let urls = transfer::es::node_urls(&self.es_url).expect("ES_URL");
         if urls.len() == 1 {
             return Elasticsearch::new(Transport::single_node(&self.es_url).expect("ES_URL"));
         }
