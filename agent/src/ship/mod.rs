@@ -26,13 +26,15 @@
 //!
 //! librdkafka retries forever on its own, and a broker that comes back is
 //! normally taken up again within seconds. Should a producer stay silent
-//! (no delivery report at all, not even a failure) for [`ShipConfig::restart_stalled_after`]
-//! while the broker answers a client made for the question (an admin
+//! (no delivery report at all, not even a failure) for [`ShipConfig::restart_stalled_after`],
+//! the last half of it while the broker answers a client made for the question (an admin
 //! client's `DescribeConfigs` of the oldest waiting record's topic; a new
 //! one each time, since a client made with the producer can be stuck the
 //! same way: librdkafka 2.12 can be left without brokers by a restarting
 //! broker's metadata and never reconnect, its issue #5301), the session
-//! ends as for a fatal error: a new producer, after the read-back. The wait
+//! ends as for a fatal error: a new producer, after the read-back. Only
+//! the time Kafka answers counts: a producer that waited out an outage has
+//! half the wait after Kafka returns to reconnect by itself. The wait
 //! doubles with each such replacement in a row (a broker that answers
 //! metadata but cannot take writes, e.g. too few in-sync replicas, is not
 //! a reason to churn) and resets once acknowledgements flow.
@@ -540,6 +542,10 @@ struct InFlight {
 /// make `/health` degraded (problem `kafka`) until acks flow again.
 pub const STALL_AFTER: Duration = Duration::from_secs(30);
 
+/// How often a silent producer's session asks whether Kafka answers others
+/// (at most; a quarter of the wait when that is shorter).
+const STALL_PROBE_EVERY: Duration = Duration::from_secs(10);
+
 /// The running shipper thread.
 pub struct Shipper {
     stop: Arc<AtomicBool>,
@@ -688,6 +694,9 @@ struct Session<'a, P: Produce> {
     stall_reported: bool,
     /// When a stalled producer last asked whether Kafka answers others.
     stall_probed: Option<Instant>,
+    /// Since when Kafka has answered those questions without a miss (the
+    /// first answer of the streak); `None` after a miss.
+    answering_since: Option<Instant>,
     /// When the producer last reported on a message (delivered or failed).
     last_heard: Instant,
     /// Whether Kafka acknowledged a record in this session.
@@ -778,6 +787,7 @@ impl<'a, P: Produce> Session<'a, P> {
             // acknowledges; else /health stayed degraded for minutes after.
             stall_reported: deps.metrics.has_problem("kafka"),
             stall_probed: None,
+            answering_since: None,
             last_heard: Instant::now(),
             acked_any: false,
             buf: Vec::new(),
@@ -950,8 +960,10 @@ impl<'a, P: Produce> Session<'a, P> {
         self.replace_if_silent(flags)
     }
 
-    /// A stalled producer past its wait: ask Kafka through the admin client
-    /// (at most every 10 s); if it answers, end the session.
+    /// A producer silent for its wait, while Kafka answered others for at
+    /// least the last half of it, is replaced (module docs, "A producer
+    /// that hears nothing"). Kafka is asked from half the wait on, at most
+    /// every [`STALL_PROBE_EVERY`] (a quarter of the wait if shorter).
     fn replace_if_silent(&mut self, flags: &Flags) -> Result<(), String> {
         let restarts = flags.stall_restarts.load(Ordering::SeqCst);
         let wait = self
@@ -961,15 +973,14 @@ impl<'a, P: Produce> Session<'a, P> {
         // Failures are news too: only a producer that reports nothing at
         // all is suspect.
         let quiet = self.last_heard.elapsed();
-        let Some(oldest) = self.in_flight.values().find(|r| !r.delivered) else {
+        let oldest = self.in_flight.values().find(|r| !r.delivered);
+        let Some(oldest) = oldest.filter(|r| quiet >= wait / 2 && r.sent.elapsed() >= wait / 2)
+        else {
+            self.answering_since = None;
             return Ok(());
         };
-        if quiet < wait
-            || oldest.sent.elapsed() < wait
-            || self
-                .stall_probed
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
-        {
+        let every = STALL_PROBE_EVERY.min(wait / 4);
+        if self.stall_probed.is_some_and(|t| t.elapsed() < every) {
             return Ok(());
         }
         self.stall_probed = Some(Instant::now());
@@ -977,6 +988,15 @@ impl<'a, P: Produce> Session<'a, P> {
         if !self.producer.kafka_answers(&topic) {
             // Unreachable (or the topic is gone, which refusals handle):
             // the producer is right to wait.
+            self.answering_since = None;
+            return Ok(());
+        }
+        // Silence counts only while Kafka answers: after an outage the
+        // producer has half the wait to reconnect on its own (its reconnect
+        // backoff grows to 10 s) before it is judged stuck.
+        let answering = *self.answering_since.get_or_insert_with(Instant::now);
+        let heard_since = self.last_heard > answering;
+        if quiet < wait || heard_since || answering.elapsed() < wait / 2 {
             return Ok(());
         }
         flags.stall_restarts.store(restarts + 1, Ordering::SeqCst);
@@ -986,7 +1006,8 @@ impl<'a, P: Produce> Session<'a, P> {
             .restart_stalled_after
             .saturating_mul(1 << MAX_STALL_DOUBLINGS);
         Err(format!(
-            "Kafka answers (topic {topic} described) but the producer has reported on no message for {}s; replacing it (next wait {}s)",
+            "Kafka answers (topic {topic} described, for {}s now) but the producer has reported on no message for {}s; replacing it (next wait {}s)",
+            answering.elapsed().as_secs(),
             quiet.as_secs(),
             wait.saturating_mul(2).min(max).as_secs()
         ))

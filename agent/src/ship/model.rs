@@ -570,6 +570,44 @@ fn a_silent_producer_is_replaced_only_while_kafka_answers_others() {
     }
 }
 
+/// A producer that waited out an outage everyone saw is not judged by the
+/// silence of the outage: once Kafka answers again it has half its wait to
+/// reconnect and report by itself, and is not replaced when it does (before,
+/// the first answer after an outage longer than the wait replaced it at once:
+/// the outage test's producer was replaced 3 s after the broker returned).
+#[test]
+fn a_producer_that_waited_out_an_outage_gets_time_to_reconnect() {
+    let mut env = Env::new(100, true);
+    env.cfg.restart_stalled_after = Duration::from_millis(200);
+    let mut w = Written::default();
+    w.append(&env, "t0", 4);
+    env.kafka.broker().describes = false;
+    let mut s = env.open();
+    let start = Instant::now();
+    let mut reported = false;
+    // The stall check runs once a second: Kafka is down for everyone through
+    // two checks (10 waits), back before the third, and the producer reports
+    // after the third, which is the first to get an answer.
+    while start.elapsed() < Duration::from_millis(4500) {
+        let t = start.elapsed();
+        if t >= Duration::from_millis(2500) {
+            env.kafka.broker().describes = true;
+        }
+        if t >= Duration::from_millis(3500) && !reported {
+            env.kafka.broker().resolve(usize::MAX);
+            reported = true;
+        }
+        assert!(!env.step(&mut s), "the read-back completes");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        env.kafka.broker().producers,
+        1,
+        "a producer replaced before it could reconnect"
+    );
+    assert_eq!(w.settle(&env, s), 0, "messages sent twice");
+}
+
 /// A line dead-lettered just before a crash is found by the read-back in
 /// the dead-letter topic and not dead-lettered again.
 #[test]
