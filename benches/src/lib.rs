@@ -165,7 +165,7 @@ pub async fn produce_topic(
     partitions: i32,
     payloads: &[String],
 ) -> Vec<(i32, i64, usize)> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::config::ClientConfig;
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -175,10 +175,7 @@ pub async fn produce_topic(
         .create()
         .expect("admin");
     for r in admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
+        .create_topics(&[new_topic(topic, partitions)], &AdminOptions::new())
         .await
         .expect("create topic")
     {
@@ -370,4 +367,20 @@ pub fn ideal_docs(
             )
         })
         .collect()
+}
+
+/// A benchmark topic: replication factor `KAFKA_REPLICATION` (`scripts/cluster
+/// env` says 3; then `min.insync.replicas=2`, as the cluster's topics), else 1.
+pub fn new_topic(name: &str, partitions: i32) -> rdkafka::admin::NewTopic<'_> {
+    use rdkafka::admin::{NewTopic, TopicReplication};
+    let rf = std::env::var("KAFKA_REPLICATION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(rf));
+    if rf >= 3 {
+        topic.set("min.insync.replicas", "2")
+    } else {
+        topic
+    }
 }

@@ -492,6 +492,7 @@ pub async fn wait_accepting(brokers: &str, limit: Duration) -> Instant {
 }
 
 pub mod failover;
+pub mod readback;
 
 /// Running logtransfer pipelines in this process.
 pub mod transfer_run {

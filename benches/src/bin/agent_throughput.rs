@@ -16,7 +16,7 @@
 //!   eval "$(scripts/stack env)"
 //!   cargo run --release -p benches --bin agent_throughput [N [PHASE]]   # N = 2000000
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -45,7 +45,7 @@ async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
         .expect("admin");
     let _ = admin
         .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &[benches::new_topic(topic, partitions)],
             &AdminOptions::new(),
         )
         .await;

@@ -23,7 +23,7 @@
 use elasticsearch::http::transport::Transport;
 
 use elasticsearch::Elasticsearch;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use std::io::{BufWriter, Write};
@@ -80,10 +80,7 @@ async fn main() {
         .create()
         .expect("admin");
     let _ = admin
-        .create_topics(
-            &[NewTopic::new(&run, 4, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
+        .create_topics(&[benches::new_topic(&run, 4)], &AdminOptions::new())
         .await;
     for f in 0..4u64 {
         let mut w =

@@ -21,7 +21,7 @@
 //!   cargo run --release -p benches --bin shipper_compare [backlog|steady|all] [ROUNDS] [LINES] [SHIPPERS]
 //!   # defaults: all 5 2000000 logagent,rsyslog; steady runs 30 s
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -54,7 +54,7 @@ fn create_topic(brokers: &str, topic: &str) {
         .expect("admin");
     let rt = tokio::runtime::Runtime::new().expect("rt");
     let _ = rt.block_on(admin.create_topics(
-        &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
+        &[benches::new_topic(topic, PARTITIONS)],
         &AdminOptions::new(),
     ));
 }

@@ -42,6 +42,7 @@
 use clap::Parser;
 use integration::agent_run::{etcd_put, free_port};
 use integration::failover::{Failover, Failovers};
+use integration::readback::{all_messages, parse_id, pct, search};
 use integration::{cluster_cmd, stack_cmd, workspace_bin, Stack};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -423,79 +424,6 @@ fn writer(spec: WriterSpec, stop: Arc<AtomicBool>, log: Arc<Mutex<WriterLog>>) -
         }
     }
     seq
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
-
-async fn search(stack: &Stack, index: &str, body: Value) -> Option<Value> {
-    let r = stack
-        .es()
-        .search(elasticsearch::SearchParts::Index(&[index]))
-        .body(body)
-        .send()
-        .await
-        .ok()?;
-    r.json::<Value>().await.ok()
-}
-
-/// Every document's topic (from its index `<topic>-<date>`) and `message`,
-/// read with a scroll (exact, duplicates kept).
-async fn all_messages(stack: &Stack, index: &str) -> Option<Vec<(String, String)>> {
-    let es = stack.es();
-    let _ = es
-        .indices()
-        .refresh(elasticsearch::indices::IndicesRefreshParts::Index(&[index]))
-        .send()
-        .await;
-    async fn body(
-        r: Result<elasticsearch::http::response::Response, elasticsearch::Error>,
-    ) -> Option<Value> {
-        r.ok()?.json().await.ok()
-    }
-    let mut page = body(
-        es.search(elasticsearch::SearchParts::Index(&[index]))
-            .scroll("2m")
-            .body(json!({"size": 5000, "_source": ["message"], "query": {"match_all": {}}}))
-            .send()
-            .await,
-    )
-    .await?;
-    let mut out = Vec::new();
-    loop {
-        let hits = page["hits"]["hits"].as_array()?.clone();
-        if hits.is_empty() {
-            return Some(out);
-        }
-        for h in hits {
-            let idx = h["_index"].as_str().unwrap_or("");
-            let topic = idx.rsplit_once('-').map_or(idx, |(t, _)| t).to_string();
-            out.push((
-                topic,
-                h["_source"]["message"].as_str().unwrap_or("").to_string(),
-            ));
-        }
-        let id = page["_scroll_id"].as_str()?.to_string();
-        page = body(
-            es.scroll(elasticsearch::ScrollParts::None)
-                .body(json!({"scroll": "2m", "scroll_id": id}))
-                .send()
-                .await,
-        )
-        .await?;
-    }
-}
-
-fn parse_id(msg: &str) -> Option<(u64, u64)> {
-    let i = msg.find("tt w=")?;
-    let rest = &msg[i + 5..];
-    let (w, rest) = rest.split_once(" seq=")?;
-    let seq: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    Some((w.parse().ok()?, seq.parse().ok()?))
 }
 
 #[derive(Default)]
