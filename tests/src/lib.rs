@@ -430,6 +430,25 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         })
 }
 
+/// Stops a child process: SIGTERM, then waits up to 40 s for it to exit
+/// before kill -9 (`kill9` skips the SIGTERM).
+pub fn stop_child(mut c: std::process::Child, kill9: bool) {
+    if !kill9 {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(40) {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
 /// Runs `scripts/stack ARGS` (start/stop of single services in fault
 /// tests); whether it succeeded.
 pub fn stack_cmd(args: &[&str]) -> bool {

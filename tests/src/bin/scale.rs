@@ -43,7 +43,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -215,25 +215,9 @@ impl Transfers {
 
     /// SIGTERM (a clean leave) or, with `kill`, kill -9.
     fn stop(&mut self, i: usize, kill: bool) {
-        let Some(mut c) = self.children[i].take() else {
-            return;
-        };
-        if kill {
-            let _ = c.kill();
-        } else {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
+        if let Some(c) = self.children[i].take() {
+            integration::stop_child(c, kill);
         }
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(40) {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
     }
 
     /// One leave (when all run) or one join (when one is out).
