@@ -895,15 +895,23 @@ listen = "{metrics}"
             http_get(&self.metrics, path)
         }
 
-        /// The sum of a metric's samples (all label sets); 0 when absent.
+        /// The sum of a metric's samples (all label sets); 0 when absent
+        /// or when the agent does not answer.
         pub fn metric(&self, name: &str) -> f64 {
-            let Some((_, text)) = self.http_get("/metrics") else {
-                return 0.0;
-            };
-            text.lines()
-                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
+            self.try_metric(name).unwrap_or(0.0)
+        }
+
+        /// The sum of a metric's samples, or `None` when the agent's
+        /// endpoint does not answer: a drain must not take an agent it
+        /// cannot reach for one whose WAL is empty.
+        pub fn try_metric(&self, name: &str) -> Option<f64> {
+            let (_, text) = self.http_get("/metrics")?;
+            Some(
+                text.lines()
+                    .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum(),
+            )
         }
 
         /// Waits until `/health` answers (the agent is up), for at most `limit`.

@@ -798,7 +798,7 @@ async fn main() {
         if c != last.0 {
             last = (c, Instant::now());
         }
-        let wal_empty = agent_setup.metric("logagent_wal_unacked_records") == 0.0;
+        let wal_empty = agent_setup.try_metric("logagent_wal_unacked_records") == Some(0.0);
         // The count includes duplicates: reaching `total` ends the drain
         // only once the agent's WAL is empty and the count settled (else
         // lines still on their way were reported lost).
