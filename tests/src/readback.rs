@@ -4,6 +4,42 @@
 
 use crate::Stack;
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// Waits for the pipeline to drain: until `index` counts `total` documents
+/// (settled for 5 s) with the agents' WALs empty, or the count stayed the
+/// same for 30 s with the WALs empty; at most `limit`. The count includes
+/// duplicates, so reaching `total` alone does not end it (lines still on
+/// their way would be reported lost). `wal_empty` must say `false` for an
+/// agent that does not answer. Returns the seconds it waited.
+pub async fn drain(
+    stack: &Stack,
+    index: &str,
+    total: u64,
+    limit: Duration,
+    mut wal_empty: impl FnMut() -> bool,
+) -> f64 {
+    let start = Instant::now();
+    let mut last = (0, Instant::now());
+    loop {
+        let c = search(stack, index, json!({"size": 0, "track_total_hits": true}))
+            .await
+            .and_then(|v| v["hits"]["total"]["value"].as_u64())
+            .unwrap_or(0);
+        if c != last.0 {
+            last = (c, Instant::now());
+        }
+        let empty = wal_empty();
+        if (c >= total && empty && last.1.elapsed() > Duration::from_secs(5))
+            || (empty && last.1.elapsed() > Duration::from_secs(30))
+            || start.elapsed() > limit
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    start.elapsed().as_secs_f64()
+}
 
 /// The answer of a search on `index`, or `None` when it failed.
 pub async fn search(stack: &Stack, index: &str, body: Value) -> Option<Value> {

@@ -35,7 +35,7 @@
 
 use clap::Parser;
 use integration::agent_run::{self, etcd_put, free_port, http_get, Agent, AgentSetup};
-use integration::readback::{all_messages, parse_id, pct, search};
+use integration::readback::{all_messages, drain, parse_id, pct};
 use integration::{transfer_run, Stack};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -425,33 +425,19 @@ async fn main() {
     let total: u64 = written.iter().sum();
     eprintln!("scale: writers stopped after {total} lines; draining");
     let index = format!("{run}-*");
-    let drain_start = Instant::now();
-    let mut last = (0, Instant::now());
-    loop {
-        let c = search(&stack, &index, json!({"size": 0, "track_total_hits": true}))
-            .await
-            .and_then(|v| v["hits"]["total"]["value"].as_u64())
-            .unwrap_or(0);
-        if c != last.0 {
-            last = (c, Instant::now());
-        }
-        // An agent that does not answer counts as not drained.
-        let unacked: f64 = setups[..agents.len()]
-            .iter()
-            .map(|s| {
-                s.try_metric("logagent_wal_unacked_records")
-                    .unwrap_or(f64::INFINITY)
-            })
-            .sum();
-        if (c >= total && unacked == 0.0 && last.1.elapsed() > Duration::from_secs(5))
-            || (unacked == 0.0 && last.1.elapsed() > Duration::from_secs(30))
-            || drain_start.elapsed() > Duration::from_secs(args.drain)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    let drain_secs = drain_start.elapsed().as_secs_f64();
+    // An agent that does not answer counts as not drained.
+    let drain_secs = drain(
+        &stack,
+        &index,
+        total,
+        Duration::from_secs(args.drain),
+        || {
+            setups[..agents.len()]
+                .iter()
+                .all(|s| s.try_metric("logagent_wal_unacked_records") == Some(0.0))
+        },
+    )
+    .await;
     let messages = all_messages(&stack, &index).await.unwrap_or_default();
     for a in &mut agents {
         a.terminate(Duration::from_secs(20));

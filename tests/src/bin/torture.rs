@@ -42,7 +42,7 @@
 use clap::Parser;
 use integration::agent_run::{etcd_put, free_port};
 use integration::failover::{Failover, Failovers};
-use integration::readback::{all_messages, parse_id, pct, search};
+use integration::readback::{all_messages, drain, parse_id, pct, search};
 use integration::{cluster_cmd, stack_cmd, workspace_bin, Stack};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -784,33 +784,16 @@ async fn main() {
     let total: u64 = written.values().sum();
     eprintln!("torture: writers stopped after {total} lines; draining");
 
-    // Drain: until Elasticsearch counts every line, or the count stayed
-    // the same for 30 s with the agent's WAL empty; bounded by --drain.
     // `<run>-*` covers the nest and json topics' indices too.
     let index = format!("{run}-*,-*-deadletter");
-    let drain_start = Instant::now();
-    let mut last = (0, Instant::now());
-    loop {
-        let c = search(&stack, &index, json!({"size": 0, "track_total_hits": true}))
-            .await
-            .and_then(|v| v["hits"]["total"]["value"].as_u64())
-            .unwrap_or(0);
-        if c != last.0 {
-            last = (c, Instant::now());
-        }
-        let wal_empty = agent_setup.try_metric("logagent_wal_unacked_records") == Some(0.0);
-        // The count includes duplicates: reaching `total` ends the drain
-        // only once the agent's WAL is empty and the count settled (else
-        // lines still on their way were reported lost).
-        if (c >= total && wal_empty && last.1.elapsed() > Duration::from_secs(5))
-            || (wal_empty && last.1.elapsed() > Duration::from_secs(30))
-            || drain_start.elapsed() > Duration::from_secs(args.drain)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    let drain_secs = drain_start.elapsed().as_secs_f64();
+    let drain_secs = drain(
+        &stack,
+        &index,
+        total,
+        Duration::from_secs(args.drain),
+        || agent_setup.try_metric("logagent_wal_unacked_records") == Some(0.0),
+    )
+    .await;
     let messages = all_messages(&stack, &index).await.unwrap_or_default();
     agent.lock().expect("agent").terminate();
     transfer.lock().expect("transfer").terminate();
